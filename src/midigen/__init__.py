@@ -1,0 +1,3 @@
+"""midigen: a reproducible pipeline for training and comparing symbolic-music transformers."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from midigen.cli import main
+
+raise SystemExit(main())

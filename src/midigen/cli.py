@@ -1,0 +1,71 @@
+"""`midigen <stage>`: the one command both DAG files call.
+
+Each stage lives in midigen.stages.<name> and provides `add_arguments(parser)` and
+`run(args, params) -> str`; the returned one-line summary is printed on success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+from midigen.errors import MidigenError
+from midigen.params import DEFAULT_PARAMS, load_params, validate_params
+
+STAGES = ("download", "encode", "shard", "roundtrip")
+log = logging.getLogger("midigen")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="midigen", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name in STAGES:
+        module = importlib.import_module(f"midigen.stages.{name}")
+        p = sub.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__)
+        p.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
+                       help="params file (default: params.yaml)")
+        p.add_argument("--params-json", metavar="JSON",
+                       help="the sections of params this stage reads, as JSON (how Snakemake "
+                            "passes them); overrides --params")
+        p.add_argument("--log", type=Path, help="also write the log to this file")
+        module.add_arguments(p)
+        p.set_defaults(module=module)
+    return parser
+
+
+def _setup_logging(log_file: Path | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        handlers=handlers, force=True)
+
+
+def _params(args: argparse.Namespace) -> dict:
+    if args.params_json is None:
+        return load_params(args.params)
+    try:
+        params = json.loads(args.params_json)
+    except json.JSONDecodeError as e:
+        raise MidigenError(f"--params-json is not valid JSON ({e})") from None
+    validate_params(params, source="--params-json", partial=True)
+    return params
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log)
+    try:
+        summary = args.module.run(args, _params(args))
+    except MidigenError as e:
+        log.error("%s failed: %s", args.stage, e)
+        print(f"midigen {args.stage}: error: {e}", file=sys.stderr)
+        return 2
+    print(f"midigen {args.stage}: {summary}")
+    log.info("%s: %s", args.stage, summary)
+    return 0

@@ -1,0 +1,283 @@
+"""Encode a corpus in chunks, in parallel, and gather the chunks into per-split shards.
+
+A chunk is the set of manifest files whose content hash falls in it, so the DAG can run
+chunks as separate jobs (or on separate machines) and the result does not depend on how
+many there are. A file that cannot be encoded is listed in the chunk's errors.csv with its
+reason; it never stops the stage.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from midigen.atomic import atomic_dir
+from midigen.download import read_manifest
+from midigen.encoding import Vocab, decode_tokens, encode_notes
+from midigen.errors import MidigenError
+from midigen.midi import Limits, SkipSong, read_song, write_midi
+
+SPLITS = ("train", "val", "test")
+ARRAYS = {"tokens": np.uint16, "times": np.int32, "bar_pos": np.int32}
+SONG_FIELDS = ("sha256", "split", "source", "notes", "tokens", "steps")
+ERROR_FIELDS = ("path", "source", "reason", "detail")
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    """What the encoding of one file depends on (the `encode` params, less the job layout)."""
+
+    steps_per_beat: int
+    max_duration: int
+    instruments: bool
+    limits: Limits
+
+    @classmethod
+    def from_params(cls, encode: dict) -> EncodeConfig:
+        limits = Limits(
+            max_file_bytes=int(encode.get("max_file_mb", 16) * 2**20),
+            max_notes=encode.get("max_notes", 200_000),
+            max_steps=encode.get("max_steps", 65_536),
+        )
+        return cls(
+            steps_per_beat=encode["steps_per_beat"],
+            max_duration=encode["max_duration"],
+            instruments=encode.get("instruments", "merge") == "program",
+            limits=limits,
+        )
+
+    @property
+    def vocab(self) -> Vocab:
+        return Vocab(self.max_duration, self.instruments)
+
+    def read(self, data: bytes):
+        return read_song(
+            data, self.steps_per_beat, self.max_duration, not self.instruments, self.limits
+        )
+
+
+@dataclass(frozen=True)
+class EncodedSong:
+    tokens: np.ndarray
+    times: np.ndarray
+    bar_pos: np.ndarray
+    notes: int
+
+
+def encode_bytes(data: bytes, config: EncodeConfig) -> EncodedSong:
+    """One MIDI file -> tokens with their steps and bar positions (raises SkipSong)."""
+    notes, meter = config.read(data)
+    tokens, times = encode_notes(notes, config.vocab)
+    return EncodedSong(tokens, times, meter.bar_position(times), len(notes))
+
+
+def _encode_path(task: tuple[Path, EncodeConfig]) -> EncodedSong | SkipSong:
+    path, config = task
+    try:
+        return encode_bytes(_read_capped(path, config.limits.max_file_bytes), config)
+    except SkipSong as skip:
+        return skip
+
+
+def _read_capped(path: Path, max_bytes: int) -> bytes:
+    """Read a file, but never more than max_bytes + 1 bytes (the size check sees the excess)."""
+    with open(path, "rb") as f:
+        return f.read(max_bytes + 1)
+
+
+def parallel_map(fn, tasks: list, workers: int, desc: str) -> Iterator:
+    """fn over tasks in order, on a process pool when workers > 1, with a progress bar."""
+    workers = workers or os.cpu_count() or 1
+    bar = dict(total=len(tasks), desc=desc, unit="file", mininterval=1.0, disable=None)
+    if workers == 1 or len(tasks) < 2:
+        yield from tqdm(map(fn, tasks), **bar)
+        return
+    chunksize = max(1, min(64, len(tasks) // (workers * 8)))
+    with ProcessPoolExecutor(workers) as pool:
+        yield from tqdm(pool.map(fn, tasks, chunksize=chunksize), **bar)
+
+
+def chunk_of(sha256: str, n_chunks: int) -> int:
+    """Which encode chunk a file belongs to (hash bits independent of the split's)."""
+    return int(sha256[8:16], 16) % n_chunks
+
+
+def encode_chunk(
+    raw_dir: Path, chunk: int, n_chunks: int, config: EncodeConfig, out: Path, workers: int = 0
+) -> str:
+    """Encode this chunk's files into `out`; return the one-line summary."""
+    rows = [r for r in read_manifest(raw_dir / "manifest.csv") if chunk_of(r["sha256"], n_chunks) == chunk]
+    tasks = [(raw_dir / r["path"], config) for r in rows]
+    songs, errors = [], []
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in ARRAYS}
+    for row, result in zip(rows, parallel_map(_encode_path, tasks, workers, f"encode {chunk}")):
+        if isinstance(result, SkipSong):
+            errors.append(
+                {"path": row["path"], "source": row["source"], "reason": result.reason,
+                 "detail": result.detail}
+            )
+            continue
+        for name in ARRAYS:
+            parts[name].append(getattr(result, name))
+        songs.append({"sha256": row["sha256"], "split": row["split"], "source": row["source"],
+                      "notes": result.notes, "tokens": len(result.tokens),
+                      "steps": int(result.times[-1])})
+    with atomic_dir(out) as tmp:
+        _save_arrays(tmp, parts, [s["tokens"] for s in songs])
+        _write_csv(tmp / "songs.csv", SONG_FIELDS, songs)
+        _write_csv(tmp / "errors.csv", ERROR_FIELDS, errors)
+    return _summary(f"chunk {chunk}/{n_chunks}", songs, errors)
+
+
+def _save_arrays(folder: Path, parts: dict[str, list[np.ndarray]], lengths: list[int]) -> None:
+    for name, dtype in ARRAYS.items():
+        flat = np.concatenate(parts[name]) if parts[name] else np.zeros(0)
+        np.save(folder / f"{name}.npy", flat.astype(dtype))
+    np.save(folder / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+
+
+def _write_csv(path: Path, fields: tuple[str, ...], rows: Iterable[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _summary(what: str, songs: list[dict], errors: list[dict]) -> str:
+    reasons = collections.Counter(e["reason"] for e in errors)
+    skipped = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items()))
+    notes = sum(int(s["notes"]) for s in songs)
+    tokens = sum(int(s["tokens"]) for s in songs)
+    return (f"{what}: {len(songs)} files ok, {len(errors)} skipped"
+            f"{f' ({skipped})' if skipped else ''}, {notes:,} notes, {tokens:,} tokens")
+
+
+# ---- shards ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One split: flat arrays (memory-mapped by default) and where each song starts."""
+
+    tokens: np.ndarray
+    times: np.ndarray
+    bar_pos: np.ndarray
+    offsets: np.ndarray  # song i is [offsets[i], offsets[i + 1])
+    songs: list[dict]
+
+    def song(self, i: int) -> slice:
+        return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
+
+
+def load_shard(shards_dir: Path, split: str, mmap: bool = True) -> Shard:
+    folder = Path(shards_dir) / split
+    if not (folder / "tokens.npy").exists():
+        raise MidigenError(f"{folder}: no shard here (run the shard stage first)")
+    mode = "r" if mmap else None
+    arrays = {name: np.load(folder / f"{name}.npy", mmap_mode=mode) for name in (*ARRAYS, "offsets")}
+    return Shard(songs=_read_csv(folder / "songs.csv"), **arrays)
+
+
+def load_vocab(shards_dir: Path) -> Vocab:
+    meta = json.loads((Path(shards_dir) / "vocab.json").read_text())
+    return Vocab(meta["max_duration"], meta["instruments"])
+
+
+def build_shards(chunk_dirs: list[Path], config: EncodeConfig, out: Path) -> str:
+    """Gather encoded chunks into one shard per split, songs ordered by content hash."""
+    missing = [str(d) for d in chunk_dirs if not (d / "songs.csv").exists()]
+    if missing:
+        raise MidigenError(f"encoded chunk not found: {', '.join(missing)} (run encode first)")
+    songs, errors, arrays = [], [], []
+    for folder in chunk_dirs:
+        chunk = {name: np.load(folder / f"{name}.npy") for name in (*ARRAYS, "offsets")}
+        for i, song in enumerate(_read_csv(folder / "songs.csv")):
+            songs.append(song)
+            span = slice(chunk["offsets"][i], chunk["offsets"][i + 1])
+            arrays.append({name: chunk[name][span] for name in ARRAYS})
+        errors += _read_csv(folder / "errors.csv")
+
+    vocab = config.vocab
+    stats: dict = {"vocab_size": len(vocab), "steps_per_beat": config.steps_per_beat,
+                   "skipped": dict(collections.Counter(e["reason"] for e in errors)), "splits": {}}
+    with atomic_dir(out) as tmp:
+        for split in SPLITS:
+            order = sorted((s["sha256"], i) for i, s in enumerate(songs) if s["split"] == split)
+            chosen = [i for _, i in order]
+            (tmp / split).mkdir()
+            _save_arrays(tmp / split, {n: [arrays[i][n] for i in chosen] for n in ARRAYS},
+                         [int(songs[i]["tokens"]) for i in chosen])
+            _write_csv(tmp / split / "songs.csv", SONG_FIELDS, [songs[i] for i in chosen])
+            tokens = np.load(tmp / split / "tokens.npy")
+            stats["splits"][split] = {
+                "songs": len(chosen),
+                "tokens": int(len(tokens)),
+                "notes": sum(int(songs[i]["notes"]) for i in chosen),
+                "unigram_entropy_bits": unigram_entropy(tokens, len(vocab)),
+            }
+        _write_csv(tmp / "errors.csv", ERROR_FIELDS, errors)
+        vocab_meta = {"size": len(vocab), "max_duration": vocab.max_duration,
+                      "instruments": vocab.instruments, "steps_per_beat": config.steps_per_beat,
+                      "names": vocab.names()}
+        (tmp / "vocab.json").write_text(json.dumps(vocab_meta, indent=1))
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
+    total = sum(s["tokens"] for s in stats["splits"].values())
+    per_split = " / ".join(f"{k} {v['songs']}" for k, v in stats["splits"].items())
+    return f"{len(songs)} songs ({per_split}), {total:,} tokens, vocab {len(vocab)} -> {out}"
+
+
+def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
+    """Entropy in bits of the token frequencies: the loss a model must beat to have learned."""
+    counts = np.bincount(tokens, minlength=vocab_size).astype(np.float64)
+    p = counts[counts > 0] / max(counts.sum(), 1)
+    return float(-(p * np.log2(p)).sum()) if len(p) else math.nan
+
+
+# ---- round trip ------------------------------------------------------------------------------
+
+
+def roundtrip_bytes(data: bytes, config: EncodeConfig) -> bool:
+    """tokens -> notes -> MIDI -> notes gives back exactly the quantized notes of `data`."""
+    notes, meter = config.read(data)
+    tokens, _ = encode_notes(notes, config.vocab)
+    rebuilt = write_midi(decode_tokens(tokens, config.vocab), config.steps_per_beat, meter)
+    again, _ = config.read(rebuilt)
+    return notes.equals(again)
+
+
+def _roundtrip_path(task: tuple[Path, EncodeConfig]) -> bool | SkipSong:
+    path, config = task
+    try:
+        return roundtrip_bytes(_read_capped(path, config.limits.max_file_bytes), config)
+    except SkipSong as skip:
+        return skip
+
+
+def roundtrip_corpus(raw_dir: Path, config: EncodeConfig, workers: int = 0) -> tuple[int, list[str], int]:
+    """(files checked, paths that do not round-trip, files skipped) over a whole manifest."""
+    rows = read_manifest(raw_dir / "manifest.csv")
+    tasks = [(raw_dir / r["path"], config) for r in rows]
+    checked, mismatches, skipped = 0, [], 0
+    for row, ok in zip(rows, parallel_map(_roundtrip_path, tasks, workers, "round trip")):
+        if isinstance(ok, SkipSong):
+            skipped += 1
+            continue
+        checked += 1
+        if not ok:
+            mismatches.append(row["path"])
+    return checked, mismatches, skipped

@@ -1,0 +1,200 @@
+"""MIDI in and out, on the beat grid.
+
+Files are parsed with symusic (a C++ parser, ~10k files/s, meta events from any track).
+Time is quantized from MIDI ticks, not seconds: a beat is `ticks_per_quarter` ticks whatever
+the tempo, so tempo changes never move notes off the grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import symusic
+
+MAX_SPARSE_BYTES = 256 * 2**20  # largest dense sparse score we agree to allocate
+SPARSE_DTYPE = np.int16
+
+
+class SkipSong(Exception):
+    """This file cannot be encoded; `reason` is a short tag for the errors file."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size checks applied before any per-song array is allocated."""
+
+    max_file_bytes: int
+    max_notes: int
+    max_steps: int
+
+
+@dataclass(frozen=True)
+class Notes:
+    """Quantized notes of one song as parallel arrays, sorted by (onset, program, pitch).
+
+    At most one note per (onset, program, pitch): where a file has several, the longest wins.
+    """
+
+    onset: np.ndarray  # int64 steps from the start
+    program: np.ndarray  # int64 General MIDI program, 0 when instruments are merged
+    pitch: np.ndarray  # int64 0..127
+    duration: np.ndarray  # int64 steps, 1..max_duration
+
+    def __len__(self) -> int:
+        return len(self.onset)
+
+    @property
+    def end(self) -> int:
+        """First step after the last sounding note (the song's length in steps)."""
+        return int((self.onset + self.duration).max()) if len(self) else 0
+
+    def equals(self, other: Notes) -> bool:
+        return all(
+            np.array_equal(getattr(self, f), getattr(other, f))
+            for f in ("onset", "program", "pitch", "duration")
+        )
+
+
+@dataclass(frozen=True)
+class Meter:
+    """Bar lengths over time: bar `k` of the map starts at `start[k]` and lasts `length[k]`."""
+
+    start: np.ndarray  # int64 steps, strictly increasing, start[0] == 0
+    length: np.ndarray  # int64 steps per bar (>= 1)
+
+    @classmethod
+    def common_time(cls, steps_per_beat: int) -> Meter:
+        return cls(np.array([0]), np.array([4 * steps_per_beat]))
+
+    def bar_position(self, steps: np.ndarray) -> np.ndarray:
+        """Step within its bar for every absolute step (for bar/beat embeddings)."""
+        k = np.searchsorted(self.start, steps, side="right") - 1
+        return (steps - self.start[k]) % self.length[k]
+
+
+def _to_steps(ticks: np.ndarray, tpq: int, steps_per_beat: int) -> np.ndarray:
+    """Round ticks to the nearest step (halves round up), in exact integer arithmetic."""
+    return (2 * ticks.astype(np.int64) * steps_per_beat + tpq) // (2 * tpq)
+
+
+def parse(data: bytes, limits: Limits) -> symusic.Score:
+    """Parse MIDI bytes, turning every parser failure into SkipSong."""
+    if len(data) > limits.max_file_bytes:
+        raise SkipSong("too_large", f"{len(data)} bytes > {limits.max_file_bytes}")
+    if len(data) == 0:
+        raise SkipSong("empty", "file has 0 bytes")
+    try:
+        return symusic.Score.from_midi(data)
+    except Exception as e:  # the C++ parser reports every malformation as some exception
+        reason = "not_midi" if not data.startswith(b"MThd") else "corrupt"
+        raise SkipSong(reason, str(e).splitlines()[0][:200]) from None
+
+
+def quantize(
+    score: symusic.Score,
+    steps_per_beat: int,
+    max_duration: int,
+    merge_instruments: bool,
+    limits: Limits,
+) -> tuple[Notes, Meter]:
+    """Notes of all non-drum tracks on the step grid, and the meter from time signatures."""
+    tpq = score.ticks_per_quarter
+    if tpq <= 0:
+        raise SkipSong("corrupt", f"ticks per quarter is {tpq}")
+    tracks = [t for t in score.tracks if len(t.notes)]
+    if not tracks:
+        raise SkipSong("empty", "no notes")
+    tracks = [t for t in tracks if not t.is_drum]
+    if not tracks:
+        raise SkipSong("drums_only", "all notes are on the drum channel")
+    total = sum(len(t.notes) for t in tracks)
+    if total > limits.max_notes:
+        raise SkipSong("too_many_notes", f"{total} notes > {limits.max_notes}")
+
+    columns = [t.notes.numpy() for t in tracks]
+    time = np.concatenate([c["time"] for c in columns]).astype(np.int64)
+    length = np.concatenate([c["duration"] for c in columns]).astype(np.int64)
+    pitch = np.concatenate([c["pitch"] for c in columns]).astype(np.int64)
+    program = np.concatenate(
+        [np.full(len(c["time"]), 0 if merge_instruments else t.program) for c, t in zip(columns, tracks)]
+    ).astype(np.int64)
+    if time.min() < 0 or length.min() < 0 or pitch.min() < 0 or pitch.max() > 127:
+        raise SkipSong("corrupt", "negative time or pitch outside 0..127")
+
+    onset = _to_steps(time, tpq, steps_per_beat)
+    end = _to_steps(time + length, tpq, steps_per_beat)
+    duration = np.clip(end - onset, 1, max_duration)
+    steps = int((onset + duration).max())
+    if steps > limits.max_steps:
+        raise SkipSong("too_long", f"{steps} steps > {limits.max_steps}")
+    n_programs = len(np.unique(program))
+    if steps * n_programs * 128 * np.dtype(SPARSE_DTYPE).itemsize > MAX_SPARSE_BYTES:
+        raise SkipSong("too_long", f"{steps} steps x {n_programs} instruments is too large")
+
+    # Sort by (onset, program, pitch, duration) and keep the last = longest of each triple.
+    order = np.lexsort((duration, pitch, program, onset))
+    onset, program, pitch, duration = onset[order], program[order], pitch[order], duration[order]
+    last = np.ones(len(onset), dtype=bool)
+    same = (onset[1:] == onset[:-1]) & (program[1:] == program[:-1]) & (pitch[1:] == pitch[:-1])
+    last[:-1] = ~same
+    notes = Notes(onset[last], program[last], pitch[last], duration[last])
+    return notes, _meter(score, steps_per_beat)
+
+
+def _meter(score: symusic.Score, steps_per_beat: int) -> Meter:
+    """Bar lengths in steps from the time signatures found on any track."""
+    signatures = sorted((ts.time, ts.numerator, ts.denominator) for ts in score.time_signatures)
+    starts, lengths = [0], [4 * steps_per_beat]  # MIDI's default until the first signature
+    tpq = score.ticks_per_quarter
+    for tick, numerator, denominator in signatures:
+        if numerator <= 0 or denominator <= 0:
+            continue
+        start = int(_to_steps(np.array([tick]), tpq, steps_per_beat)[0])
+        length = max(1, round(numerator * 4 * steps_per_beat / denominator))
+        if start == starts[-1]:
+            lengths[-1] = length
+        elif length != lengths[-1]:
+            starts.append(start)
+            lengths.append(length)
+    return Meter(np.array(starts, dtype=np.int64), np.array(lengths, dtype=np.int64))
+
+
+def read_song(
+    data: bytes, steps_per_beat: int, max_duration: int, merge_instruments: bool, limits: Limits
+) -> tuple[Notes, Meter]:
+    """MIDI bytes -> quantized notes and meter, or SkipSong with the reason."""
+    return quantize(parse(data, limits), steps_per_beat, max_duration, merge_instruments, limits)
+
+
+def write_midi(notes: Notes, steps_per_beat: int, meter: Meter | None = None) -> bytes:
+    """Quantized notes -> MIDI bytes, one track per program, one tick per step (exact)."""
+    score = symusic.Score(steps_per_beat)
+    for program in np.unique(notes.program):
+        mine = notes.program == program
+        track = symusic.Track(name=f"program {program}", program=int(program), is_drum=False)
+        track.notes = symusic.Note.from_numpy(
+            time=notes.onset[mine].astype(np.int32),
+            duration=notes.duration[mine].astype(np.int32),
+            pitch=notes.pitch[mine].astype(np.int8),
+            velocity=np.full(int(mine.sum()), 80, dtype=np.int8),
+        )
+        score.tracks.append(track)
+    if meter is not None:
+        for start, length in zip(meter.start, meter.length):
+            numerator, denominator = _signature(int(length), steps_per_beat)
+            score.time_signatures.append(symusic.TimeSignature(int(start), numerator, denominator))
+    return score.dumps_midi()
+
+
+def _signature(bar_steps: int, steps_per_beat: int) -> tuple[int, int]:
+    """A time signature whose bar lasts `bar_steps` (in quarters when possible, else eighths...)."""
+    denominator = 4
+    while (bar_steps * denominator) % (4 * steps_per_beat) and denominator < 64:
+        denominator *= 2
+    return max(1, bar_steps * denominator // (4 * steps_per_beat)), denominator

@@ -1,0 +1,195 @@
+"""The three scores: the seed's example exactly, and every step invertible (property tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from midigen.corpus import EncodeConfig, encode_bytes, roundtrip_bytes
+from midigen.encoding import (
+    DecodeError,
+    Vocab,
+    decode_tokens,
+    encode_notes,
+    index_to_position,
+    notes_to_sparse,
+    position_to_index,
+    position_to_sparse,
+    sparse_to_notes,
+    sparse_to_position,
+)
+from midigen.midi import Limits, Meter, Notes, SkipSong, read_song, write_midi
+
+SEED_TOKENS = "<sos><n1><d4><sep><d1><n3><d2><sep><d5><n2><d2><n3><d2><sep><d2><eos>"
+LIMITS = Limits(max_file_bytes=2**24, max_notes=10**6, max_steps=10**6)
+
+
+def seed_notes() -> Notes:
+    """The seed's sparse score: pitch 1 for 4 steps at step 0, pitch 3 at 1, pitches 2, 3 at 6."""
+    return Notes(
+        onset=np.array([0, 1, 6, 6]),
+        program=np.zeros(4, dtype=np.int64),
+        pitch=np.array([1, 3, 2, 3]),
+        duration=np.array([4, 2, 2, 2]),
+    )
+
+
+def test_seed_example_sparse_position_and_tokens():
+    sparse = notes_to_sparse(seed_notes())
+    assert sparse.array.shape == (8, 1, 128)
+    assert sparse.array[:, 0, 1].tolist() == [4, 0, 0, 0, 0, 0, 0, 0]
+    assert sparse.array[:, 0, 2].tolist() == [0, 0, 0, 0, 0, 0, 2, 0]
+    assert sparse.array[:, 0, 3].tolist() == [0, 2, 0, 0, 0, 0, 2, 0]
+    position = sparse_to_position(sparse, max_duration=32)
+    assert position[:, :2].tolist() == [[1, 4], [-1, 1], [3, 2], [-1, 5], [2, 2], [3, 2], [-1, 2]]
+    vocab = Vocab(max_duration=32)
+    tokens, times = position_to_index(position, vocab)
+    assert vocab.to_text(tokens) == SEED_TOKENS
+    assert times.tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1, 6, 6, 6, 6, 6, 6, 8]
+
+
+def test_seed_example_decodes_back():
+    vocab = Vocab(max_duration=32)
+    assert decode_tokens(vocab.from_text(SEED_TOKENS), vocab).equals(seed_notes())
+
+
+def test_vocab_layout():
+    vocab = Vocab(max_duration=32)
+    names = vocab.names()
+    assert len(names) == len(vocab) == 4 + 128 + 32
+    assert names[vocab.note(60)] == "<n60>" and names[vocab.duration(1)] == "<d1>"
+    assert len(Vocab(8, instruments=True)) == 4 + 128 + 8 + 128
+    kinds = vocab.kinds()
+    assert kinds[vocab.sep] == 3 and kinds[vocab.note(0)] == 1 and kinds[vocab.duration(32)] == 2
+
+
+def test_long_gaps_are_split_and_leading_silence_kept():
+    vocab = Vocab(max_duration=8)
+    notes = Notes(np.array([20]), np.array([0]), np.array([60]), np.array([3]))
+    tokens, times = encode_notes(notes, vocab)
+    assert vocab.to_text(tokens) == "<sos><sep><d8><sep><d8><sep><d4><n60><d3><sep><d3><eos>"
+    assert times[-1] == 23
+    assert decode_tokens(tokens, vocab).equals(notes)
+
+
+def test_instrument_tokens_open_each_program_run_within_a_step():
+    vocab = Vocab(max_duration=8, instruments=True)
+    notes = Notes(
+        onset=np.array([0, 0, 0, 3]),
+        program=np.array([0, 0, 5, 5]),
+        pitch=np.array([60, 64, 40, 41]),
+        duration=np.array([8, 8, 8, 1]),
+    )
+    tokens, _ = encode_notes(notes, vocab)
+    assert vocab.to_text(tokens) == (
+        "<sos><i0><n60><d8><n64><d8><i5><n40><d8><sep><d3><i5><n41><d1><sep><d5><eos>"
+    )
+    assert decode_tokens(tokens, vocab).equals(notes)
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("<n60><d4><eos>", "start with <sos>"),
+        ("<sos><n60><d4>", "end with <eos>"),
+        ("<sos><n60><n61><d4><eos>", "a duration must follow"),
+        ("<sos><d4><eos>", "expected a note or <sep>"),
+        ("<sos><sep><eos>", "a duration must follow"),
+    ],
+)
+def test_invalid_token_sequences_are_rejected_with_a_reason(text, problem):
+    vocab = Vocab(max_duration=8)
+    with pytest.raises(DecodeError, match=problem):
+        index_to_position(vocab.from_text(text), vocab)
+
+
+def test_note_without_instrument_is_rejected_in_instrument_mode():
+    vocab = Vocab(max_duration=8, instruments=True)
+    with pytest.raises(DecodeError, match="before any instrument"):
+        index_to_position(vocab.from_text("<sos><n60><d4><eos>"), vocab)
+
+
+@st.composite
+def note_sets(draw, instruments: bool = False, max_duration: int = 16) -> Notes:
+    """Random quantized songs: unique (onset, program, pitch), durations in 1..max_duration."""
+    n = draw(st.integers(1, 60))
+    programs = st.sampled_from([0, 5, 40, 73]) if instruments else st.just(0)
+    keys = draw(
+        st.sets(st.tuples(st.integers(0, 300), programs, st.integers(0, 127)), min_size=1,
+                max_size=n)
+    )
+    keys = sorted(keys)
+    durations = draw(st.lists(st.integers(1, max_duration), min_size=len(keys),
+                              max_size=len(keys)))
+    onset, program, pitch = (np.array(col, dtype=np.int64) for col in zip(*keys))
+    return Notes(onset, program, pitch, np.array(durations, dtype=np.int64))
+
+
+@settings(max_examples=150, deadline=None)
+@given(note_sets(), st.integers(1, 16))
+def test_every_step_inverts(notes: Notes, max_duration: int):
+    notes = Notes(notes.onset, notes.program, notes.pitch, np.minimum(notes.duration, max_duration))
+    vocab = Vocab(max_duration)
+    sparse = notes_to_sparse(notes)
+    assert sparse_to_notes(sparse).equals(notes)
+    position = sparse_to_position(sparse, max_duration)
+    assert np.array_equal(position_to_sparse(position).array, sparse.array)
+    tokens, times = position_to_index(position, vocab)
+    assert np.array_equal(index_to_position(tokens, vocab), position)
+    assert times[-1] == notes.end and np.all(np.diff(times) >= 0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(note_sets(instruments=True))
+def test_instrument_mode_inverts(notes: Notes):
+    vocab = Vocab(16, instruments=True)
+    tokens, _ = encode_notes(notes, vocab)
+    assert decode_tokens(tokens, vocab).equals(notes)
+
+
+@settings(max_examples=60, deadline=None)
+@given(note_sets(instruments=True), st.sampled_from([1, 2, 4, 12]))
+def test_midi_round_trip_gives_back_the_quantized_notes(notes: Notes, steps_per_beat: int):
+    data = write_midi(notes, steps_per_beat)
+    again, _ = read_song(data, steps_per_beat, 16, merge_instruments=False, limits=LIMITS)
+    assert again.equals(notes)
+    config = EncodeConfig(steps_per_beat, 16, instruments=True, limits=LIMITS)
+    assert roundtrip_bytes(data, config)
+
+
+def test_quantization_uses_ticks_not_seconds_and_keeps_longest_duplicate():
+    """480 ticks per beat: a tempo change must not move notes; duplicates keep the longest."""
+    import symusic
+
+    score = symusic.Score(480)
+    score.tempos.append(symusic.Tempo(0, 120.0))
+    score.tempos.append(symusic.Tempo(480, 60.0))
+    track = symusic.Track(program=0)
+    for time, duration, pitch in [(0, 480, 60), (0, 240, 60), (960, 0, 62), (1430, 130, 64)]:
+        track.notes.append(symusic.Note(time, duration, pitch, 90))
+    score.tracks.append(track)
+    notes, _ = read_song(score.dumps_midi(), 4, 32, merge_instruments=True, limits=LIMITS)
+    assert notes.onset.tolist() == [0, 8, 12]  # 1430 ticks = 11.92 steps -> 12
+    assert notes.duration.tolist() == [4, 1, 1]  # longest duplicate; zero-length -> 1 step
+    assert notes.pitch.tolist() == [60, 62, 64]
+
+
+def test_bar_positions_follow_time_signature_changes():
+    meter = Meter(np.array([0, 12]), np.array([12, 8]))  # 3/4 then 2/4 at 4 steps per beat
+    steps = np.array([0, 5, 11, 12, 19, 20, 27])
+    assert meter.bar_position(steps).tolist() == [0, 5, 11, 0, 7, 0, 7]
+
+
+def test_too_long_song_is_skipped_before_allocation():
+    import symusic
+
+    score = symusic.Score(480)
+    track = symusic.Track(program=0)
+    track.notes.append(symusic.Note(480 * 10**6, 480, 60, 90))
+    score.tracks.append(track)
+    config = EncodeConfig(4, 32, False, Limits(2**24, 10**6, max_steps=65536))
+    with pytest.raises(SkipSong) as skip:
+        encode_bytes(score.dumps_midi(), config)
+    assert skip.value.reason == "too_long"
