@@ -11,6 +11,8 @@ rule download:
         cfg=stage_params(download=None),
     log:
         "logs/download.log",
+    conda:
+        "../envs/midigen.yaml"
     shell:
         "midigen download --out {output} --params-json {params.cfg:q} --log {log}"
 
@@ -29,6 +31,8 @@ rule encode:
     threads: config["encode"]["workers"] or workflow.cores
     log:
         "logs/encode-{chunk}.log",
+    conda:
+        "../envs/midigen.yaml"
     shell:
         "midigen encode --chunk {wildcards.chunk} --raw data/raw --out {output}"
         " --workers {threads} --params-json {params.cfg:q} --log {log}"
@@ -46,5 +50,7 @@ rule shard:
         cfg=stage_params(encode=ENCODE_KEYS),
     log:
         "logs/shard.log",
+    conda:
+        "../envs/midigen.yaml"
     shell:
         "midigen shard --encoded data/encoded --out {output} --params-json {params.cfg:q} --log {log}"

@@ -1,0 +1,165 @@
+"""Real Snakemake and DVC runs on a tiny config, in a temp copy of the repo.
+
+For both tools: a clean run works, a second run does nothing, and changing
+encode.steps_per_beat re-runs encode and shard but not download. Also: the two DAG files
+declare the same stages with the same inputs and outputs, and `snakemake --lint` is clean.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pytest
+import yaml
+
+from midigen.corpus import load_shard, load_vocab
+from midigen.encoding import decode_tokens
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_FILES = 8
+
+pytestmark = pytest.mark.slow
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{output[-4000:]}"
+    return output
+
+
+def make_project(tmp: Path) -> Path:
+    """Copy the repo's files (as git sees them) and shrink the corpus to a few chorales."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    project = tmp / "project"
+    for name in files:
+        if (ROOT / name).is_file() and not name.startswith("tests/"):
+            (project / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, project / name)
+    set_param(project, "download.max_files", TINY_FILES)
+    run(["git", "init", "-q"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], project)
+    return project
+
+
+def set_param(project: Path, key: str, value) -> None:
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    section, name = key.split(".")
+    params[section][name] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def snakemake_jobs(project: Path, *extra: str) -> list[dict]:
+    """The jobs a dry run would execute, each with its rule, wildcards, input and output."""
+    output = run(["snakemake", "--dry-run", "--cores", "2", *extra], project)
+    jobs = []
+    for block in re.split(r"\n(?=rule \w+:)", output):
+        head = re.match(r"rule (\w+):", block)
+        if not head:
+            continue
+        fields = dict(re.findall(r"^\s{4}(\w+): (.*)$", block, flags=re.M))
+        jobs.append({
+            "rule": head.group(1),
+            "wildcards": fields.get("wildcards", ""),
+            "input": set(fields.get("input", "").split(", ")) - {""},
+            "output": set(fields.get("output", "").split(", ")) - {""},
+        })
+    return jobs
+
+
+def ran_stages_dvc(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def assert_round_trip(project: Path) -> None:
+    """Every song in the shards decodes (the full MIDI round trip is tests/test_chorales.py)."""
+    vocab = load_vocab(project / "data/shards")
+    songs = 0
+    for split in ("train", "val", "test"):
+        shard = load_shard(project / "data/shards", split)
+        for i in range(len(shard.songs)):
+            notes = decode_tokens(np.asarray(shard.tokens[shard.song(i)]), vocab)
+            assert len(notes) == int(shard.songs[i]["notes"])
+            songs += 1
+    assert songs == TINY_FILES
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    return make_project(tmp_path_factory.mktemp("dag"))
+
+
+def test_snakemake_lint_is_clean(project):
+    assert "Congratulations" in run(["snakemake", "--lint"], project)
+
+
+def test_snakemake_run_rerun_and_params_change(tmp_path):
+    project = make_project(tmp_path)
+    out = run(["snakemake", "--cores", "2"], project)
+    assert "midigen shard:" in out
+    assert_round_trip(project)
+    for log in ("download", "encode-0", "encode-1", "shard"):
+        assert (project / "logs" / f"{log}.log").stat().st_size > 0
+
+    assert "Nothing to be done" in run(["snakemake", "--cores", "2"], project)
+
+    set_param(project, "encode.steps_per_beat", 2)
+    assert sorted(j["rule"] for j in snakemake_jobs(project)) == ["all", "encode", "encode", "shard"]
+    out = run(["snakemake", "--cores", "2"], project)
+    assert "midigen download:" not in out and "midigen shard:" in out
+    assert '"steps_per_beat": 2' in (project / "data/shards/stats.json").read_text()
+
+
+def test_dvc_run_rerun_and_params_change(tmp_path):
+    project = make_project(tmp_path)
+    out = run(["dvc", "repro"], project)
+    assert ran_stages_dvc(out) == {"download", "encode@0", "encode@1", "shard"}
+    assert_round_trip(project)
+
+    out = run(["dvc", "repro"], project)
+    assert ran_stages_dvc(out) == set()
+    assert "Data and pipelines are up to date" in out
+
+    set_param(project, "encode.steps_per_beat", 2)
+    out = run(["dvc", "repro"], project)
+    assert ran_stages_dvc(out) == {"encode@0", "encode@1", "shard"}
+    assert '"steps_per_beat": 2' in (project / "data/shards/stats.json").read_text()
+
+
+def _covers(directory: str, path: str) -> bool:
+    return directory == path or PurePosixPath(directory) in PurePosixPath(path).parents
+
+
+def test_both_dag_files_declare_the_same_stages(project):
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    snake = {
+        j["rule"] + (f"@{j['wildcards'].split('=')[1]}" if j["wildcards"] else ""): j
+        for j in snakemake_jobs(project, "--forceall")
+        if j["rule"] != "all"
+    }
+    with Repo(str(project)) as repo:
+        dvc = {
+            stage.name: {
+                "input": {d.def_path for d in stage.deps if not isinstance(d, ParamsDependency)},
+                "output": {o.def_path for o in stage.outs},
+            }
+            for stage in repo.index.stages
+        }
+    assert set(snake) == set(dvc) == {"download", "encode@0", "encode@1", "shard"}
+    for name, job in snake.items():
+        assert job["output"] == dvc[name]["output"], name
+        # A DVC dependency on a folder stands for the Snakemake inputs inside it (DVC cannot
+        # list one dependency per chunk); each such folder must hold another stage's outputs.
+        for path in job["input"]:
+            assert any(_covers(dep, path) for dep in dvc[name]["input"]), (name, path)
+        for dep in dvc[name]["input"]:
+            assert any(_covers(dep, path) for path in job["input"]), (name, dep)
