@@ -5,7 +5,7 @@ from midigen.params import validate_params
 configfile: "params.yaml"
 
 
-validate_params(config)  # one message naming the bad key, before any job runs
+config.update(validate_params(config))  # one message naming a bad key, before any job runs
 
 
 include: "workflow/rules/common.smk"

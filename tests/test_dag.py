@@ -34,8 +34,13 @@ def run(cmd: list[str], cwd: Path) -> str:
 
 def make_project(tmp: Path) -> Path:
     """Copy the repo's files (as git sees them) and shrink the corpus to a few chorales."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     project = tmp / "project"
     for name in files:
         if (ROOT / name).is_file() and not name.startswith("tests/"):
@@ -65,12 +70,14 @@ def snakemake_jobs(project: Path, *extra: str) -> list[dict]:
         if not head:
             continue
         fields = dict(re.findall(r"^\s{4}(\w+): (.*)$", block, flags=re.M))
-        jobs.append({
-            "rule": head.group(1),
-            "wildcards": fields.get("wildcards", ""),
-            "input": set(fields.get("input", "").split(", ")) - {""},
-            "output": set(fields.get("output", "").split(", ")) - {""},
-        })
+        jobs.append(
+            {
+                "rule": head.group(1),
+                "wildcards": fields.get("wildcards", ""),
+                "input": set(fields.get("input", "").split(", ")) - {""},
+                "output": set(fields.get("output", "").split(", ")) - {""},
+            }
+        )
     return jobs
 
 
@@ -111,7 +118,12 @@ def test_snakemake_run_rerun_and_params_change(tmp_path):
     assert "Nothing to be done" in run(["snakemake", "--cores", "2"], project)
 
     set_param(project, "encode.steps_per_beat", 2)
-    assert sorted(j["rule"] for j in snakemake_jobs(project)) == ["all", "encode", "encode", "shard"]
+    assert sorted(j["rule"] for j in snakemake_jobs(project)) == [
+        "all",
+        "encode",
+        "encode",
+        "shard",
+    ]
     out = run(["snakemake", "--cores", "2"], project)
     assert "midigen download:" not in out and "midigen shard:" in out
     assert '"steps_per_beat": 2' in (project / "data/shards/stats.json").read_text()

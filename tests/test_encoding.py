@@ -20,7 +20,7 @@ from midigen.encoding import (
     sparse_to_notes,
     sparse_to_position,
 )
-from midigen.midi import Limits, Meter, Notes, SkipSong, read_song, write_midi
+from midigen.midi import Limits, Meter, Notes, SkipSong, end_overlaps, read_song, write_midi
 
 SEED_TOKENS = "<sos><n1><d4><sep><d1><n3><d2><sep><d5><n2><d2><n3><d2><sep><d2><eos>"
 LIMITS = Limits(max_file_bytes=2**24, max_notes=10**6, max_steps=10**6)
@@ -117,13 +117,13 @@ def note_sets(draw, instruments: bool = False, max_duration: int = 16) -> Notes:
     n = draw(st.integers(1, 60))
     programs = st.sampled_from([0, 5, 40, 73]) if instruments else st.just(0)
     keys = draw(
-        st.sets(st.tuples(st.integers(0, 300), programs, st.integers(0, 127)), min_size=1,
-                max_size=n)
+        st.sets(
+            st.tuples(st.integers(0, 300), programs, st.integers(0, 127)), min_size=1, max_size=n
+        )
     )
     keys = sorted(keys)
-    durations = draw(st.lists(st.integers(1, max_duration), min_size=len(keys),
-                              max_size=len(keys)))
-    onset, program, pitch = (np.array(col, dtype=np.int64) for col in zip(*keys))
+    durations = draw(st.lists(st.integers(1, max_duration), min_size=len(keys), max_size=len(keys)))
+    onset, program, pitch = (np.array(col, dtype=np.int64) for col in zip(*keys, strict=True))
     return Notes(onset, program, pitch, np.array(durations, dtype=np.int64))
 
 
@@ -152,11 +152,36 @@ def test_instrument_mode_inverts(notes: Notes):
 @settings(max_examples=60, deadline=None)
 @given(note_sets(instruments=True), st.sampled_from([1, 2, 4, 12]))
 def test_midi_round_trip_gives_back_the_quantized_notes(notes: Notes, steps_per_beat: int):
+    notes = Notes(notes.onset, notes.program, notes.pitch, end_overlaps(*_columns(notes)))
     data = write_midi(notes, steps_per_beat)
     again, _ = read_song(data, steps_per_beat, 16, merge_instruments=False, limits=LIMITS)
     assert again.equals(notes)
     config = EncodeConfig(steps_per_beat, 16, instruments=True, limits=LIMITS)
     assert roundtrip_bytes(data, config)
+
+
+def _columns(notes: Notes) -> tuple[np.ndarray, ...]:
+    return notes.onset, notes.program, notes.pitch, notes.duration
+
+
+def test_a_note_ends_where_the_same_key_strikes_again():
+    """Two merged voices on one pitch: MIDI cannot pair their note-offs, so the first is cut."""
+    import symusic
+
+    score = symusic.Score(4)
+    for program, (time, duration) in [(0, (0, 12)), (1, (4, 2)), (2, (4, 8))]:
+        track = symusic.Track(program=program)
+        track.notes.append(symusic.Note(time, duration, 66, 90))
+        score.tracks.append(track)
+    merged, _ = read_song(score.dumps_midi(), 4, 32, merge_instruments=True, limits=LIMITS)
+    assert list(zip(merged.onset.tolist(), merged.duration.tolist(), strict=True)) == [
+        (0, 4),
+        (4, 8),
+    ]
+    kept, _ = read_song(score.dumps_midi(), 4, 32, merge_instruments=False, limits=LIMITS)
+    assert kept.duration.tolist() == [12, 2, 8]  # different instruments may overlap
+    config = EncodeConfig(4, 32, instruments=False, limits=LIMITS)
+    assert roundtrip_bytes(score.dumps_midi(), config)
 
 
 def test_quantization_uses_ticks_not_seconds_and_keeps_longest_duplicate():

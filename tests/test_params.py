@@ -35,11 +35,23 @@ def test_default_params_are_valid():
 @pytest.mark.parametrize(
     "path, value, message",
     [
-        ("encode.step_per_beat", 4, "unknown key 'encode.step_per_beat' (did you mean 'steps_per_beat'?)"),
-        ("encode.steps_per_beat", "four", "'encode.steps_per_beat' must be of type integer, got 'four'"),
+        (
+            "encode.step_per_beat",
+            4,
+            "unknown key 'encode.step_per_beat' (did you mean 'steps_per_beat'?)",
+        ),
+        (
+            "encode.steps_per_beat",
+            "four",
+            "'encode.steps_per_beat' must be of type integer, got 'four'",
+        ),
         ("encode.steps_per_beat", 0, "'encode.steps_per_beat' must be >= 1, got 0"),
         ("encode.max_duration", 5000, "'encode.max_duration' must be <= 1024, got 5000"),
-        ("download.source", "ftp", "'download.source' must be one of 'bach', 'url', 'dir', got 'ftp'"),
+        (
+            "download.source",
+            "ftp",
+            "'download.source' must be one of 'bach', 'url', 'dir', got 'ftp'",
+        ),
         ("download.sha256", "abc", "'download.sha256' must be a string matching"),
         ("encode.chunks", [0, 2], "encode.chunks must list the ids 0..1 once each"),
         ("download.source", "url", "download.url or download.sha256 is not set"),
@@ -51,6 +63,14 @@ def test_bad_values_name_the_key(path, value, message):
         validate_params(with_change(path, value))
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_left_out_keys_get_the_schema_default():
+    params = copy.deepcopy(DEFAULT)
+    del params["encode"]["max_steps"], params["download"]["val_fraction"]
+    filled = validate_params(params)
+    assert filled["encode"]["max_steps"] == 65536 and filled["download"]["val_fraction"] == 0.1
+    assert filled == DEFAULT
 
 
 def test_missing_section_is_named():
@@ -73,9 +93,20 @@ def test_stage_refuses_bad_params_before_touching_outputs(tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("old result")
     result = subprocess.run(
-        [sys.executable, "-m", "midigen", "shard", "--params", str(params), "--out", str(out),
-         "--encoded", str(tmp_path / "nothing")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "midigen",
+            "shard",
+            "--params",
+            str(params),
+            "--out",
+            str(out),
+            "--encoded",
+            str(tmp_path / "nothing"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     assert "'encode.steps_per_beat' must be >= 1, got -1" in result.stderr

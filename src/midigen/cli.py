@@ -26,11 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
     for name in STAGES:
         module = importlib.import_module(f"midigen.stages.{name}")
         p = sub.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__)
-        p.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
-                       help="params file (default: params.yaml)")
-        p.add_argument("--params-json", metavar="JSON",
-                       help="the sections of params this stage reads, as JSON (how Snakemake "
-                            "passes them); overrides --params")
+        p.add_argument(
+            "--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)"
+        )
+        p.add_argument(
+            "--params-json",
+            metavar="JSON",
+            help="the sections of params this stage reads, as JSON (how Snakemake "
+            "passes them); overrides --params",
+        )
         p.add_argument("--log", type=Path, help="also write the log to this file")
         module.add_arguments(p)
         p.set_defaults(module=module)
@@ -38,12 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(log_file: Path | None) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    """Warnings and the error line on stderr; everything, with times, in the --log file."""
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    handlers: list[logging.Handler] = [console]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="w"))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        handlers=handlers, force=True)
+        file = logging.FileHandler(log_file, mode="w")
+        file.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        handlers.append(file)
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
 
 
 def _params(args: argparse.Namespace) -> dict:
@@ -53,8 +62,7 @@ def _params(args: argparse.Namespace) -> dict:
         params = json.loads(args.params_json)
     except json.JSONDecodeError as e:
         raise MidigenError(f"--params-json is not valid JSON ({e})") from None
-    validate_params(params, source="--params-json", partial=True)
-    return params
+    return validate_params(params, source="--params-json", partial=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = args.module.run(args, _params(args))
     except MidigenError as e:
-        log.error("%s failed: %s", args.stage, e)
-        print(f"midigen {args.stage}: error: {e}", file=sys.stderr)
+        log.error("midigen %s: error: %s", args.stage, e)
         return 2
     print(f"midigen {args.stage}: {summary}")
     log.info("%s: %s", args.stage, summary)

@@ -45,14 +45,14 @@ class EncodeConfig:
     @classmethod
     def from_params(cls, encode: dict) -> EncodeConfig:
         limits = Limits(
-            max_file_bytes=int(encode.get("max_file_mb", 16) * 2**20),
-            max_notes=encode.get("max_notes", 200_000),
-            max_steps=encode.get("max_steps", 65_536),
+            max_file_bytes=int(encode["max_file_mb"] * 2**20),
+            max_notes=encode["max_notes"],
+            max_steps=encode["max_steps"],
         )
         return cls(
             steps_per_beat=encode["steps_per_beat"],
             max_duration=encode["max_duration"],
-            instruments=encode.get("instruments", "merge") == "program",
+            instruments=encode["instruments"] == "program",
             limits=limits,
         )
 
@@ -116,22 +116,39 @@ def encode_chunk(
     raw_dir: Path, chunk: int, n_chunks: int, config: EncodeConfig, out: Path, workers: int = 0
 ) -> str:
     """Encode this chunk's files into `out`; return the one-line summary."""
-    rows = [r for r in read_manifest(raw_dir / "manifest.csv") if chunk_of(r["sha256"], n_chunks) == chunk]
+    rows = [
+        r
+        for r in read_manifest(raw_dir / "manifest.csv")
+        if chunk_of(r["sha256"], n_chunks) == chunk
+    ]
     tasks = [(raw_dir / r["path"], config) for r in rows]
     songs, errors = [], []
     parts: dict[str, list[np.ndarray]] = {name: [] for name in ARRAYS}
-    for row, result in zip(rows, parallel_map(_encode_path, tasks, workers, f"encode {chunk}")):
+    for row, result in zip(
+        rows, parallel_map(_encode_path, tasks, workers, f"encode {chunk}"), strict=True
+    ):
         if isinstance(result, SkipSong):
             errors.append(
-                {"path": row["path"], "source": row["source"], "reason": result.reason,
-                 "detail": result.detail}
+                {
+                    "path": row["path"],
+                    "source": row["source"],
+                    "reason": result.reason,
+                    "detail": result.detail,
+                }
             )
             continue
         for name in ARRAYS:
             parts[name].append(getattr(result, name))
-        songs.append({"sha256": row["sha256"], "split": row["split"], "source": row["source"],
-                      "notes": result.notes, "tokens": len(result.tokens),
-                      "steps": int(result.times[-1])})
+        songs.append(
+            {
+                "sha256": row["sha256"],
+                "split": row["split"],
+                "source": row["source"],
+                "notes": result.notes,
+                "tokens": len(result.tokens),
+                "steps": int(result.times[-1]),
+            }
+        )
     with atomic_dir(out) as tmp:
         _save_arrays(tmp, parts, [s["tokens"] for s in songs])
         _write_csv(tmp / "songs.csv", SONG_FIELDS, songs)
@@ -163,8 +180,10 @@ def _summary(what: str, songs: list[dict], errors: list[dict]) -> str:
     skipped = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items()))
     notes = sum(int(s["notes"]) for s in songs)
     tokens = sum(int(s["tokens"]) for s in songs)
-    return (f"{what}: {len(songs)} files ok, {len(errors)} skipped"
-            f"{f' ({skipped})' if skipped else ''}, {notes:,} notes, {tokens:,} tokens")
+    return (
+        f"{what}: {len(songs)} files ok, {len(errors)} skipped"
+        f"{f' ({skipped})' if skipped else ''}, {notes:,} notes, {tokens:,} tokens"
+    )
 
 
 # ---- shards ----------------------------------------------------------------------------------
@@ -189,7 +208,9 @@ def load_shard(shards_dir: Path, split: str, mmap: bool = True) -> Shard:
     if not (folder / "tokens.npy").exists():
         raise MidigenError(f"{folder}: no shard here (run the shard stage first)")
     mode = "r" if mmap else None
-    arrays = {name: np.load(folder / f"{name}.npy", mmap_mode=mode) for name in (*ARRAYS, "offsets")}
+    arrays = {
+        name: np.load(folder / f"{name}.npy", mmap_mode=mode) for name in (*ARRAYS, "offsets")
+    }
     return Shard(songs=_read_csv(folder / "songs.csv"), **arrays)
 
 
@@ -213,15 +234,22 @@ def build_shards(chunk_dirs: list[Path], config: EncodeConfig, out: Path) -> str
         errors += _read_csv(folder / "errors.csv")
 
     vocab = config.vocab
-    stats: dict = {"vocab_size": len(vocab), "steps_per_beat": config.steps_per_beat,
-                   "skipped": dict(collections.Counter(e["reason"] for e in errors)), "splits": {}}
+    stats: dict = {
+        "vocab_size": len(vocab),
+        "steps_per_beat": config.steps_per_beat,
+        "skipped": dict(collections.Counter(e["reason"] for e in errors)),
+        "splits": {},
+    }
     with atomic_dir(out) as tmp:
         for split in SPLITS:
             order = sorted((s["sha256"], i) for i, s in enumerate(songs) if s["split"] == split)
             chosen = [i for _, i in order]
             (tmp / split).mkdir()
-            _save_arrays(tmp / split, {n: [arrays[i][n] for i in chosen] for n in ARRAYS},
-                         [int(songs[i]["tokens"]) for i in chosen])
+            _save_arrays(
+                tmp / split,
+                {n: [arrays[i][n] for i in chosen] for n in ARRAYS},
+                [int(songs[i]["tokens"]) for i in chosen],
+            )
             _write_csv(tmp / split / "songs.csv", SONG_FIELDS, [songs[i] for i in chosen])
             tokens = np.load(tmp / split / "tokens.npy")
             stats["splits"][split] = {
@@ -231,9 +259,13 @@ def build_shards(chunk_dirs: list[Path], config: EncodeConfig, out: Path) -> str
                 "unigram_entropy_bits": unigram_entropy(tokens, len(vocab)),
             }
         _write_csv(tmp / "errors.csv", ERROR_FIELDS, errors)
-        vocab_meta = {"size": len(vocab), "max_duration": vocab.max_duration,
-                      "instruments": vocab.instruments, "steps_per_beat": config.steps_per_beat,
-                      "names": vocab.names()}
+        vocab_meta = {
+            "size": len(vocab),
+            "max_duration": vocab.max_duration,
+            "instruments": vocab.instruments,
+            "steps_per_beat": config.steps_per_beat,
+            "names": vocab.names(),
+        }
         (tmp / "vocab.json").write_text(json.dumps(vocab_meta, indent=1))
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
     total = sum(s["tokens"] for s in stats["splits"].values())
@@ -268,12 +300,16 @@ def _roundtrip_path(task: tuple[Path, EncodeConfig]) -> bool | SkipSong:
         return skip
 
 
-def roundtrip_corpus(raw_dir: Path, config: EncodeConfig, workers: int = 0) -> tuple[int, list[str], int]:
+def roundtrip_corpus(
+    raw_dir: Path, config: EncodeConfig, workers: int = 0
+) -> tuple[int, list[str], int]:
     """(files checked, paths that do not round-trip, files skipped) over a whole manifest."""
     rows = read_manifest(raw_dir / "manifest.csv")
     tasks = [(raw_dir / r["path"], config) for r in rows]
     checked, mismatches, skipped = 0, [], 0
-    for row, ok in zip(rows, parallel_map(_roundtrip_path, tasks, workers, "round trip")):
+    for row, ok in zip(
+        rows, parallel_map(_roundtrip_path, tasks, workers, "round trip"), strict=True
+    ):
         if isinstance(ok, SkipSong):
             skipped += 1
             continue

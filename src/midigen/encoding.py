@@ -219,7 +219,9 @@ def position_to_sparse(position: np.ndarray) -> SparseScore:
     is_note = pitch != GAP
     step = np.concatenate([[0], np.cumsum(np.where(is_note, 0, duration))])[:-1]
     programs = np.unique(program[is_note])
-    total = int(max(np.where(is_note, 0, duration).sum(), (step + duration)[is_note].max(initial=0)))
+    total = int(
+        max(np.where(is_note, 0, duration).sum(), (step + duration)[is_note].max(initial=0))
+    )
     array = np.zeros((total, max(len(programs), 1), 128), dtype=SPARSE_DTYPE)
     array[step[is_note], np.searchsorted(programs, program[is_note]), pitch[is_note]] = duration[
         is_note

@@ -122,7 +122,10 @@ def quantize(
     length = np.concatenate([c["duration"] for c in columns]).astype(np.int64)
     pitch = np.concatenate([c["pitch"] for c in columns]).astype(np.int64)
     program = np.concatenate(
-        [np.full(len(c["time"]), 0 if merge_instruments else t.program) for c, t in zip(columns, tracks)]
+        [
+            np.full(len(c["time"]), 0 if merge_instruments else t.program)
+            for c, t in zip(columns, tracks, strict=True)
+        ]
     ).astype(np.int64)
     if time.min() < 0 or length.min() < 0 or pitch.min() < 0 or pitch.max() > 127:
         raise SkipSong("corrupt", "negative time or pitch outside 0..127")
@@ -143,8 +146,29 @@ def quantize(
     last = np.ones(len(onset), dtype=bool)
     same = (onset[1:] == onset[:-1]) & (program[1:] == program[:-1]) & (pitch[1:] == pitch[:-1])
     last[:-1] = ~same
-    notes = Notes(onset[last], program[last], pitch[last], duration[last])
+    notes = Notes(
+        onset[last],
+        program[last],
+        pitch[last],
+        end_overlaps(onset[last], program[last], pitch[last], duration[last]),
+    )
     return notes, _meter(score, steps_per_beat)
+
+
+def end_overlaps(onset, program, pitch, duration) -> np.ndarray:
+    """Durations cut so a note ends where the same key (program, pitch) strikes again.
+
+    A key cannot sound twice at once, and MIDI note-on/off pairs cannot say which of two
+    overlapping same-pitch notes ends first, so such notes would not survive a round trip.
+    """
+    order = np.lexsort((onset, pitch, program))
+    o, p, k = onset[order], pitch[order], program[order]
+    cut = duration[order].copy()
+    same_key = (p[1:] == p[:-1]) & (k[1:] == k[:-1])
+    cut[:-1] = np.where(same_key, np.minimum(cut[:-1], o[1:] - o[:-1]), cut[:-1])
+    result = np.empty_like(cut)
+    result[order] = cut
+    return result
 
 
 def _meter(score: symusic.Score, steps_per_beat: int) -> Meter:
@@ -186,7 +210,7 @@ def write_midi(notes: Notes, steps_per_beat: int, meter: Meter | None = None) ->
         )
         score.tracks.append(track)
     if meter is not None:
-        for start, length in zip(meter.start, meter.length):
+        for start, length in zip(meter.start, meter.length, strict=True):
             numerator, denominator = _signature(int(length), steps_per_beat)
             score.time_signatures.append(symusic.TimeSignature(int(start), numerator, denominator))
     return score.dumps_midi()

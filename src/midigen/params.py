@@ -31,21 +31,33 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
         raise MidigenError(f"{path}: file not found") from None
     except yaml.YAMLError as e:
         raise MidigenError(f"{path}: not valid YAML ({e})") from None
-    validate_params(params, source=str(path))
-    return params
+    return validate_params(params, source=str(path))
 
 
-def validate_params(params: Any, source: str = "params.yaml", partial: bool = False) -> None:
-    """Validate `params` (a parsed params file); raise MidigenError with one clear message.
+def validate_params(params: Any, source: str = "params.yaml", partial: bool = False) -> dict:
+    """Validate `params` (a parsed params file) and return a copy with schema defaults filled.
 
-    `partial` accepts a subset of the top-level sections (what a Snakemake rule passes).
+    Raises MidigenError with one clear message. `partial` accepts a subset of the top-level
+    sections (what a Snakemake rule passes).
     """
     rules = dict(schema(), required=[]) if partial else schema()
     validator = jsonschema.Draft202012Validator(rules)
     errors = sorted(validator.iter_errors(params), key=lambda e: (len(e.path), list(e.path)))
     if errors:
         raise MidigenError(f"{source}: {_describe(errors[0])}")
+    params = _with_defaults(params, rules)
     _check_consistency(params, source)
+    return params
+
+
+def _with_defaults(value: Any, rules: dict) -> Any:
+    """The schema's `default:` for every key left out, recursively (one source of defaults)."""
+    if not isinstance(value, dict):
+        return value
+    properties = rules.get("properties", {})
+    filled = {k: v["default"] for k, v in properties.items() if "default" in v and k not in value}
+    filled.update({k: _with_defaults(v, properties.get(k, {})) for k, v in value.items()})
+    return filled
 
 
 def _key(path) -> str:
@@ -61,7 +73,9 @@ def _describe(error: jsonschema.ValidationError) -> str:
         bad = extra[0]
         full = f"{where}.{bad}" if error.absolute_path else bad
         hint = difflib.get_close_matches(bad, allowed, n=1)
-        suggestion = f" (did you mean '{hint[0]}'?)" if hint else f" (allowed: {', '.join(allowed)})"
+        suggestion = (
+            f" (did you mean '{hint[0]}'?)" if hint else f" (allowed: {', '.join(allowed)})"
+        )
         return f"unknown key '{full}'{suggestion}"
     if error.validator == "required":
         missing = error.message.split("'")[1]
@@ -92,17 +106,20 @@ def _check_consistency(params: dict[str, Any], source: str) -> None:
     if "encode" in params:
         chunks = params["encode"]["chunks"]
         if sorted(chunks) != list(range(len(chunks))):
-            raise MidigenError(f"{source}: encode.chunks must list the ids 0..{len(chunks) - 1} "
-                               f"once each, got {chunks}")
+            raise MidigenError(
+                f"{source}: encode.chunks must list the ids 0..{len(chunks) - 1} "
+                f"once each, got {chunks}"
+            )
 
 
 def _check_download(download: dict[str, Any], source: str) -> None:
     src = download["source"]
-    if src == "url" and not (download.get("url") and download.get("sha256")):
-        raise MidigenError(f"{source}: download.source is 'url' but download.url or "
-                           "download.sha256 is not set (both are required)")
-    if src == "dir" and not download.get("dir"):
+    if src == "url" and not (download["url"] and download["sha256"]):
+        raise MidigenError(
+            f"{source}: download.source is 'url' but download.url or "
+            "download.sha256 is not set (both are required)"
+        )
+    if src == "dir" and not download["dir"]:
         raise MidigenError(f"{source}: download.source is 'dir' but download.dir is not set")
-    fractions = download.get("val_fraction", 0) + download.get("test_fraction", 0)
-    if fractions >= 1:
+    if download["val_fraction"] + download["test_fraction"] >= 1:
         raise MidigenError(f"{source}: download.val_fraction + download.test_fraction must be < 1")

@@ -25,6 +25,7 @@ def run(args: argparse.Namespace, params: dict) -> str:
     if args.chunk not in encode["chunks"]:
         raise MidigenError(f"--chunk {args.chunk} is not one of encode.chunks {encode['chunks']}")
     out = args.out or Path(f"data/encoded/chunk-{args.chunk}")
-    workers = encode.get("workers", 0) if args.workers is None else args.workers
-    return encode_chunk(args.raw, args.chunk, len(encode["chunks"]), EncodeConfig.from_params(encode),
-                        out, workers)
+    workers = encode["workers"] if args.workers is None else args.workers
+    return encode_chunk(
+        args.raw, args.chunk, len(encode["chunks"]), EncodeConfig.from_params(encode), out, workers
+    )

@@ -1,6 +1,6 @@
 """Check that every downloaded file survives tokens -> MIDI -> tokens (reports mismatches).
 
-Not a DAG stage: a check to run on any corpus. Exits with status 2 when any file does not round-trip.
+Not a DAG stage: a check to run on any corpus. Exits with status 2 on any mismatch.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ def run(args: argparse.Namespace, params: dict) -> str:
         args.raw, EncodeConfig.from_params(params["encode"]), args.workers
     )
     if mismatches:
-        raise MidigenError(f"{len(mismatches)} of {checked} files do not round-trip, "
-                           f"first: {', '.join(mismatches[:5])}")
+        raise MidigenError(
+            f"{len(mismatches)} of {checked} files do not round-trip, "
+            f"first: {', '.join(mismatches[:5])}"
+        )
     return f"{checked} files round-trip exactly, 0 mismatches ({skipped} skipped as unencodable)"

@@ -9,8 +9,9 @@ from midigen.corpus import EncodeConfig, build_shards
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--encoded", type=Path, default=Path("data/encoded"),
-                        help="folder holding chunk-ID folders")
+    parser.add_argument(
+        "--encoded", type=Path, default=Path("data/encoded"), help="folder holding chunk-ID folders"
+    )
     parser.add_argument("--out", type=Path, default=Path("data/shards"))
 
 

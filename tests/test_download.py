@@ -1,0 +1,437 @@
+"""The download stage on real archives, a real HTTP server, real folders and music21's chorales."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import random
+import re
+import subprocess
+import sys
+import tarfile
+import threading
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import mido
+import pytest
+import yaml
+
+from midigen import download as dl
+from midigen.download import SPLITS, download, read_manifest, split_of
+from midigen.errors import MidigenError
+from midigen.params import validate_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_download(params: dict, out: Path):
+    """The library call as the stage makes it: params checked and defaults filled first."""
+    return download(validate_params({"download": params}, partial=True)["download"], out)
+
+
+def midi_bytes(*pitches: int) -> bytes:
+    """A small real MIDI file; different pitches give different content."""
+    track = mido.MidiTrack()
+    for pitch in pitches:
+        track.append(mido.Message("note_on", note=pitch, velocity=64, time=0))
+        track.append(mido.Message("note_off", note=pitch, velocity=0, time=240))
+    song = mido.MidiFile(ticks_per_beat=480)
+    song.tracks.append(track)
+    buffer = io.BytesIO()
+    song.save(file=buffer)
+    return buffer.getvalue()
+
+
+A, B, C = midi_bytes(60, 62), midi_bytes(64, 65, 67), midi_bytes(48)
+# Archive members in archive order: a non-MIDI file, a duplicate of A (dropped) and a folder.
+MEMBERS = {
+    "songs/a.mid": A,
+    "songs/readme.txt": b"not midi",
+    "songs/deep/B.MIDI": B,
+    "songs/c.mid": C,
+    "songs/copy-of-a.mid": A,
+}
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def make_zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("songs/", b"")
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def make_tar(
+    path: Path, members: dict[str, bytes], extra: Callable[[tarfile.TarFile], None] | None = None
+) -> Path:
+    with tarfile.open(path, "w:gz") as archive:
+        folder = tarfile.TarInfo("songs")
+        folder.type = tarfile.DIRTYPE
+        archive.addfile(folder)
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        if extra:
+            extra(archive)
+    return path
+
+
+def url_params(path: Path, url: str | None = None, **extra) -> dict:
+    return {"source": "url", "url": url or path.as_uri(), "sha256": sha(path.read_bytes()), **extra}
+
+
+def tree(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under `folder` with its bytes and mtime, to prove nothing changed."""
+    return {
+        p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def check_output(out: Path) -> list[dict]:
+    """The manifest is sorted, matches the files on disk, and names them by content hash."""
+    rows = read_manifest(out / "manifest.csv")
+    assert [r["sha256"] for r in rows] == sorted(r["sha256"] for r in rows)
+    assert sorted(p.name for p in (out / "midi").iterdir()) == sorted(
+        Path(r["path"]).name for r in rows
+    )
+    for row in rows:
+        data = (out / row["path"]).read_bytes()
+        assert row["path"] == f"midi/{row['sha256'][:16]}.mid"
+        assert sha(data) == row["sha256"] and len(data) == row["size"]
+        assert row["split"] in SPLITS
+    return rows
+
+
+@pytest.fixture
+def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A real HTTP server on 127.0.0.1 serving a folder: (folder, base URL)."""
+    root = tmp_path / "served"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(root))
+    )
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+# --- split_of ---------------------------------------------------------------------------------
+
+
+def test_split_of_is_deterministic_and_proportional() -> None:
+    rng = random.Random(0)
+    hashes = [sha(rng.randbytes(16)) for _ in range(2000)]
+    splits = [split_of(h, 0.1, 0.2) for h in hashes]
+    assert splits == [split_of(h, 0.1, 0.2) for h in hashes]
+    assert abs(splits.count("val") / 2000 - 0.1) < 0.03
+    assert abs(splits.count("test") / 2000 - 0.2) < 0.03
+    assert {split_of(h, 0, 0) for h in hashes} == {"train"}
+
+
+def test_split_is_stable_when_files_are_added(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(20):
+        (corpus / f"{i:02}.mid").write_bytes(midi_bytes(30 + i))
+    run_download(
+        {"source": "dir", "dir": str(corpus), "val_fraction": 0.3, "test_fraction": 0.3},
+        tmp_path / "out",
+    )
+    before = {r["sha256"]: r["split"] for r in read_manifest(tmp_path / "out/manifest.csv")}
+    for i in range(20, 40):
+        (corpus / f"{i:02}.mid").write_bytes(midi_bytes(30 + i))
+    run_download(
+        {"source": "dir", "dir": str(corpus), "val_fraction": 0.3, "test_fraction": 0.3},
+        tmp_path / "out",
+    )
+    after = {r["sha256"]: r["split"] for r in read_manifest(tmp_path / "out/manifest.csv")}
+    assert len(after) == 40 and set(before.values()) == set(SPLITS)
+    assert {h: after[h] for h in before} == before
+
+
+# --- source: url -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [make_zip, make_tar], ids=["zip", "tar.gz"])
+def test_url_archive_over_http(make, http_root, tmp_path: Path) -> None:
+    root, base = http_root
+    archive = make(root / f"midi.{'zip' if make is make_zip else 'tar.gz'}", MEMBERS)
+    summary = run_download(url_params(archive, f"{base}/{archive.name}"), tmp_path / "out")
+
+    rows = check_output(tmp_path / "out")
+    assert {r["sha256"]: r["source"] for r in rows} == {
+        sha(A): "songs/a.mid",
+        sha(B): "songs/deep/B.MIDI",
+        sha(C): "songs/c.mid",
+    }
+    assert summary.duplicates == 1 and sum(summary.splits.values()) == 3
+    assert str(summary).startswith("3 files (train ") and "1 duplicates dropped" in str(summary)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "served"]  # no temp left
+
+
+def test_url_archive_max_files_counts_before_dedup(tmp_path: Path) -> None:
+    archive = make_tar(tmp_path / "midi.tgz", {"a.mid": A, "a2.mid": A, "b.mid": B, "c.mid": C})
+    summary = run_download(url_params(archive, max_files=3), tmp_path / "out")
+    assert {r["source"] for r in check_output(tmp_path / "out")} == {"a.mid", "b.mid"}
+    assert summary.duplicates == 1
+
+
+def test_file_url_of_a_single_midi(tmp_path: Path) -> None:
+    song = tmp_path / "my song.mid"
+    song.write_bytes(B)
+    run_download(url_params(song), tmp_path / "out")
+    [row] = check_output(tmp_path / "out")
+    assert row["source"] == "my song.mid" and row["sha256"] == sha(B)
+
+
+def test_http_error_is_one_clear_line(http_root, tmp_path: Path) -> None:
+    _, base = http_root
+    params = {"source": "url", "url": f"{base}/missing.zip", "sha256": "0" * 64}
+    with pytest.raises(MidigenError, match=r"cannot download .*missing\.zip: HTTP 404"):
+        run_download(params, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["served"]
+
+
+def test_sha256_mismatch_leaves_old_output_untouched(http_root, tmp_path: Path) -> None:
+    root, base = http_root
+    archive = make_zip(root / "midi.zip", MEMBERS)
+    (root / "old.mid").write_bytes(C)
+    out = tmp_path / "data" / "raw"
+    run_download({"source": "dir", "dir": str(root)}, out)
+    (out / "marker.txt").write_text("old output")
+    before = tree(out)
+
+    params = dict(url_params(archive, f"{base}/midi.zip"), sha256="ab" * 32)
+    expected = f"for {base}/midi.zip: expected {'ab' * 32}, got {sha(archive.read_bytes())}"
+    with pytest.raises(MidigenError, match=f"sha256 mismatch {expected}"):
+        run_download(params, out)
+    assert tree(out) == before
+    assert [p.name for p in out.parent.iterdir()] == ["raw"]
+
+
+def test_not_an_archive_is_refused(tmp_path: Path) -> None:
+    junk = tmp_path / "page.html"
+    junk.write_text("<html>sign in to download</html>")
+    with pytest.raises(MidigenError, match="neither a MIDI file nor a .zip or .tar"):
+        run_download(url_params(junk), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# --- hostile archives ---------------------------------------------------------------------------
+
+
+def add_symlink(archive: tarfile.TarFile) -> None:
+    info = tarfile.TarInfo("songs/link.mid")
+    info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    archive.addfile(info)
+
+
+def add_hardlink(archive: tarfile.TarFile) -> None:
+    info = tarfile.TarInfo("songs/hard.mid")
+    info.type, info.linkname = tarfile.LNKTYPE, "../../outside.mid"
+    archive.addfile(info)
+
+
+def add_fifo(archive: tarfile.TarFile) -> None:
+    info = tarfile.TarInfo("songs/pipe.mid")
+    info.type = tarfile.FIFOTYPE
+    archive.addfile(info)
+
+
+def add_device(archive: tarfile.TarFile) -> None:
+    info = tarfile.TarInfo("songs/null.mid")
+    info.type, info.devmajor, info.devminor = tarfile.CHRTYPE, 1, 3
+    archive.addfile(info)
+
+
+def make_zip_symlink(path: Path, members: dict[str, bytes]) -> Path:
+    link = zipfile.ZipInfo("songs/link.mid")
+    link.external_attr = 0o120777 << 16  # S_IFLNK, as zip -y stores a symlink
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+        archive.writestr(link, "/etc/passwd")
+    return path
+
+
+# Archives that try to write outside their target: case -> (build(path, abs_dir), bad member).
+# An absolute member name points into `abs_dir` so the test can check it was never written.
+HOSTILE: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
+    "tar-dotdot": (lambda p, _: make_tar(p, {"a.mid": A, "../evil.mid": B}), "../evil.mid"),
+    "tar-absolute": (lambda p, d: make_tar(p, {"a.mid": A, f"{d}/evil.mid": B}), "{abs}"),
+    "tar-symlink": (lambda p, _: make_tar(p, {"a.mid": A}, add_symlink), "songs/link.mid"),
+    "tar-hardlink": (lambda p, _: make_tar(p, {"a.mid": A}, add_hardlink), "songs/hard.mid"),
+    "tar-fifo": (lambda p, _: make_tar(p, {"a.mid": A}, add_fifo), "songs/pipe.mid"),
+    "tar-device": (lambda p, _: make_tar(p, {"a.mid": A}, add_device), "songs/null.mid"),
+    "zip-dotdot": (
+        lambda p, _: make_zip(p, {"a.mid": A, "songs/../../evil.mid": B}),
+        "songs/../../evil.mid",
+    ),
+    "zip-absolute": (lambda p, _: make_zip(p, {"a.mid": A, "/evil.mid": B}), "/evil.mid"),
+    "zip-symlink": (lambda p, _: make_zip_symlink(p, {"a.mid": A}), "songs/link.mid"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_hostile_archive_is_refused(case: str, tmp_path: Path) -> None:
+    build, member = HOSTILE[case]
+    elsewhere = tmp_path / "elsewhere"
+    archive = build(tmp_path / "archive", elsewhere)
+    member = member.replace("{abs}", f"{elsewhere}/evil.mid")
+    with tarfile.open(archive) if case.startswith("tar") else zipfile.ZipFile(archive) as a:
+        names = a.getnames() if case.startswith("tar") else a.namelist()
+    assert member in names  # the archive really holds the hostile name
+    work = tmp_path / "work" / "deep"
+    work.mkdir(parents=True)
+    with pytest.raises(MidigenError, match=f"archive member {re.escape(repr(member))} "):
+        run_download(url_params(archive), work / "out")
+    assert list(work.iterdir()) == []  # no output, no temp folder
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["archive", "deep", "work"]
+
+
+def test_oversized_member_is_refused(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(dl, "MAX_MEMBER_BYTES", 1000)
+    archive = make_zip(tmp_path / "big.zip", {"a.mid": A, "big.mid": A + bytes(5000)})
+    with pytest.raises(MidigenError, match="member 'big.mid' is larger than 1000 bytes"):
+        run_download(url_params(archive), tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.zip"]
+
+
+def test_zip_bomb_is_refused(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(dl, "MIN_EXPANSION_BUDGET", 0)
+    members = {f"{i}.mid": A + bytes([i]) * 20_000 for i in range(20)}  # ~400 kB from ~10 kB
+    archive = make_zip(tmp_path / "bomb.zip", members)
+    with pytest.raises(MidigenError, match="extracted total past .* zip bomb"):
+        run_download(url_params(archive), tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.zip"]
+
+
+# --- source: dir --------------------------------------------------------------------------------
+
+
+def test_dir_source_nested_with_duplicates(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    for name, data in {
+        "b/z.mid": A,
+        "a/x/y.MID": B,
+        "a/dup.midi": A,
+        "c.mid": C,
+        "notes.txt": b"x",
+        "a/x/dup.mid": B,
+    }.items():
+        (corpus / name).parent.mkdir(parents=True, exist_ok=True)
+        (corpus / name).write_bytes(data)
+    summary = run_download({"source": "dir", "dir": str(corpus)}, tmp_path / "out")
+    rows = check_output(tmp_path / "out")
+    # sorted relative paths: a/dup.midi, a/x/dup.mid, a/x/y.MID, b/z.mid, c.mid
+    assert {r["sha256"]: r["source"] for r in rows} == {
+        sha(A): "a/dup.midi",
+        sha(B): "a/x/dup.mid",
+        sha(C): "c.mid",
+    }
+    assert summary.duplicates == 2
+
+
+def test_dir_source_errors(tmp_path: Path) -> None:
+    with pytest.raises(MidigenError, match="is not an existing folder"):
+        run_download({"source": "dir", "dir": str(tmp_path / "nope")}, tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MidigenError, match="no MIDI files"):
+        run_download({"source": "dir", "dir": str(tmp_path / "empty")}, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+# --- source: bach -------------------------------------------------------------------------------
+
+
+def test_bach_source_is_deterministic(tmp_path: Path) -> None:
+    params = {"source": "bach", "max_files": 6, "val_fraction": 0.1, "test_fraction": 0.1}
+    first = run_download(params, tmp_path / "one")
+    run_download(params, tmp_path / "two")
+    rows = check_output(tmp_path / "one")
+    assert len(rows) + first.duplicates + first.skipped == 6 and len(rows) >= 4
+    assert all(r["source"].startswith("bach/bwv") for r in rows)
+    assert (mido.MidiFile(tmp_path / "one" / rows[0]["path"]).length) > 0
+    assert tree(tmp_path / "one").keys() == tree(tmp_path / "two").keys()
+    assert all(
+        (tmp_path / "one" / p).read_bytes() == (tmp_path / "two" / p).read_bytes()
+        for p in tree(tmp_path / "one")
+    )
+
+
+# --- the CLI ------------------------------------------------------------------------------------
+
+
+def run_cli(tmp_path: Path, download_params: dict) -> subprocess.CompletedProcess:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["download"] = download_params
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "midigen",
+            "download",
+            "--out",
+            "data/raw",
+            "--params",
+            "params.yaml",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_cli_end_to_end(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name, data in {"a.mid": A, "b.mid": B, "again.mid": A}.items():
+        (corpus / name).write_bytes(data)
+    result = run_cli(
+        tmp_path,
+        {
+            "source": "dir",
+            "dir": str(corpus),
+            "max_files": 0,
+            "val_fraction": 0.1,
+            "test_fraction": 0.1,
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("midigen download: 2 files (train ")
+    assert result.stdout.rstrip().endswith("1 duplicates dropped -> data/raw")
+    assert len(check_output(tmp_path / "data/raw")) == 2
+
+
+def test_cli_bad_params(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, {"source": "ftp"})
+    assert result.returncode == 2 and result.stdout == ""
+    assert (
+        "midigen download: error: params.yaml: 'download.source' must be one of 'bach', "
+        "'url', 'dir', got 'ftp'"
+    ) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()
