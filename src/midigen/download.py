@@ -198,11 +198,18 @@ def _bach_entries(limit: int | None, skipped: list[str]) -> Iterator[Entry]:
 
 def _chorale_midi(corpus_id: str) -> tuple[bytes | None, str]:
     """(MIDI bytes, "") for one chorale, or (None, why) when music21 cannot render it."""
-    from music21 import corpus
+    from music21 import bar, corpus, repeat
     from music21.midi.translate import streamToMidiFile
+    from music21.repeat import ExpanderException
 
     try:
-        return streamToMidiFile(corpus.parse(corpus_id)).writestr(), ""
+        score = corpus.parse(corpus_id)
+        try:
+            return streamToMidiFile(score).writestr(), ""
+        except ExpanderException:  # badly formed repeat marks (bwv277): play it as written
+            for mark in score.recurse().getElementsByClass((bar.Repeat, repeat.RepeatExpression)):
+                mark.activeSite.remove(mark)
+            return streamToMidiFile(score).writestr(), ""
     except Exception as e:  # music21 raises many types; one bad chorale must not stop the stage
         return None, f"{type(e).__name__}: {e}"
 
