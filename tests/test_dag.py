@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -26,6 +27,9 @@ pytestmark = pytest.mark.slow
 
 
 def run(cmd: list[str], cwd: Path) -> str:
+    """Run a command; `snakemake` and `dvc` run under the interpreter running the tests."""
+    if cmd[0] in ("snakemake", "dvc"):
+        cmd = [sys.executable, "-m", *cmd]
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{output[-4000:]}"

@@ -218,3 +218,16 @@ def test_too_long_song_is_skipped_before_allocation():
     with pytest.raises(SkipSong) as skip:
         encode_bytes(score.dumps_midi(), config)
     assert skip.value.reason == "too_long"
+
+
+def test_of_two_time_signatures_on_one_tick_the_later_wins():
+    import symusic
+
+    score = symusic.Score(4)
+    score.time_signatures.append(symusic.TimeSignature(0, 4, 4))
+    score.time_signatures.append(symusic.TimeSignature(0, 3, 4))
+    track = symusic.Track(program=0)
+    track.notes.append(symusic.Note(0, 4, 60, 90))
+    score.tracks.append(track)
+    _, meter = read_song(score.dumps_midi(), 4, 32, merge_instruments=True, limits=LIMITS)
+    assert meter.length.tolist() == [12]

@@ -89,11 +89,25 @@ def parse(data: bytes, limits: Limits) -> symusic.Score:
         raise SkipSong("too_large", f"{len(data)} bytes > {limits.max_file_bytes}")
     if len(data) == 0:
         raise SkipSong("empty", "file has 0 bytes")
+    data = _unwrap_rmid(data)
     try:
         return symusic.Score.from_midi(data)
     except Exception as e:  # the C++ parser reports every malformation as some exception
         reason = "not_midi" if not data.startswith(b"MThd") else "corrupt"
         raise SkipSong(reason, str(e).splitlines()[0][:200]) from None
+
+
+def _unwrap_rmid(data: bytes) -> bytes:
+    """The standard MIDI file inside a RIFF 'RMID' container (.rmi), else `data` unchanged."""
+    if data[:4] != b"RIFF" or data[8:12] != b"RMID":
+        return data
+    offset = 12
+    while offset + 8 <= len(data):
+        size = int.from_bytes(data[offset + 4 : offset + 8], "little")
+        if data[offset : offset + 4] == b"data":
+            return data[offset + 8 : offset + 8 + size]
+        offset += 8 + size + (size & 1)
+    return data
 
 
 def quantize(
@@ -173,7 +187,11 @@ def end_overlaps(onset, program, pitch, duration) -> np.ndarray:
 
 def _meter(score: symusic.Score, steps_per_beat: int) -> Meter:
     """Bar lengths in steps from the time signatures found on any track."""
-    signatures = sorted((ts.time, ts.numerator, ts.denominator) for ts in score.time_signatures)
+    # Stable sort on time only: of two signatures at one tick, the later in the file wins.
+    signatures = sorted(
+        ((ts.time, ts.numerator, ts.denominator) for ts in score.time_signatures),
+        key=lambda ts: ts[0],
+    )
     starts, lengths = [0], [4 * steps_per_beat]  # MIDI's default until the first signature
     tpq = score.ticks_per_quarter
     for tick, numerator, denominator in signatures:

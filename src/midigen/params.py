@@ -40,7 +40,7 @@ def validate_params(params: Any, source: str = "params.yaml", partial: bool = Fa
     Raises MidigenError with one clear message. `partial` accepts a subset of the top-level
     sections (what a Snakemake rule passes).
     """
-    rules = dict(schema(), required=[]) if partial else schema()
+    rules = _without_required(schema()) if partial else schema()
     validator = jsonschema.Draft202012Validator(rules)
     errors = sorted(validator.iter_errors(params), key=lambda e: (len(e.path), list(e.path)))
     if errors:
@@ -48,6 +48,13 @@ def validate_params(params: Any, source: str = "params.yaml", partial: bool = Fa
     params = _with_defaults(params, rules)
     _check_consistency(params, source)
     return params
+
+
+def _without_required(rules: Any) -> Any:
+    """The schema with nothing required, for a rule that passes only the keys it reads."""
+    if isinstance(rules, dict):
+        return {k: _without_required(v) for k, v in rules.items() if k != "required"}
+    return rules
 
 
 def _with_defaults(value: Any, rules: dict) -> Any:
@@ -103,7 +110,7 @@ def _check_consistency(params: dict[str, Any], source: str) -> None:
     """Rules that span keys, which the schema cannot express."""
     if "download" in params:
         _check_download(params["download"], source)
-    if "encode" in params:
+    if "chunks" in params.get("encode", {}):
         chunks = params["encode"]["chunks"]
         if sorted(chunks) != list(range(len(chunks))):
             raise MidigenError(
