@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import functools
 import json
 import math
 import os
@@ -81,10 +82,11 @@ def encode_bytes(data: bytes, config: EncodeConfig) -> EncodedSong:
     return EncodedSong(tokens, times, meter.bar_position(times), len(notes))
 
 
-def _encode_path(task: tuple[Path, EncodeConfig]) -> EncodedSong | SkipSong:
+def _on_file(fn, task: tuple[Path, EncodeConfig]):
+    """fn(file bytes, config), or the SkipSong saying why the file cannot be encoded."""
     path, config = task
     try:
-        return encode_bytes(_read_capped(path, config.limits.max_file_bytes), config)
+        return fn(_read_capped(path, config.limits.max_file_bytes), config)
     except SkipSong as skip:
         return skip
 
@@ -125,7 +127,9 @@ def encode_chunk(
     songs, errors = [], []
     parts: dict[str, list[np.ndarray]] = {name: [] for name in ARRAYS}
     for row, result in zip(
-        rows, parallel_map(_encode_path, tasks, workers, f"encode {chunk}"), strict=True
+        rows,
+        parallel_map(functools.partial(_on_file, encode_bytes), tasks, workers, f"encode {chunk}"),
+        strict=True,
     ):
         if isinstance(result, SkipSong):
             errors.append(
@@ -292,14 +296,6 @@ def roundtrip_bytes(data: bytes, config: EncodeConfig) -> bool:
     return notes.equals(again)
 
 
-def _roundtrip_path(task: tuple[Path, EncodeConfig]) -> bool | SkipSong:
-    path, config = task
-    try:
-        return roundtrip_bytes(_read_capped(path, config.limits.max_file_bytes), config)
-    except SkipSong as skip:
-        return skip
-
-
 def roundtrip_corpus(
     raw_dir: Path, config: EncodeConfig, workers: int = 0
 ) -> tuple[int, list[str], int]:
@@ -308,7 +304,9 @@ def roundtrip_corpus(
     tasks = [(raw_dir / r["path"], config) for r in rows]
     checked, mismatches, skipped = 0, [], 0
     for row, ok in zip(
-        rows, parallel_map(_roundtrip_path, tasks, workers, "round trip"), strict=True
+        rows,
+        parallel_map(functools.partial(_on_file, roundtrip_bytes), tasks, workers, "round trip"),
+        strict=True,
     ):
         if isinstance(ok, SkipSong):
             skipped += 1
