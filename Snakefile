@@ -10,9 +10,11 @@ config.update(validate_params(config))  # one message naming a bad key, before a
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
 
 
 rule all:
     input:
         "data/shards",
+        expand("models/{variant}", variant=config["train"]["variants"]),
     default_target: True

@@ -1,7 +1,8 @@
 """Real Snakemake and DVC runs on a tiny config, in a temp copy of the repo.
 
-For both tools: a clean run works, a second run does nothing, and changing
-encode.steps_per_beat re-runs encode and shard but not download. Also: the two DAG files
+For both tools: a clean run works, a second run does nothing, changing
+encode.steps_per_beat re-runs encode, shard and training but not download, and changing a
+train.* value re-runs only training. Also: the two DAG files
 declare the same stages with the same inputs and outputs, and `snakemake --lint` is clean.
 """
 
@@ -21,7 +22,8 @@ from midigen.corpus import load_shard, load_vocab
 from midigen.encoding import decode_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_FILES = 8
+TINY_FILES = 12
+TRAIN = ("train@vanilla", "train@xl", "train@xl_knn")
 
 pytestmark = pytest.mark.slow
 
@@ -51,6 +53,14 @@ def make_project(tmp: Path) -> Path:
             (project / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, project / name)
     set_param(project, "download.max_files", TINY_FILES)
+    set_param(project, "download.val_fraction", 0.25)
+    tiny_model = {"n_layer": 1, "n_head": 2, "d_model": 16, "d_ff": 32, "segment_len": 32,
+                  "xl_mem_len": 32, "knn_k": 2}
+    tiny_train = {"steps": 2, "batch_size": 2, "warmup_steps": 1, "eval_every": 2,
+                  "checkpoint_every": 2}
+    for section, values in (("model", tiny_model), ("train", tiny_train)):
+        for key, value in values.items():
+            set_param(project, f"{section}.{key}", value)
     run(["git", "init", "-q"], project)
     run(["git", "add", "-A"], project)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], project)
@@ -116,27 +126,26 @@ def test_snakemake_run_rerun_and_params_change(tmp_path):
     out = run(["snakemake", "--cores", "2"], project)
     assert "midigen shard:" in out
     assert_round_trip(project)
-    for log in ("download", "encode-0", "encode-1", "shard"):
+    for log in ("download", "encode-0", "encode-1", "shard", "train-xl_knn"):
         assert (project / "logs" / f"{log}.log").stat().st_size > 0
 
     assert "Nothing to be done" in run(["snakemake", "--cores", "2"], project)
 
     set_param(project, "encode.steps_per_beat", 2)
-    assert sorted(j["rule"] for j in snakemake_jobs(project)) == [
-        "all",
-        "encode",
-        "encode",
-        "shard",
-    ]
+    rules = sorted(j["rule"] for j in snakemake_jobs(project))
+    assert rules == ["all", "encode", "encode", "shard", "train", "train", "train"]
     out = run(["snakemake", "--cores", "2"], project)
     assert "midigen download:" not in out and "midigen shard:" in out
     assert '"steps_per_beat": 2' in (project / "data/shards/stats.json").read_text()
+
+    set_param(project, "train.lr", 0.002)
+    assert sorted(j["rule"] for j in snakemake_jobs(project)) == ["all", "train", "train", "train"]
 
 
 def test_dvc_run_rerun_and_params_change(tmp_path):
     project = make_project(tmp_path)
     out = run(["dvc", "repro"], project)
-    assert ran_stages_dvc(out) == {"download", "encode@0", "encode@1", "shard"}
+    assert ran_stages_dvc(out) == {"download", "encode@0", "encode@1", "shard", *TRAIN}
     assert_round_trip(project)
 
     out = run(["dvc", "repro"], project)
@@ -145,8 +154,11 @@ def test_dvc_run_rerun_and_params_change(tmp_path):
 
     set_param(project, "encode.steps_per_beat", 2)
     out = run(["dvc", "repro"], project)
-    assert ran_stages_dvc(out) == {"encode@0", "encode@1", "shard"}
+    assert ran_stages_dvc(out) == {"encode@0", "encode@1", "shard", *TRAIN}
     assert '"steps_per_beat": 2' in (project / "data/shards/stats.json").read_text()
+
+    set_param(project, "train.lr", 0.002)
+    assert ran_stages_dvc(run(["dvc", "repro"], project)) == set(TRAIN)
 
 
 def _covers(directory: str, path: str) -> bool:
@@ -170,7 +182,7 @@ def test_both_dag_files_declare_the_same_stages(project):
             }
             for stage in repo.index.stages
         }
-    assert set(snake) == set(dvc) == {"download", "encode@0", "encode@1", "shard"}
+    assert set(snake) == set(dvc) == {"download", "encode@0", "encode@1", "shard", *TRAIN}
     for name, job in snake.items():
         assert job["output"] == dvc[name]["output"], name
         # A DVC dependency on a folder stands for the Snakemake inputs inside it (DVC cannot

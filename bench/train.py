@@ -1,0 +1,170 @@
+"""Training throughput of the three variants against a minimal reference transformer.
+
+    python bench/train.py                          # default model size, batch 8 x 256, CPU
+    python bench/train.py --steps 10 --repeats 3   # more timed steps
+    python bench/train.py --shards data/shards     # real songs (default if the folder exists)
+
+Every side does the same work per step: forward, cross entropy, backward, AdamW step, on the
+same segments of a contiguous song stream (real shards when present, else random tokens in
+songs of chorale-like length). Memories are carried from step to step, so the kNN memory holds
+what it would in training. The reference is nanoGPT-shaped: fused QKV, learned absolute
+positions, scaled_dot_product_attention(is_causal=True), tied head, nothing else; its
+dropout is nanoGPT's, on attention weights too. MusicTransformer leaves attention weights alone
+(attn_dropout 0), so `ref_noattn`, the reference without it (torch's fused causal kernel), is
+printed as well, for information.
+Sides are timed in turns (each repeat times every side) and the median step time is reported.
+Targets: vanilla >= 1.0x reference, xl >= 0.8x vanilla, xl_knn >= 0.5x vanilla.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from midigen.model import IGNORE, ModelConfig, MusicTransformer
+
+
+class Reference(nn.Module):
+    """The plainest GPT of the same size: what the variants' extras are measured against."""
+
+    def __init__(self, c: ModelConfig, attn_dropout: float):
+        super().__init__()
+        self.n_head, self.p = c.n_head, attn_dropout
+        self.tok, self.pos = nn.Embedding(c.vocab_size, c.d_model), nn.Embedding(
+            c.segment_len, c.d_model)
+        self.blocks = nn.ModuleList(nn.ModuleDict({
+            "ln1": nn.LayerNorm(c.d_model), "qkv": nn.Linear(c.d_model, 3 * c.d_model),
+            "proj": nn.Linear(c.d_model, c.d_model), "ln2": nn.LayerNorm(c.d_model),
+            "up": nn.Linear(c.d_model, c.d_ff), "down": nn.Linear(c.d_ff, c.d_model),
+        }) for _ in range(c.n_layer))
+        self.ln_f = nn.LayerNorm(c.d_model)
+        self.head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.head.weight = self.tok.weight
+        self.drop = nn.Dropout(c.dropout)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        b, t = tokens.shape
+        x = self.drop(self.tok(tokens) + self.pos(torch.arange(t, device=tokens.device)))
+        for blk in self.blocks:
+            q, k, v = blk["qkv"](blk["ln1"](x)).view(b, t, 3, self.n_head, -1).permute(
+                2, 0, 3, 1, 4)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                               dropout_p=self.p if self.training else 0.0)
+            x = x + self.drop(blk["proj"](y.transpose(1, 2).reshape(b, t, -1)))
+            x = x + self.drop(blk["down"](F.gelu(blk["up"](blk["ln2"](x)))))
+        return self.head(self.ln_f(x))
+
+
+def segments(args: argparse.Namespace, vocab_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    """(tokens, targets, bar_pos, doc) segments of a contiguous song stream, forever."""
+    if args.shards.exists():
+        from midigen.batching import ContiguousBatches
+        from midigen.corpus import load_shard, load_vocab
+
+        batches = ContiguousBatches(load_shard(args.shards, "train"), load_vocab(args.shards),
+                                    args.batch, args.segment, seed=0)
+        for s in batches:
+            yield s.tokens, s.targets, s.bar_pos, s.doc
+    g = torch.Generator().manual_seed(0)
+    length = args.segment * 16
+    while True:  # songs of 300..1500 tokens back to back in every row
+        doc = torch.zeros(args.batch, length, dtype=torch.int64)
+        for row in range(args.batch):
+            edges = torch.randint(300, 1500, (length // 300,), generator=g).cumsum(0)
+            doc[row] = torch.bucketize(torch.arange(length), edges) + 1000 * row
+        tokens = torch.randint(4, vocab_size, (args.batch, length), generator=g)
+        bar_pos = torch.arange(length).repeat(args.batch, 1) % 16
+        targets = tokens.roll(-1, 1)
+        targets[doc != doc.roll(-1, 1)] = IGNORE
+        for s in range(0, length, args.segment):
+            w = slice(s, s + args.segment)
+            yield tokens[:, w], targets[:, w], bar_pos[:, w], doc[:, w]
+
+
+def trainer(model: nn.Module, data: Iterator, memory: bool) -> Callable[[], None]:
+    """One training step on the next segment (memories carried along when the model has any)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    state = None
+    model.train()
+
+    def step() -> None:
+        nonlocal state
+        tokens, targets, bar_pos, doc = next(data)
+        if isinstance(model, Reference):
+            logits = model(tokens)
+        else:
+            logits, _, state = model(tokens, bar_pos, doc, state if memory else None)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--segment", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per side per repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--shards", type=Path, default=Path("data/shards"))
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # tiny gradients otherwise make CPU matmuls ~30x slower
+
+    base = ModelConfig(segment_len=args.segment)
+    sides: dict[str, Callable[[], None]] = {}
+    torch.manual_seed(0)
+    sides["reference"] = trainer(Reference(base, base.dropout), segments(args, base.vocab_size),
+                                 False)
+    torch.manual_seed(0)
+    sides["ref_noattn"] = trainer(Reference(base, 0.0), segments(args, base.vocab_size), False)
+    for name, memory in (("vanilla", "none"), ("xl", "xl"), ("xl_knn", "xl_knn")):
+        torch.manual_seed(0)
+        config = ModelConfig(segment_len=args.segment, memory=memory)
+        model = MusicTransformer(config)
+        sides[name] = trainer(model, segments(args, config.vocab_size), memory != "none")
+    for step in sides.values():
+        for _ in range(args.warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(args.repeats):
+        for name, step in sides.items():
+            for _ in range(args.steps):
+                t0 = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - t0)
+
+    tokens = args.batch * args.segment
+    rate = {name: tokens / statistics.median(t) for name, t in times.items()}
+    print(f"model: {base.n_layer} layers, {base.n_head} heads, d_model {base.d_model}, d_ff "
+          f"{base.d_ff}, dropout {base.dropout}; batch {args.batch} x {args.segment}; "
+          f"{torch.get_num_threads()} threads; data: "
+          f"{args.shards if args.shards.exists() else 'synthetic'}")
+    print(f"{'side':<11} {'median step (s)':>16} {'tokens/s':>10}")
+    for name, t in times.items():
+        print(f"{name:<11} {statistics.median(t):>16.3f} {rate[name]:>10,.0f}")
+    for label, num, den, target in (("vanilla/reference", "vanilla", "reference", 1.0),
+                                    ("xl/vanilla", "xl", "vanilla", 0.8),
+                                    ("xl_knn/vanilla", "xl_knn", "vanilla", 0.5)):
+        ratio = rate[num] / rate[den]
+        verdict = "meets" if ratio >= target or math.isclose(ratio, target) else "MISSES"
+        print(f"{label:<18} {ratio:5.2f}x  ({verdict} the >= {target}x target)")
+    ratio = rate["vanilla"] / rate["ref_noattn"]
+    print(f"{'vanilla/ref_noattn':<18} {ratio:5.2f}x  (for information)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Contiguous batches: every batch row streams whole songs back to back, in order.
+
+Memory models need the segments of a song in order, in the same row. Each row is a queue of
+whole songs; a segment is the next `segment_len` tokens of every row, so song starts are
+staggered across rows instead of padded to a common length. Every token carries the id of
+its song (`doc`), which is how the model knows where a row's memory must be forgotten.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from midigen.corpus import Shard
+from midigen.encoding import Vocab
+from midigen.errors import MidigenError
+from midigen.model import IGNORE  # target the loss skips (padding, the jump between songs)
+
+
+@dataclass
+class Segment:
+    """One step of every row: inputs, next-token targets, bar positions and song ids."""
+
+    tokens: torch.Tensor  # (B, T) int64
+    targets: torch.Tensor  # (B, T) int64, IGNORE where there is nothing to predict
+    bar_pos: torch.Tensor  # (B, T) int64
+    doc: torch.Tensor  # (B, T) int64 song id, -1 on padding
+
+    def to(self, device: torch.device | str) -> Segment:
+        return Segment(
+            *(
+                t.to(device, non_blocking=True)
+                for t in (self.tokens, self.targets, self.bar_pos, self.doc)
+            )
+        )
+
+    def rows(self, start: int, stop: int) -> Segment:
+        """The rows this process trains on under DDP."""
+        return Segment(
+            self.tokens[start:stop],
+            self.targets[start:stop],
+            self.bar_pos[start:stop],
+            self.doc[start:stop],
+        )
+
+
+def pitch_shift(
+    tokens: np.ndarray, vocab: Vocab, low: int, high: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Transpose a song's note tokens by a random interval in [low, high] that keeps every
+    pitch inside 0..127; separators, durations and programs are untouched."""
+    notes = (tokens >= vocab.note_base) & (tokens < vocab.duration_base)
+    if not notes.any() or low == high == 0:
+        return tokens
+    pitches = tokens[notes] - vocab.note_base
+    low, high = max(low, -int(pitches.min())), min(high, 127 - int(pitches.max()))
+    shift = int(rng.integers(low, high + 1)) if low <= high else 0
+    shifted = tokens.copy()
+    shifted[notes] += shift
+    return shifted
+
+
+class ContiguousBatches:
+    """Segments of `batch_size` rows x `segment_len` tokens over one split, epoch by epoch.
+
+    Songs are shuffled per epoch (seeded) and dealt to the currently shortest row, so rows end
+    at about the same time; the shorter rows are padded at the end. Song ids are unique across
+    epochs, so no memory survives from one epoch to the next either.
+    """
+
+    def __init__(
+        self,
+        shard: Shard,
+        vocab: Vocab,
+        batch_size: int,
+        segment_len: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        pitch_range: tuple[int, int] = (0, 0),
+        split: str = "train",
+    ):
+        self.shard, self.vocab = shard, vocab
+        self.batch_size, self.segment_len = batch_size, segment_len
+        self.seed, self.shuffle, self.pitch_range = seed, shuffle, pitch_range
+        self.n_songs = len(shard.offsets) - 1
+        if self.n_songs == 0:
+            raise MidigenError(
+                f"the {split} split has no songs (add files, or raise download.{split}_fraction)"
+            )
+
+    def epoch(self, epoch: int) -> list[Segment]:
+        """All segments of one epoch, in order (each row's songs in sequence)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(self.n_songs) if self.shuffle else np.arange(self.n_songs)
+        rows: list[list[int]] = [[] for _ in range(self.batch_size)]
+        lengths = np.zeros(self.batch_size, dtype=np.int64)
+        for song in order:
+            r = int(np.argmin(lengths))
+            rows[r].append(int(song))
+            lengths[r] += self.shard.offsets[song + 1] - self.shard.offsets[song]
+        streams = [self._row(songs, epoch, rng) for songs in rows]
+        n_segments = -(-int(lengths.max()) // self.segment_len)
+        width = n_segments * self.segment_len
+        batch = np.stack([self._pad(stream, width) for stream in streams])  # (B, 4, width)
+        return [self._segment(batch, i) for i in range(n_segments)]
+
+    def _row(self, songs: list[int], epoch: int, rng: np.random.Generator) -> np.ndarray:
+        """One row's stream as 4 parallel arrays: tokens, targets, bar positions, song ids."""
+        parts = []
+        for song in songs:
+            span = self.shard.song(song)
+            tokens = np.asarray(self.shard.tokens[span], dtype=np.int64)
+            tokens = pitch_shift(tokens, self.vocab, *self.pitch_range, rng)
+            targets = np.append(tokens[1:], IGNORE)  # no target across the song boundary
+            bar_pos = np.asarray(self.shard.bar_pos[span], dtype=np.int64)
+            doc = np.full(len(tokens), epoch * self.n_songs + song, dtype=np.int64)
+            parts.append(np.stack([tokens, targets, bar_pos, doc]))
+        return np.concatenate(parts, axis=1) if parts else np.zeros((4, 0), dtype=np.int64)
+
+    def _pad(self, stream: np.ndarray, width: int) -> np.ndarray:
+        fill = np.array([[self.vocab.pad], [IGNORE], [0], [-1]], dtype=np.int64)
+        return np.concatenate([stream, np.repeat(fill, width - stream.shape[1], axis=1)], axis=1)
+
+    def _segment(self, batch: np.ndarray, i: int) -> Segment:
+        window = torch.from_numpy(batch[:, :, i * self.segment_len : (i + 1) * self.segment_len])
+        return Segment(window[:, 0], window[:, 1], window[:, 2], window[:, 3])
+
+    def __iter__(self) -> Iterator[Segment]:
+        epoch = 0
+        while True:
+            yield from self.epoch(epoch)
+            epoch += 1

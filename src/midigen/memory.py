@@ -1,0 +1,283 @@
+"""Memories a segment leaves for the next one: XL (recent keys/values) and kNN (the whole song).
+
+Both are tagged with the song (`doc`) each entry came from. The model masks every memory entry
+whose song differs from the query's, which is what "a song boundary clears that row's memory"
+means, exactly and per row, without touching the other rows. Nothing here carries a gradient:
+memories are detached tensors (XL) or plain storage plus a Faiss index (kNN).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from midigen.errors import MidigenError
+
+NO_DOC = -(2**62)  # song id of "nothing seen yet"; real ids are >= -1 (padding is -1)
+
+
+# ---- XL: the last few hundred keys/values of every layer ---------------------------------------
+
+
+@dataclass
+class XLMemory:
+    """Per layer, the keys/values of the row's last `length` tokens (Transformer-XL).
+
+    `doc` and `pos` describe those tokens for every layer at once: their song id (B, M) and
+    their absolute stream position (M,), shared by all rows because segments advance in step.
+    The relative distance of a memory key is then simply query position - key position.
+    """
+
+    keys: list[Tensor]  # per layer (B, H, M, Dh)
+    values: list[Tensor]  # per layer (B, H, M, Dh)
+    doc: Tensor  # (B, M) int64
+    pos: Tensor  # (M,) int64
+
+    def layer(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.keys[i], self.values[i]
+
+    @staticmethod
+    def extend(previous: XLMemory | None, keys: list[Tensor], values: list[Tensor], doc: Tensor,
+               pos: Tensor, length: int) -> XLMemory:
+        """Append one segment and keep the newest `length` positions (all detached)."""
+        if previous is not None and length > len(pos):  # else the new segment alone fills it
+            keys = [torch.cat(pair, dim=2) for pair in zip(previous.keys, keys, strict=True)]
+            values = [torch.cat(pair, dim=2) for pair in zip(previous.values, values, strict=True)]
+            doc = torch.cat([previous.doc, doc], dim=1)
+            pos = torch.cat([previous.pos, pos])
+        return XLMemory([k[:, :, -length:].detach() for k in keys],
+                        [v[:, :, -length:].detach() for v in values],
+                        doc[:, -length:], pos[-length:])
+
+
+# ---- kNN: every key/value of the current song, searched by Faiss -------------------------------
+
+
+def retrieve_bruteforce(queries: Tensor, keys: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top-k keys by cosine similarity, in plain torch: the reference the Faiss path must match.
+
+    queries (..., T, Dh), keys (..., N, Dh) -> scores and ids, both (..., T, min(k, N)).
+    """
+    q, m = F.normalize(queries.float(), dim=-1), F.normalize(keys.float(), dim=-1)
+    scores, ids = (q @ m.transpose(-1, -2)).topk(min(k, keys.shape[-2]), dim=-1)
+    return scores, ids
+
+
+def _faiss():
+    """Imported lazily, so models without kNN memory don't need Faiss installed."""
+    try:
+        import faiss
+    except ImportError as error:
+        raise MidigenError("model.memory xl_knn needs Faiss: pip install faiss-cpu (or a "
+                           "faiss-gpu build)") from error
+    return faiss
+
+
+class KNNMemory:
+    """Per batch row, every past key/value of that row's current song (Memorizing Transformers).
+
+    The raw keys and values are kept as float32 tensors (the source of truth, and what a
+    checkpoint saves); a Faiss inner-product index per (row, head) holds the L2-normalised keys
+    and only finds them, so retrieval is per query and head by cosine similarity. Faiss runs on
+    the GPU when the memory lives on CUDA and faiss-gpu is installed, on the CPU otherwise.
+    A row holds one song: writing a different song resets it, and queries of any other song get
+    nothing back. When a row exceeds `max_memories`, the oldest entries are dropped.
+    """
+
+    def __init__(self, batch: int, n_head: int, head_dim: int, max_memories: int,
+                 device: torch.device | str = "cpu"):
+        self.batch, self.n_head, self.head_dim = batch, n_head, head_dim
+        self.max_memories, self.device = max_memories, torch.device(device)
+        faiss = _faiss()
+        gpu = self.device.type == "cuda" and hasattr(faiss, "StandardGpuResources")
+        self._resources = faiss.StandardGpuResources() if gpu else None
+        self.doc = torch.full((batch,), NO_DOC, dtype=torch.int64)
+        # per row (H, capacity, Dh) buffers that grow by doubling; the first `count` are used
+        self._keys = [self._buffer(0) for _ in range(batch)]
+        self._values = [self._buffer(0) for _ in range(batch)]
+        self.count = [0] * batch
+        self.indexes = [[self._new_index() for _ in range(n_head)] for _ in range(batch)]
+
+    def _buffer(self, capacity: int) -> Tensor:
+        return torch.zeros(self.n_head, capacity, self.head_dim, device=self.device)
+
+    def _new_index(self):
+        faiss = _faiss()
+        if self._resources is not None:
+            return faiss.GpuIndexFlatIP(self._resources, self.head_dim)
+        return faiss.IndexFlatIP(self.head_dim)
+
+    def size(self, row: int) -> int:
+        return self.count[row]
+
+    def stored(self, row: int) -> tuple[Tensor, Tensor]:
+        """The row's keys and values, (H, N, Dh) each, oldest first."""
+        n = self.count[row]
+        return self._keys[row][:, :n], self._values[row][:, :n]
+
+    # -- writing --
+
+    def clear(self, row: int) -> None:
+        self.count[row] = 0
+        for index in self.indexes[row]:
+            index.reset()
+
+    def add(self, row: int, keys: Tensor, values: Tensor) -> None:
+        """Append (H, n, Dh) keys/values to a row, dropping the oldest beyond max_memories."""
+        keys = keys.detach().to(self.device, torch.float32)[:, -self.max_memories:]
+        values = values.detach().to(self.device, torch.float32)[:, -self.max_memories:]
+        n, count = keys.shape[1], self.count[row]
+        drop = max(0, count + n - self.max_memories)
+        if drop:  # shift out the oldest; a flat index can't drop them everywhere: rebuild it
+            kept = count - drop
+            for buffer in (self._keys[row], self._values[row]):
+                buffer[:, :kept] = buffer[:, drop:count].clone()
+            count = kept
+            for index in self.indexes[row]:
+                index.reset()
+        if count + n > self._keys[row].shape[1]:  # grow by doubling: appends stay cheap
+            capacity = min(self.max_memories, max(2 * self._keys[row].shape[1], count + n))
+            for name in ("_keys", "_values"):
+                grown = self._buffer(capacity)
+                grown[:, :count] = getattr(self, name)[row][:, :count]
+                getattr(self, name)[row] = grown
+        self._keys[row][:, count:count + n] = keys
+        self._values[row][:, count:count + n] = values
+        self.count[row] = count + n
+        fresh = self._keys[row][:, :count + n] if drop else keys
+        normed = F.normalize(fresh, dim=-1).cpu().numpy()
+        for h, index in enumerate(self.indexes[row]):
+            index.add(np.ascontiguousarray(normed[h]))
+
+    def write(self, keys: Tensor, values: Tensor, doc: Tensor) -> None:
+        """Store a finished segment's (B, H, T, Dh) keys/values: per row, its last song only.
+
+        A row whose last song differs from the one in memory is reset first, so a new song
+        starts from nothing. Padding (doc -1) is never stored.
+        """
+        doc = doc.cpu()
+        for row in range(self.batch):
+            last = int(doc[row, -1])
+            if last != int(self.doc[row]):
+                self.clear(row)
+                self.doc[row] = last
+            if last < 0:
+                continue
+            mine = (doc[row] == last).to(keys.device)
+            self.add(row, keys[row][:, mine], values[row][:, mine])
+
+    # -- reading --
+
+    def lookup(self, queries: Tensor, doc: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """Top-k cosine scores and ids (B, H, T, k) per query and head; -inf / -1 where none.
+
+        Only queries of the song the row holds may retrieve; the others get nothing.
+        """
+        b_, h_, t_, _ = queries.shape
+        scores = torch.full((b_, h_, t_, k), float("-inf"))
+        ids = torch.full((b_, h_, t_, k), -1, dtype=torch.int64)
+        normed = F.normalize(queries.detach().float(), dim=-1).cpu().numpy()
+        doc = doc.cpu()
+        for row in range(b_):
+            asking = (doc[row] == self.doc[row]).numpy()
+            found = min(k, self.size(row))
+            if found == 0 or not asking.any():
+                continue
+            which = torch.from_numpy(asking)
+            for h, index in enumerate(self.indexes[row]):
+                s, i = index.search(np.ascontiguousarray(normed[row, h, asking]), found)
+                scores[row, h, which, :found] = torch.from_numpy(s)
+                ids[row, h, which, :found] = torch.from_numpy(i)
+        return scores, ids
+
+    def fetch(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """The raw keys and values (B, H, T, k, Dh) behind `ids`; zeros where an id is -1."""
+        ids = ids.to(self.device)
+        keys = torch.empty(*ids.shape, self.head_dim, device=self.device)
+        values = torch.empty_like(keys)
+        for row in range(self.batch):
+            if self.count[row] == 0:
+                keys[row], values[row] = 0, 0
+                continue
+            capacity = self._keys[row].shape[1]
+            offsets = torch.arange(self.n_head, device=self.device)[:, None, None] * capacity
+            flat = (ids[row].clamp(min=0) + offsets).flatten()
+            for store, out in ((self._keys[row], keys), (self._values[row], values)):
+                torch.index_select(store.view(-1, self.head_dim), 0, flat,
+                                   out=out[row].view(-1, self.head_dim))
+        return keys, values
+
+    def search(self, queries: Tensor, doc: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Retrieved keys, values (B, H, T, k, Dh) and which hits are real (B, H, T, k)."""
+        if queries.shape[0] != self.batch:
+            raise ValueError(f"kNN memory holds {self.batch} rows, got a batch of "
+                             f"{queries.shape[0]}")
+        _, ids = self.lookup(queries, doc, k)
+        keys, values = self.fetch(ids)
+        return keys, values, (ids >= 0).to(queries.device)
+
+    # -- checkpoints (plain tensors, so torch.load(weights_only=True) works) --
+
+    def state_dict(self) -> dict:
+        rows = [self.stored(row) for row in range(self.batch)]
+        return {"doc": self.doc.clone(), "keys": [k.cpu().clone() for k, _ in rows],
+                "values": [v.cpu().clone() for _, v in rows]}
+
+    @classmethod
+    def from_state_dict(cls, state: dict, max_memories: int,
+                        device: torch.device | str = "cpu") -> KNNMemory:
+        keys, values = state["keys"], state["values"]
+        memory = cls(len(keys), keys[0].shape[0], keys[0].shape[2], max_memories, device)
+        memory.doc = state["doc"].clone()
+        for row, (k, v) in enumerate(zip(keys, values, strict=True)):
+            memory.add(row, k, v)
+        return memory
+
+
+# ---- everything one segment hands to the next --------------------------------------------------
+
+
+@dataclass
+class MemoryState:
+    """Where every row's stream stands after a segment, and the memories it left.
+
+    `offset` is the stream position of the next token (the same for all rows); `last_doc` and
+    `song_start` let the next segment know whether its first tokens continue a song and where
+    that song began. A vanilla model carries only these; `xl` and `knn` are None for it.
+    The kNN memory is updated in place (an index is too big to copy every segment).
+    """
+
+    offset: int
+    last_doc: Tensor  # (B,) song id of each row's previous token
+    song_start: Tensor  # (B,) stream position where that song began
+    xl: XLMemory | None = None
+    knn: KNNMemory | None = None
+
+    @property
+    def batch(self) -> int:
+        return self.last_doc.shape[0]
+
+    def state_dict(self) -> dict:
+        xl = None if self.xl is None else {
+            "keys": [k.cpu() for k in self.xl.keys], "values": [v.cpu() for v in self.xl.values],
+            "doc": self.xl.doc.cpu(), "pos": self.xl.pos.cpu()}
+        return {"offset": self.offset, "last_doc": self.last_doc.cpu(),
+                "song_start": self.song_start.cpu(), "xl": xl,
+                "knn": None if self.knn is None else self.knn.state_dict()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict, max_memories: int,
+                        device: torch.device | str = "cpu") -> MemoryState:
+        xl = state["xl"]
+        if xl is not None:
+            xl = XLMemory([k.to(device) for k in xl["keys"]], [v.to(device) for v in xl["values"]],
+                          xl["doc"].to(device), xl["pos"].to(device))
+        knn = state["knn"]
+        if knn is not None:
+            knn = KNNMemory.from_state_dict(knn, max_memories, device)
+        return cls(int(state["offset"]), state["last_doc"].to(device),
+                   state["song_start"].to(device), xl, knn)

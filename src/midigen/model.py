@@ -1,0 +1,360 @@
+"""Decoder-only music transformer; the variants (vanilla, xl, xl_knn) differ only in memory.
+
+Read top to bottom: the config, position biases, attention (local, then kNN-augmented), the
+block, the model. Every batch row streams whole songs back to back and `doc` (B, T) says which
+song each token belongs to: attention never crosses from one song to another, neither inside
+a segment nor into memory, so a new song in a row starts from a clean slate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import einsum, rearrange
+from torch import Tensor, nn
+
+from midigen.errors import MidigenError
+from midigen.memory import NO_DOC, KNNMemory, MemoryState, XLMemory
+
+POSITIONS = ("relative", "alibi", "absolute")
+MEMORIES = ("none", "xl", "xl_knn")
+IGNORE = -100  # target id the loss skips
+MASKED = -1e9  # additive mask of a hidden key: exp() of it is exactly 0, and a finite value
+# makes scaled_dot_product_attention's CPU softmax ~20% faster than -inf does
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 164
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 256
+    d_ff: int = 1024
+    dropout: float = 0.1  # on embeddings and residual branches
+    attn_dropout: float = 0.0  # on attention weights; off: on CPU it costs as much as attention
+    segment_len: int = 256  # tokens per training segment (the local attention window)
+    position: str = "relative"  # relative | alibi | absolute
+    max_distance: int = 1024  # relative/ALiBi distances clamp here; absolute table size
+    bar_pos_size: int = 128  # bar-position embedding rows (larger positions clamp)
+    steps_per_beat: int = 4  # beat in bar = bar_pos // steps_per_beat
+    beat_size: int = 32  # beat embedding rows (larger beats clamp)
+    memory: str = "none"  # none | xl | xl_knn
+    xl_mem_len: int = 256
+    knn_layer: int = -1  # python index into the layers; -1 = last (near the output)
+    knn_k: int = 32
+    knn_max_memories: int = 65536  # per batch row; the oldest are dropped beyond this
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    def validate(self) -> None:
+        """Stop with one clear message on the first impossible setting."""
+        for name in ("vocab_size", "n_layer", "n_head", "d_model", "d_ff", "segment_len",
+                     "max_distance", "bar_pos_size", "steps_per_beat", "beat_size", "xl_mem_len",
+                     "knn_k", "knn_max_memories"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise MidigenError(f"model.{name} must be a positive integer (got {value!r})")
+        for name in ("dropout", "attn_dropout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise MidigenError(f"model.{name} must be a number in [0, 1) (got {value!r})")
+        if self.position not in POSITIONS:
+            raise MidigenError(f"model.position must be one of {', '.join(POSITIONS)} "
+                               f"(got {self.position!r})")
+        if self.memory not in MEMORIES:
+            raise MidigenError(f"model.memory must be one of {', '.join(MEMORIES)} "
+                               f"(got {self.memory!r})")
+        if self.d_model % self.n_head:
+            raise MidigenError(f"model.n_head ({self.n_head}) must divide model.d_model "
+                               f"({self.d_model})")
+        if isinstance(self.knn_layer, bool) or not isinstance(self.knn_layer, int) or not (
+                -self.n_layer <= self.knn_layer < self.n_layer):
+            raise MidigenError(f"model.knn_layer ({self.knn_layer!r}) is outside the model: it "
+                               f"has {self.n_layer} layers, so use {-self.n_layer} to "
+                               f"{self.n_layer - 1}")
+
+
+# ---- positions: an additive bias on attention scores, by distance ------------------------------
+
+
+class RelativeBias(nn.Module):
+    """A learned bias per head and distance (query position - key position), T5-style.
+
+    Distances clamp to max_distance, so everything farther shares the last entry. One table
+    serves all layers and both the segment and the XL memory, so a key means the same whether
+    it sits in memory or in the current segment.
+    """
+
+    def __init__(self, n_head: int, max_distance: int):
+        super().__init__()
+        self.max_distance = max_distance
+        self.table = nn.Embedding(max_distance + 1, n_head)  # embedding: a fast backward
+
+    def forward(self, distance: Tensor) -> Tensor:
+        """(T, S) distances -> (H, T, S) bias."""
+        return rearrange(self.table(distance.clamp(0, self.max_distance)), "t s h -> h t s")
+
+
+class ALiBi(nn.Module):
+    """A fixed linear penalty per head (Press et al.), distances clamped to max_distance."""
+
+    def __init__(self, n_head: int, max_distance: int):
+        super().__init__()
+        self.max_distance = max_distance
+        slopes = torch.tensor([2 ** (-8 * (h + 1) / n_head) for h in range(n_head)])
+        self.register_buffer("slopes", slopes, persistent=False)
+
+    def forward(self, distance: Tensor) -> Tensor:
+        distance = distance.clamp(0, self.max_distance).to(self.slopes.dtype)
+        return -self.slopes[:, None, None] * distance
+
+
+# ---- attention ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """What every attention layer of one forward shares."""
+
+    mask: Tensor | None  # additive (B|1, H|1, T, S) float mask; None = plain causal
+    doc: Tensor  # (B, T) song ids of the queries
+    knn: KNNMemory | None = None
+
+
+class Attention(nn.Module):
+    """Causal self-attention over [XL memory; segment] with scaled_dot_product_attention."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_head, self.dropout = config.n_head, config.attn_dropout
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
+        self.proj = nn.Linear(config.d_model, config.d_model)
+        self.resid_drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, ctx: Context,
+                past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """(B, T, D) -> (B, T, D), plus this segment's detached keys/values for the memories."""
+        q, k, v = rearrange(self.qkv(x), "b t (n h d) -> n b h t d", n=3, h=self.n_head)
+        keys, values = k, v
+        if past is not None:
+            keys = torch.cat([past[0].to(k.dtype), k], dim=2)
+            values = torch.cat([past[1].to(v.dtype), v], dim=2)
+        mask = None if ctx.mask is None else ctx.mask.to(q.dtype)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=mask is None)
+        y = self.mix(q, y, ctx)
+        y = rearrange(y, "b h t d -> b t (h d)")
+        return self.resid_drop(self.proj(y)), (k.detach(), v.detach())
+
+    def mix(self, q: Tensor, local: Tensor, ctx: Context) -> Tensor:
+        """Where a memory joins in; plain attention has none."""
+        return local
+
+
+class KNNAttention(Attention):
+    """Local attention plus a top-k look-up in the kNN memory, mixed per head by a learned gate.
+
+    Memory hits are attended with a softmax over the k hits (no positions: they may be from
+    anywhere earlier in the song). Gradients reach the queries and the gate, never the memory.
+    A query whose song has nothing in memory uses local attention alone.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.k = config.knn_k
+        self.gate = nn.Parameter(torch.zeros(config.n_head))  # sigmoid(0) = an even mix
+
+    def mix(self, q: Tensor, local: Tensor, ctx: Context) -> Tensor:
+        if ctx.knn is None:
+            return local
+        keys, values, found = ctx.knn.search(q, ctx.doc, self.k)
+        scores = einsum(q, keys.to(q.dtype), "b h t d, b h t k d -> b h t k")
+        scores = (scores / math.sqrt(q.shape[-1])).masked_fill(~found, torch.finfo(q.dtype).min)
+        memory = einsum(scores.softmax(-1), values.to(q.dtype), "b h t k, b h t k d -> b h t d")
+        g = rearrange(self.gate.sigmoid(), "h -> h 1 1").to(q.dtype)
+        return torch.where(found.any(-1, keepdim=True), g * memory + (1 - g) * local, local)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.up = nn.Linear(config.d_model, config.d_ff)
+        self.down = nn.Linear(config.d_ff, config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.down(F.gelu(self.up(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm: x + attention(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, config: ModelConfig, knn: bool = False):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(config.d_model)
+        self.attn = KNNAttention(config) if knn else Attention(config)
+        self.ln2 = nn.LayerNorm(config.d_model)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, ctx: Context,
+                past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        a, present = self.attn(self.ln1(x), ctx, past)
+        x = x + a
+        return x + self.mlp(self.ln2(x)), present
+
+
+# ---- the model ---------------------------------------------------------------------------------
+
+
+class MusicTransformer(nn.Module):
+    """Token + bar-position + beat embeddings, pre-LN blocks, a head tied to the embeddings."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        d = config.d_model
+        self.tok_emb = nn.Embedding(config.vocab_size, d)
+        self.bar_emb = nn.Embedding(config.bar_pos_size, d)
+        self.beat_emb = nn.Embedding(config.beat_size, d)
+        absolute = config.position == "absolute"
+        self.pos_emb = nn.Embedding(config.max_distance, d) if absolute else None  # song position
+        bias = {"relative": RelativeBias, "alibi": ALiBi}.get(config.position)
+        self.position_bias = bias(config.n_head, config.max_distance) if bias else None
+        self.drop = nn.Dropout(config.dropout)
+        self.knn_layer = config.knn_layer % config.n_layer if config.memory == "xl_knn" else None
+        self.blocks = nn.ModuleList(Block(config, knn=i == self.knn_layer)
+                                    for i in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, config.vocab_size, bias=False)
+        self.head.weight = self.tok_emb.weight  # tied, as in GPT-2: fewer parameters
+        self.apply(self._init)
+        for block in self.blocks:  # GPT-2: keep the residual stream's variance in check
+            for proj in (block.attn.proj, block.mlp.down):
+                nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * config.n_layer))
+        if self.position_bias is not None and config.position == "relative":
+            nn.init.zeros_(self.position_bias.table.weight)
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- state --
+
+    def initial_state(self, batch: int, device: torch.device | str) -> MemoryState:
+        """Before the first segment: no song seen, empty memories."""
+        knn = None
+        if self.config.memory == "xl_knn":
+            knn = KNNMemory(batch, self.config.n_head, self.config.head_dim,
+                            self.config.knn_max_memories, device)
+        return MemoryState(0, torch.full((batch,), NO_DOC, dtype=torch.int64, device=device),
+                           torch.zeros(batch, dtype=torch.int64, device=device), None, knn)
+
+    def memory_state_from(self, state: dict) -> MemoryState:
+        """A MemoryState back from `MemoryState.state_dict()` (e.g. out of a checkpoint)."""
+        device = self.tok_emb.weight.device
+        return MemoryState.from_state_dict(state, self.config.knn_max_memories, device)
+
+    # -- forward --
+
+    def forward(self, tokens: Tensor, bar_pos: Tensor, doc: Tensor | None = None,
+                state: MemoryState | None = None, targets: Tensor | None = None,
+                mem_len: int | None = None) -> tuple[Tensor, Tensor | None, MemoryState]:
+        """One segment of every row: (B, T) tokens, bar positions, song ids -> logits (B, T, V).
+
+        Pass the returned state to the next segment of the same rows. `loss` is the mean cross
+        entropy over targets that are not IGNORE (None without targets). `mem_len` overrides how
+        many past positions the next call attends to (default: xl_mem_len with memory, none
+        without), which turns the XL memory into a key/value cache for generation: fed one token
+        at a time with a mem_len covering the whole context, the logits equal one full pass.
+        (A shorter cache is XL-like: earlier keys were computed with their own, older context,
+        so it is not the same as re-encoding a sliding window.)
+        """
+        batch, length = tokens.shape
+        device = tokens.device
+        doc = torch.zeros_like(tokens) if doc is None else doc
+        if state is None:
+            state = self.initial_state(batch, device)
+        if state.batch != batch:
+            raise ValueError(f"memory state is for {state.batch} rows, got a batch of {batch}")
+        positions = torch.arange(state.offset, state.offset + length, device=device)
+        song_pos, song_start = self._song_positions(positions, doc, state)
+
+        x = self.tok_emb(tokens) + self.bar_emb(bar_pos.clamp(0, self.config.bar_pos_size - 1))
+        x = x + self.beat_emb((bar_pos // self.config.steps_per_beat)
+                              .clamp(0, self.config.beat_size - 1))
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(song_pos.clamp(max=self.config.max_distance - 1))
+        x = self.drop(x)
+
+        ctx = Context(self._attention_mask(positions, doc, state.xl), doc, state.knn)
+        presents = []
+        for i, block in enumerate(self.blocks):
+            x, present = block(x, ctx, None if state.xl is None else state.xl.layer(i))
+            presents.append(present)
+        logits = self.head(self.ln_f(x))
+
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                                   ignore_index=IGNORE, reduction="sum")
+            loss = loss / (targets != IGNORE).sum().clamp(min=1)
+        if mem_len is None:
+            mem_len = self.config.xl_mem_len if self.config.memory != "none" else 0
+        return logits, loss, self._next_state(state, presents, positions, doc, song_start, mem_len)
+
+    @staticmethod
+    def _song_positions(positions: Tensor, doc: Tensor, state: MemoryState
+                        ) -> tuple[Tensor, Tensor]:
+        """Each token's position inside its song (B, T), and where each row's last song began."""
+        previous = torch.cat([state.last_doc[:, None], doc[:, :-1]], dim=1)
+        starts = torch.where(doc != previous, positions, -1).cummax(dim=1).values
+        starts = torch.where(starts < 0, state.song_start[:, None], starts)
+        return positions - starts, starts[:, -1]
+
+    def _attention_mask(self, positions: Tensor, doc: Tensor,
+                        xl: XLMemory | None) -> Tensor | None:
+        """Position bias + causal + same-song mask, built once and shared by all layers.
+
+        Query i may see key j only if j is not later and both are of the same song. Returns
+        None when plain causal attention is exact (no bias, no memory, one song per row).
+        """
+        key_pos, key_doc = positions, doc
+        if xl is not None:
+            key_pos, key_doc = torch.cat([xl.pos, positions]), torch.cat([xl.doc, doc], dim=1)
+        one_song = bool((key_doc == key_doc[:, -1:]).all())  # in every row, keys included
+        if self.position_bias is None and one_song and xl is None:
+            return None
+        allowed = (key_pos[None, :] <= positions[:, None])[None]  # (1, T, S)
+        if not one_song:
+            allowed = allowed & (doc[:, :, None] == key_doc[:, None, :])  # (B, T, S)
+        mask = torch.zeros(allowed.shape, device=doc.device).masked_fill(~allowed, MASKED)
+        mask = mask[:, None]  # (B|1, 1, T, S)
+        if self.position_bias is not None:
+            mask = mask + self.position_bias(positions[:, None] - key_pos[None, :])
+        return mask
+
+    def _next_state(self, state: MemoryState, presents: list[tuple[Tensor, Tensor]],
+                    positions: Tensor, doc: Tensor, song_start: Tensor,
+                    mem_len: int) -> MemoryState:
+        """Hand this segment's keys/values to the memories (detached: no gradient crosses)."""
+        xl = None
+        if mem_len > 0:
+            xl = XLMemory.extend(state.xl, [k for k, _ in presents], [v for _, v in presents],
+                                 doc, positions, mem_len)
+        if state.knn is not None:
+            state.knn.write(*presents[self.knn_layer], doc)
+        return MemoryState(state.offset + len(positions), doc[:, -1].clone(), song_start,
+                           xl, state.knn)

@@ -1,0 +1,64 @@
+"""Train one variant (vanilla | xl | xl_knn) on the shards; `--resume` continues a checkpoint.
+
+Writes OUT/model.pt (final weights), OUT/checkpoint.pt (for --resume) and DVCLive metrics to
+--metrics. Under `torchrun --nproc_per_node N -m midigen train ...` it trains with DDP.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from midigen.corpus import load_vocab
+from midigen.errors import MidigenError
+from midigen.model import ModelConfig
+from midigen.train import TrainConfig, Trainer
+
+MEMORY = {"vanilla": "none", "xl": "xl", "xl_knn": "xl_knn"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variant", required=True, help="one of train.variants")
+    parser.add_argument("--shards", type=Path, default=Path("data/shards"))
+    parser.add_argument("--out", type=Path, help="default: models/VARIANT")
+    parser.add_argument(
+        "--metrics", type=Path, help="DVCLive folder (default: metrics/train/VARIANT)"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+
+
+def model_config(params: dict, variant: str, vocab_size: int, steps_per_beat: int) -> ModelConfig:
+    """The model of one variant: all variants share every setting but their memory."""
+    if variant not in MEMORY:
+        raise MidigenError(f"unknown variant '{variant}' (known: {', '.join(MEMORY)})")
+    config = ModelConfig(
+        vocab_size=vocab_size,
+        steps_per_beat=steps_per_beat,
+        memory=MEMORY[variant],
+        **params["model"],
+    )
+    config.validate()
+    return config
+
+
+def run(args: argparse.Namespace, params: dict) -> str:
+    if args.variant not in params["train"]["variants"]:
+        raise MidigenError(
+            f"--variant {args.variant} is not one of train.variants {params['train']['variants']}"
+        )
+    vocab = load_vocab(args.shards)
+    config = model_config(params, args.variant, len(vocab), params["encode"]["steps_per_beat"])
+    out = args.out or Path("models") / args.variant
+    trainer = Trainer(
+        config,
+        TrainConfig.from_params(params["train"], params["data"]),
+        args.shards,
+        out,
+        args.metrics or Path("metrics/train") / args.variant,
+    )
+    last = trainer.run(resume=args.resume)
+    trainer.save_model(out / "model.pt")
+    return (
+        f"{args.variant}: {trainer.step} steps, train loss {last.get('train_loss', 0):.3f}, "
+        f"val loss {last.get('val_loss', float('nan')):.3f} nats/token -> {out}"
+    )

@@ -1,0 +1,295 @@
+"""Train one model variant on the contiguous song stream.
+
+AdamW with linear warmup and cosine decay, gradient clipping, pitch-shift augmentation,
+periodic validation, atomic checkpoints that `resume` continues exactly (weights, optimizer,
+data position, RNG and the memories themselves), DVCLive metrics, bf16 autocast on CUDA, and
+DistributedDataParallel under torchrun (each process trains its share of the batch rows).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from midigen.atomic import atomic_file
+from midigen.batching import IGNORE, ContiguousBatches, Segment
+from midigen.corpus import load_shard, load_vocab
+from midigen.errors import MidigenError
+from midigen.model import ModelConfig, MusicTransformer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 8
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    pitch_shift: tuple[int, int] = (-5, 6)
+    eval_every: int = 250
+    checkpoint_every: int = 250
+    location: str = "cpu"  # where the shards live while training: disk | cpu | gpu
+
+    @classmethod
+    def from_params(cls, train: dict, data: dict | None = None) -> TrainConfig:
+        known = {k: v for k, v in train.items() if k in cls.__dataclass_fields__}
+        known["pitch_shift"] = tuple(known.get("pitch_shift", cls.pitch_shift))
+        return cls(**known, location=(data or {}).get("location", "cpu"))
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warmup to `lr`, then cosine decay to `min_lr` at the last step."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of cross entropy over real targets, their count), so ranks can be averaged exactly."""
+    loss = F.cross_entropy(
+        logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
+    )
+    return loss, (targets != IGNORE).sum()
+
+
+@dataclass
+class Distributed:
+    """This process's place under torchrun (rank 0 of 1 when run plainly)."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @classmethod
+    def setup(cls) -> Distributed:
+        cuda = torch.cuda.is_available()
+        if not cuda:  # denormal floats slow CPU backward passes by an order of magnitude
+            torch.set_flush_denormal(True)
+        if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+            return cls(device=torch.device("cuda" if cuda else "cpu"))
+        dist.init_process_group("nccl" if cuda else "gloo")
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
+        if cuda:
+            torch.cuda.set_device(device)
+        return cls(dist.get_rank(), dist.get_world_size(), device)
+
+    def rows(self, batch_size: int) -> tuple[int, int]:
+        if batch_size % self.world:
+            raise MidigenError(
+                f"train.batch_size ({batch_size}) must be a multiple of the "
+                f"number of processes ({self.world})"
+            )
+        share = batch_size // self.world
+        return self.rank * share, (self.rank + 1) * share
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(value)
+        return value
+
+
+class Trainer:
+    """Everything one training run needs, so that `resume` can restore all of it."""
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        config: TrainConfig,
+        shards: Path,
+        out: Path,
+        live_dir: Path | None = None,
+    ):
+        model_config.validate()
+        self.config, self.model_config = config, model_config
+        self.out, self.live_dir = Path(out), live_dir
+        self.env = Distributed.setup()
+        torch.manual_seed(config.seed)
+        vocab = load_vocab(shards)
+        mmap = config.location == "disk"
+        self.train_batches = ContiguousBatches(
+            load_shard(shards, "train", mmap),
+            vocab,
+            config.batch_size,
+            model_config.segment_len,
+            seed=config.seed,
+            pitch_range=config.pitch_shift,
+        )
+        self.val_batches = ContiguousBatches(
+            load_shard(shards, "val", mmap),
+            vocab,
+            config.batch_size,
+            model_config.segment_len,
+            shuffle=False,
+            split="val",
+        )
+        self.model = MusicTransformer(model_config).to(self.env.device)
+        self.module = self.model
+        if self.env.world > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(self.module)
+        decay = [p for p in self.module.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.module.parameters() if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": config.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=config.lr,
+            betas=(0.9, 0.95),
+        )
+        self.step, self.epoch, self.position, self.state = 0, 0, 0, None
+        self.history: list[dict] = []
+
+    # ---- one step -----------------------------------------------------------------------
+
+    def _forward(self, segment: Segment, state):
+        segment = segment.to(self.env.device)
+        autocast = torch.autocast(
+            "cuda", dtype=torch.bfloat16, enabled=self.env.device.type == "cuda"
+        )
+        with autocast:
+            logits, _, state = self.model(segment.tokens, segment.bar_pos, segment.doc, state)
+        return logits, state
+
+    def train_step(self, segment: Segment) -> float:
+        self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, self.config)
+        logits, self.state = self._forward(segment, self.state)
+        loss_sum, count = token_loss(logits, segment.targets.to(self.env.device))
+        total = self.env.sum(count.clone().float()).clamp(min=1)
+        # DDP averages gradients over processes: scale so the result is the global token mean.
+        (loss_sum * self.env.world / total).backward()
+        torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return float(self.env.sum(loss_sum.detach()) / total)
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean token NLL (nats) on the whole validation split, memories carried along."""
+        self.model.eval()
+        start, stop = self.env.rows(self.config.batch_size)
+        state, loss, count = None, torch.zeros(()), torch.zeros(())
+        for segment in self.val_batches.epoch(0):
+            segment = segment.rows(start, stop)
+            logits, state = self._forward(segment, state)
+            s, c = token_loss(logits, segment.targets.to(self.env.device))
+            loss, count = loss + s.cpu(), count + c.cpu()
+        return float(self.env.sum(loss) / self.env.sum(count).clamp(min=1))
+
+    # ---- the loop -----------------------------------------------------------------------
+
+    def run(self, resume: bool = False, stop_after: int | None = None) -> dict:
+        """Train to `config.steps` (or `stop_after` steps, to test resuming); return metrics."""
+        if resume and (self.out / "checkpoint.pt").exists():
+            self.load_checkpoint(self.out / "checkpoint.pt")
+        live = self._live(resume)
+        start, stop = self.env.rows(self.config.batch_size)
+        bar = tqdm(
+            total=self.config.steps,
+            initial=self.step,
+            desc=self.module.config.memory,
+            disable=self.env.rank != 0 or None,
+            unit="step",
+            mininterval=2.0,
+        )
+        tokens_done, t0 = 0, time.perf_counter()
+        last = stop_after if stop_after is not None else self.config.steps
+        while self.step < min(last, self.config.steps):
+            segments = self.train_batches.epoch(self.epoch)
+            if self.position >= len(segments):
+                self.epoch, self.position = self.epoch + 1, 0
+                continue
+            segment = segments[self.position].rows(start, stop)
+            self.position += 1
+            loss = self.train_step(segment)
+            tokens_done += int((segment.targets != IGNORE).sum()) * self.env.world
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{loss:.3f}", tok_s=f"{tokens_done / (time.perf_counter() - t0):,.0f}"
+            )
+            record = {
+                "step": self.step,
+                "train_loss": loss,
+                "lr": lr_at(self.step - 1, self.config),
+            }
+            if self.step % self.config.eval_every == 0 or self.step == self.config.steps:
+                record["val_loss"] = self.evaluate()
+            self.history.append(record)
+            if live is not None:
+                for key, value in record.items():
+                    if key != "step":
+                        live.log_metric(key, value)
+                live.next_step()
+            if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
+                self.save_checkpoint(self.out / "checkpoint.pt")
+        bar.close()
+        if live is not None:
+            live.end()
+        return self.history[-1] if self.history else {}
+
+    def _live(self, resume: bool):
+        if self.live_dir is None or self.env.rank != 0:
+            return None
+        from dvclive import Live
+
+        live = Live(
+            str(self.live_dir), dvcyaml=False, save_dvc_exp=False, resume=resume, report=None
+        )
+        live.log_params({"model": asdict(self.model_config), "train": asdict(self.config)})
+        return live
+
+    # ---- checkpoints --------------------------------------------------------------------
+
+    def save_checkpoint(self, path: Path) -> None:
+        if self.env.rank != 0 and self.env.world > 1:
+            return
+        checkpoint = {
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "position": self.position,
+            "rng": torch.get_rng_state(),
+            "memory": None if self.state is None else self.state.state_dict(),
+            "model_config": asdict(self.model_config),
+            "history": self.history,
+        }
+        with atomic_file(path, "wb") as f:
+            torch.save(checkpoint, f)
+
+    def load_checkpoint(self, path: Path) -> None:
+        checkpoint = torch.load(path, map_location=self.env.device, weights_only=True)
+        self.module.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.step, self.epoch = checkpoint["step"], checkpoint["epoch"]
+        self.position, self.history = checkpoint["position"], checkpoint["history"]
+        torch.set_rng_state(checkpoint["rng"])
+        if checkpoint["memory"] is not None:
+            self.state = self.module.memory_state_from(checkpoint["memory"])
+
+    def save_model(self, path: Path) -> None:
+        """Final weights + config: what generate and evaluate load (weights_only safe)."""
+        if self.env.rank == 0:
+            with atomic_file(path, "wb") as f:
+                torch.save(
+                    {"model": self.module.state_dict(), "model_config": asdict(self.model_config)},
+                    f,
+                )

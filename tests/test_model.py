@@ -1,0 +1,362 @@
+"""The model and its memories: XL is exact attention over the window it keeps, kNN finds what
+brute force finds, songs never see each other, no gradient reaches memory, bad configs stop."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from midigen.errors import MidigenError
+from midigen.memory import KNNMemory, MemoryState, retrieve_bruteforce
+from midigen.model import ModelConfig, MusicTransformer
+
+T = 8  # segment length
+V = 40  # vocabulary
+
+
+def tiny(**overrides) -> MusicTransformer:
+    settings = dict(vocab_size=V, n_layer=2, n_head=2, d_model=32, d_ff=64, dropout=0.0,
+                    segment_len=T, max_distance=64, bar_pos_size=16, steps_per_beat=4,
+                    xl_mem_len=T, knn_k=4)
+    torch.manual_seed(0)
+    model = MusicTransformer(ModelConfig(**{**settings, **overrides})).eval()
+    if model.position_bias is not None and hasattr(model.position_bias, "table"):
+        torch.nn.init.normal_(model.position_bias.table.weight)  # zeros would hide mistakes
+    for block in model.blocks:  # so the kNN half of the mix is not negligible
+        if hasattr(block.attn, "gate"):
+            torch.nn.init.constant_(block.attn.gate, 1.0)
+    return model
+
+
+def stream(batch: int, length: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(3, V, (batch, length), generator=g),
+            torch.randint(0, 16, (batch, length), generator=g))
+
+
+def run(model: MusicTransformer, tokens, bar_pos, doc, state=None, seg: int = T, mem_len=None):
+    """Feed a (B, L) stream segment by segment; the logits of all of it and the final state."""
+    out = []
+    for s in range(0, tokens.shape[1], seg):
+        logits, _, state = model(tokens[:, s:s + seg], bar_pos[:, s:s + seg], doc[:, s:s + seg],
+                                 state, mem_len=mem_len)
+        out.append(logits)
+    return torch.cat(out, dim=1), state
+
+
+def reference(model: MusicTransformer, tokens, bar_pos, allowed: torch.Tensor) -> torch.Tensor:
+    """The model written out by hand (relative bias), over a whole stream with an explicit
+    (B, L, L) visibility matrix instead of memories."""
+    c = model.config
+    x = model.tok_emb(tokens) + model.bar_emb(bar_pos) + model.beat_emb(bar_pos // c.steps_per_beat)
+    i = torch.arange(tokens.shape[1])
+    bias = model.position_bias.table.weight[(i[:, None] - i[None, :]).clamp(0, c.max_distance)]
+    bias = bias.permute(2, 0, 1)  # (H, L, L)
+    for block in model.blocks:
+        h = block.ln1(x)
+        q, k, v = block.attn.qkv(h).split(c.d_model, dim=-1)
+        q, k, v = (z.unflatten(-1, (c.n_head, c.head_dim)).transpose(1, 2) for z in (q, k, v))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(c.head_dim) + bias
+        scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+        y = (scores.softmax(-1) @ v).transpose(1, 2).flatten(2)
+        x = x + block.attn.proj(y)
+        x = x + block.mlp(block.ln2(x))
+    return model.head(model.ln_f(x))
+
+
+def visible(doc: torch.Tensor, window: int | None) -> torch.Tensor:
+    """(B, L, L): causal, same song, and (XL) no further back than the previous `window`
+    positions before the query's segment."""
+    i = torch.arange(doc.shape[1])
+    allowed = (i[None, :] <= i[:, None])[None] & (doc[:, :, None] == doc[:, None, :])
+    if window is not None:
+        allowed = allowed & (i[None, :] >= (i[:, None] // T) * T - window)[None]
+    return allowed
+
+
+# ---- 1. XL is exact attention over the window it keeps -----------------------------------------
+
+
+@pytest.mark.parametrize("position", ["relative", "alibi", "absolute"])
+def test_xl_second_segment_equals_full_attention(position):
+    """Two segments, any depth: segment 1 saw only itself either way, so XL == full causal."""
+    model = tiny(memory="xl", n_layer=3, position=position)
+    tokens, bar_pos = stream(3, 2 * T)
+    doc = torch.zeros_like(tokens)
+    doc[1, 5:] = 1  # a song boundary inside segment 1
+    doc[2, T + 3:] = 2  # ... and one inside segment 2
+    with torch.no_grad():
+        xl, _ = run(model, tokens, bar_pos, doc)
+        full, _, _ = model(tokens, bar_pos, doc)
+    torch.testing.assert_close(xl, full, atol=1e-5, rtol=1e-5)
+
+
+def test_xl_with_long_memory_is_a_kv_cache():
+    """xl_mem_len covering everything so far: three segments equal one full causal pass."""
+    model = tiny(memory="xl", xl_mem_len=2 * T)
+    tokens, bar_pos = stream(2, 3 * T, seed=1)
+    doc = torch.zeros_like(tokens)
+    doc[1, 2 * T - 2:] = 1
+    with torch.no_grad():
+        xl, _ = run(model, tokens, bar_pos, doc)
+        full, _, _ = model(tokens, bar_pos, doc)
+    torch.testing.assert_close(xl, full, atol=1e-5, rtol=1e-5)
+
+
+def test_xl_multilayer_matches_hand_written_reference():
+    """xl_mem_len = T, two layers, four segments: each segment sees itself and the previous one
+    at every layer, and the previous one's states saw *their* previous one (the XL recurrence).
+    Written out as attention over the whole stream with a banded mask."""
+    model = tiny(memory="xl")
+    tokens, bar_pos = stream(2, 4 * T, seed=2)
+    doc = torch.zeros_like(tokens)
+    doc[1, T + 3:] = 1
+    with torch.no_grad():
+        xl, _ = run(model, tokens, bar_pos, doc)
+        ref = reference(model, tokens, bar_pos, visible(doc, window=T))
+        full = reference(model, tokens, bar_pos, visible(doc, window=None))
+    torch.testing.assert_close(xl, ref, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(xl[:, 2 * T:], full[:, 2 * T:], atol=1e-4)  # the window matters
+
+
+@pytest.mark.parametrize("memory", ["none", "xl"])
+def test_one_token_at_a_time_with_a_cache_equals_one_pass(memory):
+    """Generation's key/value cache: a mem_len covering the context, fed token by token."""
+    model = tiny(memory=memory)
+    tokens, bar_pos = stream(2, 3 * T, seed=15)
+    doc = torch.zeros_like(tokens)
+    doc[1, 5:] = 1
+    with torch.no_grad():
+        cached, _ = run(model, tokens, bar_pos, doc, seg=1, mem_len=3 * T)
+        full, _, _ = model(tokens, bar_pos, doc)
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+
+
+# ---- 2. kNN retrieval ---------------------------------------------------------------------------
+
+
+def test_knn_lookup_matches_bruteforce():
+    torch.manual_seed(0)
+    heads, dim, k = 3, 16, 5
+    memory = KNNMemory(batch=3, n_head=heads, head_dim=dim, max_memories=1000)
+    stored = [torch.randn(heads, 200, dim), torch.randn(heads, 3, dim), None]
+    for row, keys in enumerate(stored):
+        memory.doc[row] = 7
+        if keys is not None:
+            memory.add(row, keys, keys * 2)
+    queries = torch.randn(3, heads, 6, dim)
+    doc = torch.full((3, 6), 7)
+    doc[0, 4:] = 8  # a new song: must retrieve nothing
+    scores, ids = memory.lookup(queries, doc, k)
+
+    want_scores, want_ids = retrieve_bruteforce(queries[0], stored[0], k)
+    assert torch.equal(ids[0, :, :4], want_ids[:, :4])
+    torch.testing.assert_close(scores[0, :, :4], want_scores[:, :4], atol=1e-5, rtol=1e-5)
+    assert (ids[0, :, 4:] == -1).all() and torch.isinf(scores[0, :, 4:]).all()
+    want_scores, want_ids = retrieve_bruteforce(queries[1], stored[1], k)  # fewer than k stored
+    assert torch.equal(ids[1, ..., :3], want_ids) and (ids[1, ..., 3:] == -1).all()
+    assert (ids[2] == -1).all()  # nothing stored
+
+    keys, values, found = memory.search(queries, doc, k)
+    assert torch.equal(found, ids >= 0)
+    hit = stored[0][torch.arange(heads)[:, None, None], ids[0].clamp(min=0)]
+    torch.testing.assert_close(keys[0, :, :4], hit[:, :4])
+    torch.testing.assert_close(values[0, :, :4], 2 * hit[:, :4])
+
+
+def test_knn_memory_drops_the_oldest_beyond_its_limit():
+    memory = KNNMemory(batch=1, n_head=2, head_dim=8, max_memories=10)
+    memory.doc[0] = 0
+    keys = torch.randn(2, 25, 8)
+    for s in range(0, 25, 7):
+        memory.add(0, keys[:, s:s + 7], keys[:, s:s + 7])
+    assert memory.size(0) == 10 and all(i.ntotal == 10 for i in memory.indexes[0])
+    torch.testing.assert_close(memory.stored(0)[0], keys[:, -10:])
+    queries = torch.randn(1, 2, 4, 8)
+    _, ids = memory.lookup(queries, torch.zeros(1, 4, dtype=torch.int64), 3)
+    assert torch.equal(ids[0], retrieve_bruteforce(queries[0], keys[:, -10:], 3)[1])
+
+
+def test_knn_write_keeps_only_the_rows_last_song():
+    memory = KNNMemory(batch=2, n_head=1, head_dim=4, max_memories=100)
+    doc = torch.tensor([[0, 0, 0, 0, 0, 0], [0, 0, 0, 1, 1, 1]])
+    keys = torch.arange(48.0).reshape(2, 1, 6, 4)
+    memory.write(keys, keys, doc)
+    memory.write(keys, keys, doc)  # row 0 keeps growing; row 1 keeps song 1 only
+    assert memory.size(0) == 12 and memory.size(1) == 6
+    torch.testing.assert_close(memory.stored(1)[0], torch.cat([keys[1, :, 3:]] * 2, dim=1))
+    memory.write(keys, keys, torch.tensor([[0, 0, 2, 2, 2, 2], [-1] * 6]))
+    assert memory.size(0) == 4 and memory.size(1) == 0  # new song / padding: cleared
+
+
+# ---- 3. a song boundary clears that row's memory ------------------------------------------------
+
+
+@pytest.mark.parametrize("memory", ["xl", "xl_knn"])
+@pytest.mark.parametrize("position", ["relative", "absolute"])
+def test_song_after_another_equals_song_alone(memory, position):
+    """Row 0 = [A | B B] over 3 segments vs row 0 = [B B] alone: B's logits are identical."""
+    model = tiny(memory=memory, position=position, xl_mem_len=2 * T)
+    a, a_bar = stream(2, T, seed=3)
+    b, b_bar = stream(2, 2 * T, seed=4)
+    other, other_bar = stream(2, 3 * T, seed=5)
+    after = torch.cat([a[:1], b[:1]], dim=1), torch.cat([a_bar[:1], b_bar[:1]], dim=1)
+    tokens = torch.cat([after[0], other[:1]])  # row 1 is some other stream
+    bar_pos = torch.cat([after[1], other_bar[:1]])
+    doc = torch.tensor([[0] * T + [1] * 2 * T, [9] * 3 * T])
+    with torch.no_grad():
+        logits, state = run(model, tokens, bar_pos, doc)
+        alone, _ = run(model, torch.cat([b[:1], b[1:]]), torch.cat([b_bar[:1], b_bar[1:]]),
+                       torch.tensor([[5] * 2 * T, [6] * 2 * T]))
+    torch.testing.assert_close(logits[0, T:], alone[0], atol=1e-5, rtol=1e-5)
+    if memory == "xl_knn":
+        assert state.knn.size(0) == 2 * T  # B's two segments, nothing of A
+
+
+@pytest.mark.parametrize("memory", ["xl", "xl_knn"])
+def test_song_boundary_mid_segment_leaks_nothing(memory):
+    """[A (half a segment) | B ...] vs [A' | B ...]: B never sees A, in the segment, in XL memory
+    or in the kNN memory, so B's logits don't depend on what A was."""
+    model = tiny(memory=memory, n_layer=3, knn_layer=1)
+    b, b_bar = stream(2, 4 * T - T // 2, seed=6)
+    doc = torch.tensor([[0] * (T // 2) + [1] * b.shape[1]] * 2)
+    outs = []
+    for seed in (7, 8):
+        a, a_bar = stream(2, T // 2, seed=seed)
+        with torch.no_grad():
+            logits, state = run(model, torch.cat([a, b], 1), torch.cat([a_bar, b_bar], 1), doc)
+        outs.append(logits)
+    assert not torch.allclose(outs[0][:, :T // 2], outs[1][:, :T // 2])  # A did differ
+    torch.testing.assert_close(outs[0][:, T // 2:], outs[1][:, T // 2:], atol=1e-5, rtol=1e-5)
+
+
+def test_knn_memory_changes_the_output():
+    """The kNN half is really used: same weights without the look-up give other logits."""
+    model = tiny(memory="xl_knn")
+    tokens, bar_pos = stream(2, 3 * T, seed=9)
+    doc = torch.zeros_like(tokens)
+    with torch.no_grad():
+        with_knn, _ = run(model, tokens, bar_pos, doc)
+        model.blocks[-1].attn.gate.fill_(-100.0)  # sigmoid ~ 0: local attention only
+        without, _ = run(model, tokens, bar_pos, doc)
+    torch.testing.assert_close(with_knn[:, :T], without[:, :T])  # segment 1: memory empty
+    assert not torch.allclose(with_knn[:, T:], without[:, T:], atol=1e-4)
+
+
+# ---- 4. no gradient reaches memory --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("memory", ["xl", "xl_knn"])
+def test_gradients_stop_at_memory(memory):
+    model = tiny(memory=memory).train()
+    captured = []
+    model.tok_emb.register_forward_hook(lambda m, i, out: captured.append(out))
+    tokens, bar_pos = stream(2, 2 * T, seed=10)
+    doc = torch.zeros_like(tokens)
+    _, _, state = model(tokens[:, :T], bar_pos[:, :T], doc[:, :T])
+    for k, v in zip(state.xl.keys, state.xl.values, strict=True):
+        assert not k.requires_grad and k.grad_fn is None and not v.requires_grad
+    if memory == "xl_knn":
+        assert not any(t.requires_grad for row in range(2) for t in state.knn.stored(row))
+    _, loss, _ = model(tokens[:, T:], bar_pos[:, T:], doc[:, T:], state,
+                       targets=tokens[:, T:].roll(-1, 1))
+    first, second = captured
+    grads = torch.autograd.grad(loss, [first, second], allow_unused=True, retain_graph=True)
+    assert grads[0] is None  # segment 1's inputs are not in segment 2's graph
+    assert grads[1] is not None and grads[1].abs().sum() > 0
+    loss.backward()
+    if memory == "xl_knn":
+        assert model.blocks[-1].attn.gate.grad.abs().sum() > 0  # the gate does learn
+
+
+# ---- 5. bad configs -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(n_head=5), "model.n_head (5) must divide model.d_model (256)"),
+    (dict(knn_layer=4),
+     "model.knn_layer (4) is outside the model: it has 4 layers, so use -4 to 3"),
+    (dict(knn_layer=-5), "model.knn_layer (-5) is outside the model"),
+    (dict(memory="lstm"), "model.memory must be one of none, xl, xl_knn (got 'lstm')"),
+    (dict(position="rope"), "model.position must be one of relative, alibi, absolute"),
+    (dict(d_model=0), "model.d_model must be a positive integer (got 0)"),
+    (dict(xl_mem_len=-1), "model.xl_mem_len must be a positive integer (got -1)"),
+    (dict(dropout=1.5), "model.dropout must be a number in [0, 1) (got 1.5)"),
+])
+def test_bad_config_stops_with_one_clear_message(overrides, message):
+    config = ModelConfig(**{"vocab_size": V, "memory": "xl_knn", **overrides})
+    with pytest.raises(MidigenError) as error:
+        config.validate()
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+    with pytest.raises(MidigenError):
+        MusicTransformer(config)
+
+
+# ---- 6. shapes and causality --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("memory", ["none", "xl", "xl_knn"])
+@pytest.mark.parametrize("position", ["relative", "alibi", "absolute"])
+def test_future_tokens_never_change_earlier_logits(memory, position):
+    model = tiny(memory=memory, position=position)
+    tokens, bar_pos = stream(2, 3 * T, seed=11)
+    doc = torch.zeros_like(tokens)
+    doc[1, T + 2:] = 1
+    with torch.no_grad():
+        logits, _ = run(model, tokens, bar_pos, doc)
+        assert logits.shape == (2, 3 * T, V)
+        for t in (3, T + 5, 2 * T + 1):
+            changed = tokens.clone()
+            changed[:, t] = (changed[:, t] + 1) % V
+            again, _ = run(model, changed, bar_pos, doc)
+            torch.testing.assert_close(again[:, :t], logits[:, :t], atol=0, rtol=0)
+            assert not torch.allclose(again[:, t], logits[:, t])
+
+
+def test_songs_in_one_segment_do_not_see_each_other():
+    model = tiny(memory="none")
+    tokens, bar_pos = stream(1, T, seed=12)
+    doc = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        both, _, _ = model(tokens, bar_pos, doc)
+        alone, _, _ = model(tokens[:, 3:], bar_pos[:, 3:])
+    torch.testing.assert_close(both[:, 3:], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_loss_skips_ignored_targets():
+    model = tiny()
+    tokens, bar_pos = stream(2, T, seed=13)
+    targets = tokens.roll(-1, 1)
+    targets[:, -3:] = -100
+    logits, loss, _ = model(tokens, bar_pos, targets=targets)
+    want = F.cross_entropy(logits[:, :-3].flatten(0, 1), targets[:, :-3].flatten())
+    torch.testing.assert_close(loss, want)
+    _, nothing, _ = model(tokens, bar_pos, targets=torch.full_like(tokens, -100))
+    assert nothing.item() == 0
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------
+
+
+def test_state_survives_weights_only_checkpoint():
+    """Model weights and the memories (XL and kNN) round-trip through torch.load(weights_only)."""
+    model = tiny(memory="xl_knn")
+    tokens, bar_pos = stream(2, 3 * T, seed=14)
+    doc = torch.zeros_like(tokens)
+    with torch.no_grad():
+        _, state = run(model, tokens[:, :2 * T], bar_pos[:, :2 * T], doc[:, :2 * T])
+        buffer = io.BytesIO()
+        torch.save({"model": model.state_dict(), "memory": state.state_dict()}, buffer)
+        buffer.seek(0)
+        saved = torch.load(buffer, weights_only=True)
+        again = tiny(memory="xl_knn")
+        again.load_state_dict(saved["model"])
+        restored = again.memory_state_from(saved["memory"])
+        assert isinstance(restored, MemoryState)
+        want, _, _ = model(tokens[:, 2 * T:], bar_pos[:, 2 * T:], doc[:, 2 * T:], state)
+        got, _, _ = again(tokens[:, 2 * T:], bar_pos[:, 2 * T:], doc[:, 2 * T:], restored)
+    torch.testing.assert_close(got, want)

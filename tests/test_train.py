@@ -1,0 +1,175 @@
+"""Training: contiguous song streams, exact resume, and DDP (2 processes, gloo) = 1 process."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from midigen.batching import IGNORE, ContiguousBatches, pitch_shift
+from midigen.corpus import EncodeConfig, build_shards, encode_chunk, load_shard, load_vocab
+from midigen.download import download
+from midigen.encoding import Vocab
+from midigen.midi import Notes, write_midi
+from midigen.params import load_params, validate_params
+from midigen.stages.train import model_config
+from midigen.train import TrainConfig, Trainer, lr_at
+
+ROOT = Path(__file__).resolve().parents[1]
+N_SONGS = 14
+
+
+def random_song(rng: np.random.Generator) -> Notes:
+    n = int(rng.integers(20, 120))
+    onset = np.sort(rng.integers(0, 4 * n, n))
+    pitch = rng.integers(40, 90, n)
+    keys = np.unique(np.stack([onset, pitch], 1), axis=0)
+    return Notes(keys[:, 0], np.zeros(len(keys), np.int64), keys[:, 1],
+                 rng.integers(1, 9, len(keys)))
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """Real shards made by the real stages from a folder of small random songs."""
+    root = tmp_path_factory.mktemp("train")
+    rng = np.random.default_rng(0)
+    (root / "midi").mkdir()
+    for i in range(N_SONGS):
+        (root / "midi" / f"{i}.mid").write_bytes(write_midi(random_song(rng), 4))
+    params = validate_params({"download": {"source": "dir", "dir": str(root / "midi"),
+                                           "val_fraction": 0.25, "test_fraction": 0.1},
+                              "encode": {"steps_per_beat": 4, "max_duration": 8, "chunks": [0]}},
+                             partial=True)
+    download(params["download"], root / "raw")
+    config = EncodeConfig.from_params(params["encode"])
+    encode_chunk(root / "raw", 0, 1, config, root / "encoded" / "chunk-0", workers=1)
+    build_shards([root / "encoded" / "chunk-0"], config, root / "shards")
+    return root / "shards"
+
+
+def tiny_params(**train) -> dict:
+    params = copy.deepcopy(load_params(ROOT / "params.yaml"))
+    params["model"].update(n_layer=2, n_head=2, d_model=32, d_ff=64, segment_len=32,
+                           xl_mem_len=32, knn_k=4, dropout=0.1)
+    params["train"].update({"steps": 6, "batch_size": 4, "warmup_steps": 2, "eval_every": 3,
+                            "checkpoint_every": 3, **train})
+    return params
+
+
+def trainer(shards: Path, out: Path, variant: str, params: dict) -> Trainer:
+    vocab = load_vocab(shards)
+    config = model_config(params, variant, len(vocab), 4)
+    return Trainer(config, TrainConfig.from_params(params["train"], params["data"]), shards, out)
+
+
+# ---- batches ------------------------------------------------------------------------------
+
+
+def test_rows_stream_whole_songs_in_order(shards):
+    shard = load_shard(shards, "train")
+    batches = ContiguousBatches(shard, load_vocab(shards), batch_size=3, segment_len=16, seed=1)
+    segments = batches.epoch(0)
+    tokens = torch.cat([s.tokens for s in segments], 1)
+    doc = torch.cat([s.doc for s in segments], 1)
+    targets = torch.cat([s.targets for s in segments], 1)
+    seen = []
+    for row in range(3):
+        ids = doc[row][doc[row] >= 0]
+        runs = torch.unique_consecutive(ids).tolist()
+        assert len(runs) == len(set(runs))  # each song once, contiguous
+        for song in runs:
+            where = doc[row] == song
+            assert tokens[row][where].tolist() == shard.tokens[shard.song(song)].tolist()
+            assert targets[row][where].tolist()[:-1] == tokens[row][where].tolist()[1:]
+            assert targets[row][where].tolist()[-1] == IGNORE  # never across songs
+        seen += runs
+    assert sorted(seen) == list(range(len(shard.songs)))
+    assert set(batches.epoch(1)[0].doc.flatten().tolist()) - {-1} <= set(
+        range(len(shard.songs), 2 * len(shard.songs))), "song ids must be new every epoch"
+
+
+def test_pitch_shift_moves_notes_only_and_stays_in_range():
+    vocab = Vocab(8)
+    tokens = vocab.from_text("<sos><n2><d4><sep><d1><n125><d2><sep><d2><eos>")
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        shifted = pitch_shift(tokens, vocab, -5, 6, rng)
+        notes = (tokens >= vocab.note_base) & (tokens < vocab.duration_base)
+        delta = shifted[notes] - tokens[notes]
+        assert len(set(delta.tolist())) == 1 and -2 <= delta[0] <= 2
+        assert np.array_equal(shifted[~notes], tokens[~notes])
+
+
+def test_learning_rate_warms_up_then_decays_to_min():
+    config = TrainConfig(steps=100, lr=1e-3, min_lr=1e-4, warmup_steps=10)
+    assert lr_at(0, config) == pytest.approx(1e-4)
+    assert lr_at(9, config) == pytest.approx(1e-3)
+    assert lr_at(100, config) == pytest.approx(1e-4)
+    assert lr_at(55, config) == pytest.approx(5.5e-4)
+
+
+# ---- resume and DDP -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["vanilla", "xl", "xl_knn"])
+def test_killed_and_resumed_run_ends_with_the_same_weights(shards, tmp_path, variant):
+    params = tiny_params()
+    straight = trainer(shards, tmp_path / "straight", variant, params)
+    straight.run()
+
+    first = trainer(shards, tmp_path / "resumed", variant, params)
+    first.run(stop_after=3)  # as if killed after the step-3 checkpoint
+    del first
+    second = trainer(shards, tmp_path / "resumed", variant, params)
+    second.run(resume=True)
+    assert second.step == straight.step == 6
+    for (name, a), b in zip(straight.module.state_dict().items(),
+                            second.module.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+    assert straight.history[-1]["val_loss"] == pytest.approx(second.history[-1]["val_loss"])
+
+
+def test_checkpoint_loads_with_weights_only(shards, tmp_path):
+    run = trainer(shards, tmp_path / "m", "xl_knn", tiny_params(steps=3))
+    run.run()
+    run.save_model(tmp_path / "m" / "model.pt")
+    for name in ("checkpoint.pt", "model.pt"):
+        torch.load(tmp_path / "m" / name, weights_only=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["vanilla", "xl_knn"])
+def test_torchrun_two_processes_match_one_process(shards, tmp_path, variant):
+    params = tiny_params(steps=4)
+    params["model"]["dropout"] = 0.0  # the two runs draw different dropout masks otherwise
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    common = ["train", "--variant", variant, "--shards", str(shards), "--params", str(params_file)]
+    single = subprocess.run([sys.executable, "-m", "midigen", *common,
+                             "--out", str(tmp_path / "one"), "--metrics", str(tmp_path / "m1")],
+                            capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr[-3000:]
+    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                             "2", "--standalone", "-m", "midigen", *common,
+                             "--out", str(tmp_path / "two"), "--metrics", str(tmp_path / "m2")],
+                            capture_output=True, text=True)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one = torch.load(tmp_path / "one" / "model.pt", weights_only=True)["model"]
+    two = torch.load(tmp_path / "two" / "model.pt", weights_only=True)["model"]
+    for name in one:
+        torch.testing.assert_close(one[name], two[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_an_empty_split_is_one_clear_error(shards):
+    from midigen.corpus import Shard
+    from midigen.errors import MidigenError
+
+    empty = Shard(*(np.zeros(0, np.int64) for _ in range(3)), np.zeros(1, np.int64), [])
+    with pytest.raises(MidigenError, match="the val split has no songs"):
+        ContiguousBatches(empty, load_vocab(shards), 2, 16, split="val")
