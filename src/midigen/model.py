@@ -22,6 +22,16 @@ from midigen.memory import NO_DOC, KNNMemory, MemoryState, XLMemory
 POSITIONS = ("relative", "alibi", "absolute")
 MEMORIES = ("none", "xl", "xl_knn")
 IGNORE = -100  # target id the loss skips
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of cross entropy over real targets, their count), so ranks can be averaged exactly."""
+    loss = F.cross_entropy(
+        logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
+    )
+    return loss, (targets != IGNORE).sum()
+
+
 MASKED = -1e9  # additive mask of a hidden key: exp() of it is exactly 0, and a finite value
 # makes scaled_dot_product_attention's CPU softmax ~20% faster than -inf does
 
@@ -53,9 +63,21 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Stop with one clear message on the first impossible setting."""
-        for name in ("vocab_size", "n_layer", "n_head", "d_model", "d_ff", "segment_len",
-                     "max_distance", "bar_pos_size", "steps_per_beat", "beat_size", "xl_mem_len",
-                     "knn_k", "knn_max_memories"):
+        for name in (
+            "vocab_size",
+            "n_layer",
+            "n_head",
+            "d_model",
+            "d_ff",
+            "segment_len",
+            "max_distance",
+            "bar_pos_size",
+            "steps_per_beat",
+            "beat_size",
+            "xl_mem_len",
+            "knn_k",
+            "knn_max_memories",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise MidigenError(f"model.{name} must be a positive integer (got {value!r})")
@@ -64,19 +86,27 @@ class ModelConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
                 raise MidigenError(f"model.{name} must be a number in [0, 1) (got {value!r})")
         if self.position not in POSITIONS:
-            raise MidigenError(f"model.position must be one of {', '.join(POSITIONS)} "
-                               f"(got {self.position!r})")
+            raise MidigenError(
+                f"model.position must be one of {', '.join(POSITIONS)} (got {self.position!r})"
+            )
         if self.memory not in MEMORIES:
-            raise MidigenError(f"model.memory must be one of {', '.join(MEMORIES)} "
-                               f"(got {self.memory!r})")
+            raise MidigenError(
+                f"model.memory must be one of {', '.join(MEMORIES)} (got {self.memory!r})"
+            )
         if self.d_model % self.n_head:
-            raise MidigenError(f"model.n_head ({self.n_head}) must divide model.d_model "
-                               f"({self.d_model})")
-        if isinstance(self.knn_layer, bool) or not isinstance(self.knn_layer, int) or not (
-                -self.n_layer <= self.knn_layer < self.n_layer):
-            raise MidigenError(f"model.knn_layer ({self.knn_layer!r}) is outside the model: it "
-                               f"has {self.n_layer} layers, so use {-self.n_layer} to "
-                               f"{self.n_layer - 1}")
+            raise MidigenError(
+                f"model.n_head ({self.n_head}) must divide model.d_model ({self.d_model})"
+            )
+        if (
+            isinstance(self.knn_layer, bool)
+            or not isinstance(self.knn_layer, int)
+            or not (-self.n_layer <= self.knn_layer < self.n_layer)
+        ):
+            raise MidigenError(
+                f"model.knn_layer ({self.knn_layer!r}) is outside the model: it "
+                f"has {self.n_layer} layers, so use {-self.n_layer} to "
+                f"{self.n_layer - 1}"
+            )
 
 
 # ---- positions: an additive bias on attention scores, by distance ------------------------------
@@ -136,8 +166,9 @@ class Attention(nn.Module):
         self.proj = nn.Linear(config.d_model, config.d_model)
         self.resid_drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, ctx: Context,
-                past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def forward(
+        self, x: Tensor, ctx: Context, past: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """(B, T, D) -> (B, T, D), plus this segment's detached keys/values for the memories."""
         q, k, v = rearrange(self.qkv(x), "b t (n h d) -> n b h t d", n=3, h=self.n_head)
         keys, values = k, v
@@ -145,9 +176,14 @@ class Attention(nn.Module):
             keys = torch.cat([past[0].to(k.dtype), k], dim=2)
             values = torch.cat([past[1].to(v.dtype), v], dim=2)
         mask = None if ctx.mask is None else ctx.mask.to(q.dtype)
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
-                                           dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=mask is None)
+        y = F.scaled_dot_product_attention(
+            q,
+            keys,
+            values,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=mask is None,
+        )
         y = self.mix(q, y, ctx)
         y = rearrange(y, "b h t d -> b t (h d)")
         return self.resid_drop(self.proj(y)), (k.detach(), v.detach())
@@ -202,8 +238,9 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(config.d_model)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, ctx: Context,
-                past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def forward(
+        self, x: Tensor, ctx: Context, past: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         a, present = self.attn(self.ln1(x), ctx, past)
         x = x + a
         return x + self.mlp(self.ln2(x)), present
@@ -229,8 +266,9 @@ class MusicTransformer(nn.Module):
         self.position_bias = bias(config.n_head, config.max_distance) if bias else None
         self.drop = nn.Dropout(config.dropout)
         self.knn_layer = config.knn_layer % config.n_layer if config.memory == "xl_knn" else None
-        self.blocks = nn.ModuleList(Block(config, knn=i == self.knn_layer)
-                                    for i in range(config.n_layer))
+        self.blocks = nn.ModuleList(
+            Block(config, knn=i == self.knn_layer) for i in range(config.n_layer)
+        )
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, config.vocab_size, bias=False)
         self.head.weight = self.tok_emb.weight  # tied, as in GPT-2: fewer parameters
@@ -257,10 +295,20 @@ class MusicTransformer(nn.Module):
         """Before the first segment: no song seen, empty memories."""
         knn = None
         if self.config.memory == "xl_knn":
-            knn = KNNMemory(batch, self.config.n_head, self.config.head_dim,
-                            self.config.knn_max_memories, device)
-        return MemoryState(0, torch.full((batch,), NO_DOC, dtype=torch.int64, device=device),
-                           torch.zeros(batch, dtype=torch.int64, device=device), None, knn)
+            knn = KNNMemory(
+                batch,
+                self.config.n_head,
+                self.config.head_dim,
+                self.config.knn_max_memories,
+                device,
+            )
+        return MemoryState(
+            0,
+            torch.full((batch,), NO_DOC, dtype=torch.int64, device=device),
+            torch.zeros(batch, dtype=torch.int64, device=device),
+            None,
+            knn,
+        )
 
     def memory_state_from(self, state: dict) -> MemoryState:
         """A MemoryState back from `MemoryState.state_dict()` (e.g. out of a checkpoint)."""
@@ -269,9 +317,15 @@ class MusicTransformer(nn.Module):
 
     # -- forward --
 
-    def forward(self, tokens: Tensor, bar_pos: Tensor, doc: Tensor | None = None,
-                state: MemoryState | None = None, targets: Tensor | None = None,
-                mem_len: int | None = None) -> tuple[Tensor, Tensor | None, MemoryState]:
+    def forward(
+        self,
+        tokens: Tensor,
+        bar_pos: Tensor,
+        doc: Tensor | None = None,
+        state: MemoryState | None = None,
+        targets: Tensor | None = None,
+        mem_len: int | None = None,
+    ) -> tuple[Tensor, Tensor | None, MemoryState]:
         """One segment of every row: (B, T) tokens, bar positions, song ids -> logits (B, T, V).
 
         Pass the returned state to the next segment of the same rows. `loss` is the mean cross
@@ -293,8 +347,9 @@ class MusicTransformer(nn.Module):
         song_pos, song_start = self._song_positions(positions, doc, state)
 
         x = self.tok_emb(tokens) + self.bar_emb(bar_pos.clamp(0, self.config.bar_pos_size - 1))
-        x = x + self.beat_emb((bar_pos // self.config.steps_per_beat)
-                              .clamp(0, self.config.beat_size - 1))
+        x = x + self.beat_emb(
+            (bar_pos // self.config.steps_per_beat).clamp(0, self.config.beat_size - 1)
+        )
         if self.pos_emb is not None:
             x = x + self.pos_emb(song_pos.clamp(max=self.config.max_distance - 1))
         x = self.drop(x)
@@ -308,24 +363,23 @@ class MusicTransformer(nn.Module):
 
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
-                                   ignore_index=IGNORE, reduction="sum")
-            loss = loss / (targets != IGNORE).sum().clamp(min=1)
+            total, count = token_loss(logits, targets)
+            loss = total / count.clamp(min=1)
         if mem_len is None:
             mem_len = self.config.xl_mem_len if self.config.memory != "none" else 0
         return logits, loss, self._next_state(state, presents, positions, doc, song_start, mem_len)
 
     @staticmethod
-    def _song_positions(positions: Tensor, doc: Tensor, state: MemoryState
-                        ) -> tuple[Tensor, Tensor]:
+    def _song_positions(
+        positions: Tensor, doc: Tensor, state: MemoryState
+    ) -> tuple[Tensor, Tensor]:
         """Each token's position inside its song (B, T), and where each row's last song began."""
         previous = torch.cat([state.last_doc[:, None], doc[:, :-1]], dim=1)
         starts = torch.where(doc != previous, positions, -1).cummax(dim=1).values
         starts = torch.where(starts < 0, state.song_start[:, None], starts)
         return positions - starts, starts[:, -1]
 
-    def _attention_mask(self, positions: Tensor, doc: Tensor,
-                        xl: XLMemory | None) -> Tensor | None:
+    def _attention_mask(self, positions: Tensor, doc: Tensor, xl: XLMemory | None) -> Tensor | None:
         """Position bias + causal + same-song mask, built once and shared by all layers.
 
         Query i may see key j only if j is not later and both are of the same song. Returns
@@ -346,15 +400,28 @@ class MusicTransformer(nn.Module):
             mask = mask + self.position_bias(positions[:, None] - key_pos[None, :])
         return mask
 
-    def _next_state(self, state: MemoryState, presents: list[tuple[Tensor, Tensor]],
-                    positions: Tensor, doc: Tensor, song_start: Tensor,
-                    mem_len: int) -> MemoryState:
+    def _next_state(
+        self,
+        state: MemoryState,
+        presents: list[tuple[Tensor, Tensor]],
+        positions: Tensor,
+        doc: Tensor,
+        song_start: Tensor,
+        mem_len: int,
+    ) -> MemoryState:
         """Hand this segment's keys/values to the memories (detached: no gradient crosses)."""
         xl = None
         if mem_len > 0:
-            xl = XLMemory.extend(state.xl, [k for k, _ in presents], [v for _, v in presents],
-                                 doc, positions, mem_len)
+            xl = XLMemory.extend(
+                state.xl,
+                [k for k, _ in presents],
+                [v for _, v in presents],
+                doc,
+                positions,
+                mem_len,
+            )
         if state.knn is not None:
             state.knn.write(*presents[self.knn_layer], doc)
-        return MemoryState(state.offset + len(positions), doc[:, -1].clone(), song_start,
-                           xl, state.knn)
+        return MemoryState(
+            state.offset + len(positions), doc[:, -1].clone(), song_start, xl, state.knn
+        )

@@ -17,14 +17,13 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from midigen.atomic import atomic_file
 from midigen.batching import IGNORE, ContiguousBatches, Segment
 from midigen.corpus import load_shard, load_vocab
 from midigen.errors import MidigenError
-from midigen.model import ModelConfig, MusicTransformer
+from midigen.model import ModelConfig, MusicTransformer, token_loss
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +56,6 @@ def lr_at(step: int, config: TrainConfig) -> float:
         return config.lr * (step + 1) / config.warmup_steps
     progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
     return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
-
-
-def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of cross entropy over real targets, their count), so ranks can be averaged exactly."""
-    loss = F.cross_entropy(
-        logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
-    )
-    return loss, (targets != IGNORE).sum()
 
 
 @dataclass
