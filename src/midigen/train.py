@@ -203,8 +203,10 @@ class Trainer:
         )
         tokens_done, t0 = 0, time.perf_counter()
         last = stop_after if stop_after is not None else self.config.steps
+        epoch, segments = None, []
         while self.step < min(last, self.config.steps):
-            segments = self.train_batches.epoch(self.epoch)
+            if epoch != self.epoch:  # an epoch's segments are built once, not every step
+                epoch, segments = self.epoch, self.train_batches.epoch(self.epoch)
             if self.position >= len(segments):
                 self.epoch, self.position = self.epoch + 1, 0
                 continue
