@@ -160,11 +160,17 @@ def encode_chunk(
     return _summary(f"chunk {chunk}/{n_chunks}", songs, errors)
 
 
-def _save_arrays(folder: Path, parts: dict[str, list[np.ndarray]], lengths: list[int]) -> None:
+def _save_arrays(
+    folder: Path, parts: dict[str, list[np.ndarray]], lengths: list[int]
+) -> dict[str, np.ndarray]:
+    """Concatenate and save each array; return what was saved."""
+    saved = {}
     for name, dtype in ARRAYS.items():
         flat = np.concatenate(parts[name]) if parts[name] else np.zeros(0)
-        np.save(folder / f"{name}.npy", flat.astype(dtype))
+        saved[name] = flat.astype(dtype)
+        np.save(folder / f"{name}.npy", saved[name])
     np.save(folder / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+    return saved
 
 
 def _write_csv(path: Path, fields: tuple[str, ...], rows: Iterable[dict]) -> None:
@@ -249,13 +255,12 @@ def build_shards(chunk_dirs: list[Path], config: EncodeConfig, out: Path) -> str
             order = sorted((s["sha256"], i) for i, s in enumerate(songs) if s["split"] == split)
             chosen = [i for _, i in order]
             (tmp / split).mkdir()
-            _save_arrays(
+            tokens = _save_arrays(
                 tmp / split,
                 {n: [arrays[i][n] for i in chosen] for n in ARRAYS},
                 [int(songs[i]["tokens"]) for i in chosen],
-            )
+            )["tokens"]
             _write_csv(tmp / split / "songs.csv", SONG_FIELDS, [songs[i] for i in chosen])
-            tokens = np.load(tmp / split / "tokens.npy")
             stats["splits"][split] = {
                 "songs": len(chosen),
                 "tokens": int(len(tokens)),

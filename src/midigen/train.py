@@ -8,6 +8,7 @@ DistributedDataParallel under torchrun (each process trains its share of the bat
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -106,7 +107,6 @@ class Trainer:
         out: Path,
         live_dir: Path | None = None,
     ):
-        model_config.validate()
         self.config, self.model_config = config, model_config
         self.out, self.live_dir = Path(out), live_dir
         self.env = Distributed.setup()
@@ -172,13 +172,18 @@ class Trainer:
         self.step += 1
         return float(self.env.sum(loss_sum.detach()) / total)
 
+    @functools.cached_property
+    def _val_segments(self) -> list[Segment]:
+        """Validation never shuffles or transposes, so its segments are built once."""
+        return self.val_batches.epoch(0)
+
     @torch.no_grad()
     def evaluate(self) -> float:
         """Mean token NLL (nats) on the whole validation split, memories carried along."""
         self.model.eval()
         start, stop = self.env.rows(self.config.batch_size)
         state, loss, count = None, torch.zeros(()), torch.zeros(())
-        for segment in self.val_batches.epoch(0):
+        for segment in self._val_segments:
             segment = segment.rows(start, stop)
             logits, state = self._forward(segment, state)
             s, c = token_loss(logits, segment.targets.to(self.env.device))
