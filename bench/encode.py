@@ -74,8 +74,12 @@ def chorale_files(limit: int | None) -> list[Path]:
     """The first `limit` chorales as MIDI files, rendered once into bench/out/chorales."""
     ids = chorale_ids()[:limit]
     CACHE.mkdir(parents=True, exist_ok=True)
-    missing = [i for i in ids if not (CACHE / cache_name(i)).exists()
-               and not (CACHE / (cache_name(i) + ".failed")).exists()]
+    missing = [
+        i
+        for i in ids
+        if not (CACHE / cache_name(i)).exists()
+        and not (CACHE / (cache_name(i) + ".failed")).exists()
+    ]
     if missing:
         print(f"rendering {len(missing)} chorales into {CACHE} (once) ...", file=sys.stderr)
         with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
@@ -87,8 +91,7 @@ def chorale_files(limit: int | None) -> list[Path]:
                     (CACHE / name).write_bytes(data)
     found = [CACHE / cache_name(i) for i in ids if (CACHE / cache_name(i)).exists()]
     if len(found) < len(ids):
-        print(f"{len(ids) - len(found)} chorale(s) music21 cannot render left out",
-              file=sys.stderr)
+        print(f"{len(ids) - len(found)} chorale(s) music21 cannot render left out", file=sys.stderr)
     return found
 
 
@@ -159,8 +162,9 @@ class Timing:
         return self.notes / self.seconds
 
 
-def best_of(name: str, run: Callable[[list[Path]], int], paths: list[Path], notes: int,
-            repeats: int) -> Timing:
+def best_of(
+    name: str, run: Callable[[list[Path]], int], paths: list[Path], notes: int, repeats: int
+) -> Timing:
     """One warm-up pass, then the fastest of `repeats` timed passes."""
     skipped = run(paths)
     times = []
@@ -181,8 +185,12 @@ def chunk_stage(paths: list[Path], config: EncodeConfig, notes: int, repeats: in
         for i, path in enumerate(paths):  # only the chosen files, named in order
             (src / f"{i:05d}_{path.name}").symlink_to(path.resolve())
         raw = Path(tmp) / "raw"
-        download(validate_params({"download": {"source": "dir", "dir": str(src)}},
-                                 partial=True)["download"], raw)
+        download(
+            validate_params({"download": {"source": "dir", "dir": str(src)}}, partial=True)[
+                "download"
+            ],
+            raw,
+        )
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
@@ -204,8 +212,10 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{os.cpu_count()} cores (nproc {len(os.sched_getaffinity(0))}), {cpu}; "
-            f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
+    return (
+        f"{os.cpu_count()} cores (nproc {len(os.sched_getaffinity(0))}), {cpu}; "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    )
 
 
 def versions() -> str:
@@ -214,15 +224,21 @@ def versions() -> str:
 
 
 def table(timings: list[Timing]) -> str:
-    rows = ["| encoder | files | seconds (best) | files/s | notes/s | skipped |",
-            "|---|---:|---:|---:|---:|---:|"]
-    rows += [f"| {t.name} | {t.files} | {t.seconds:.3f} | {t.files_per_s:,.1f} | "
-             f"{t.notes_per_s:,.0f} | {t.skipped} |" for t in timings]
+    rows = [
+        "| encoder | files | seconds (best) | files/s | notes/s | skipped |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    rows += [
+        f"| {t.name} | {t.files} | {t.seconds:.3f} | {t.files_per_s:,.1f} | "
+        f"{t.notes_per_s:,.0f} | {t.skipped} |"
+        for t in timings
+    ]
     return "\n".join(rows)
 
 
-def results_markdown(timings: list[Timing], ratio: float, corpus: str, command: str,
-                     config: EncodeConfig) -> str:
+def results_markdown(
+    timings: list[Timing], ratio: float, corpus: str, command: str, config: EncodeConfig
+) -> str:
     verdict = "meets" if ratio >= 1.0 else "MISSES"
     return f"""# Encode benchmark: midigen vs MidiTok REMI
 
@@ -263,16 +279,19 @@ def main(argv: list[str] | None = None) -> None:
         paths, corpus = folder_files(args.dir, args.files), f"MIDI files under {args.dir}"
     else:
         paths = chorale_files(args.files)
-        corpus = (f"{len(paths)} Bach chorales from music21 rendered to MIDI (distinct ids of "
-                  "corpus.chorales.Iterator; any that music21 cannot render are left out)")
+        corpus = (
+            f"{len(paths)} Bach chorales from music21 rendered to MIDI (distinct ids of "
+            "corpus.chorales.Iterator; any that music21 cannot render are left out)"
+        )
     if not paths:
         sys.exit("no MIDI files to bench")
     notes = input_notes(paths)
-    print(f"{len(paths)} files, {notes:,} notes; {args.repeats} timed passes each",
-          file=sys.stderr)
+    print(f"{len(paths)} files, {notes:,} notes; {args.repeats} timed passes each", file=sys.stderr)
 
-    timings = [best_of("midigen encode_bytes", midigen_pass(config), paths, notes, args.repeats),
-               best_of("MidiTok REMI", miditok_pass(), paths, notes, args.repeats)]
+    timings = [
+        best_of("midigen encode_bytes", midigen_pass(config), paths, notes, args.repeats),
+        best_of("MidiTok REMI", miditok_pass(), paths, notes, args.repeats),
+    ]
     ratio = timings[0].files_per_s / timings[1].files_per_s
     if not args.no_chunk:
         timings.append(chunk_stage(paths, config, notes, args.repeats))

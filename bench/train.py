@@ -38,13 +38,23 @@ class Reference(nn.Module):
     def __init__(self, c: ModelConfig, attn_dropout: float):
         super().__init__()
         self.n_head, self.p = c.n_head, attn_dropout
-        self.tok, self.pos = nn.Embedding(c.vocab_size, c.d_model), nn.Embedding(
-            c.segment_len, c.d_model)
-        self.blocks = nn.ModuleList(nn.ModuleDict({
-            "ln1": nn.LayerNorm(c.d_model), "qkv": nn.Linear(c.d_model, 3 * c.d_model),
-            "proj": nn.Linear(c.d_model, c.d_model), "ln2": nn.LayerNorm(c.d_model),
-            "up": nn.Linear(c.d_model, c.d_ff), "down": nn.Linear(c.d_ff, c.d_model),
-        }) for _ in range(c.n_layer))
+        self.tok, self.pos = (
+            nn.Embedding(c.vocab_size, c.d_model),
+            nn.Embedding(c.segment_len, c.d_model),
+        )
+        self.blocks = nn.ModuleList(
+            nn.ModuleDict(
+                {
+                    "ln1": nn.LayerNorm(c.d_model),
+                    "qkv": nn.Linear(c.d_model, 3 * c.d_model),
+                    "proj": nn.Linear(c.d_model, c.d_model),
+                    "ln2": nn.LayerNorm(c.d_model),
+                    "up": nn.Linear(c.d_model, c.d_ff),
+                    "down": nn.Linear(c.d_ff, c.d_model),
+                }
+            )
+            for _ in range(c.n_layer)
+        )
         self.ln_f = nn.LayerNorm(c.d_model)
         self.head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         self.head.weight = self.tok.weight
@@ -54,10 +64,12 @@ class Reference(nn.Module):
         b, t = tokens.shape
         x = self.drop(self.tok(tokens) + self.pos(torch.arange(t, device=tokens.device)))
         for blk in self.blocks:
-            q, k, v = blk["qkv"](blk["ln1"](x)).view(b, t, 3, self.n_head, -1).permute(
-                2, 0, 3, 1, 4)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                               dropout_p=self.p if self.training else 0.0)
+            q, k, v = (
+                blk["qkv"](blk["ln1"](x)).view(b, t, 3, self.n_head, -1).permute(2, 0, 3, 1, 4)
+            )
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.p if self.training else 0.0
+            )
             x = x + self.drop(blk["proj"](y.transpose(1, 2).reshape(b, t, -1)))
             x = x + self.drop(blk["down"](F.gelu(blk["up"](blk["ln2"](x)))))
         return self.head(self.ln_f(x))
@@ -69,8 +81,13 @@ def segments(args: argparse.Namespace, vocab_size: int) -> Iterator[tuple[torch.
         from midigen.batching import ContiguousBatches
         from midigen.corpus import load_shard, load_vocab
 
-        batches = ContiguousBatches(load_shard(args.shards, "train"), load_vocab(args.shards),
-                                    args.batch, args.segment, seed=0)
+        batches = ContiguousBatches(
+            load_shard(args.shards, "train"),
+            load_vocab(args.shards),
+            args.batch,
+            args.segment,
+            seed=0,
+        )
         for s in batches:
             yield s.tokens, s.targets, s.bar_pos, s.doc
     g = torch.Generator().manual_seed(0)
@@ -127,8 +144,9 @@ def main() -> None:
     base = ModelConfig(segment_len=args.segment)
     sides: dict[str, Callable[[], None]] = {}
     torch.manual_seed(0)
-    sides["reference"] = trainer(Reference(base, base.dropout), segments(args, base.vocab_size),
-                                 False)
+    sides["reference"] = trainer(
+        Reference(base, base.dropout), segments(args, base.vocab_size), False
+    )
     torch.manual_seed(0)
     sides["ref_noattn"] = trainer(Reference(base, 0.0), segments(args, base.vocab_size), False)
     for name, memory in (("vanilla", "none"), ("xl", "xl"), ("xl_knn", "xl_knn")):
@@ -149,16 +167,20 @@ def main() -> None:
 
     tokens = args.batch * args.segment
     rate = {name: tokens / statistics.median(t) for name, t in times.items()}
-    print(f"model: {base.n_layer} layers, {base.n_head} heads, d_model {base.d_model}, d_ff "
-          f"{base.d_ff}, dropout {base.dropout}; batch {args.batch} x {args.segment}; "
-          f"{torch.get_num_threads()} threads; data: "
-          f"{args.shards if args.shards.exists() else 'synthetic'}")
+    print(
+        f"model: {base.n_layer} layers, {base.n_head} heads, d_model {base.d_model}, d_ff "
+        f"{base.d_ff}, dropout {base.dropout}; batch {args.batch} x {args.segment}; "
+        f"{torch.get_num_threads()} threads; data: "
+        f"{args.shards if args.shards.exists() else 'synthetic'}"
+    )
     print(f"{'side':<11} {'median step (s)':>16} {'tokens/s':>10}")
     for name, t in times.items():
         print(f"{name:<11} {statistics.median(t):>16.3f} {rate[name]:>10,.0f}")
-    for label, num, den, target in (("vanilla/reference", "vanilla", "reference", 1.0),
-                                    ("xl/vanilla", "xl", "vanilla", 0.8),
-                                    ("xl_knn/vanilla", "xl_knn", "vanilla", 0.5)):
+    for label, num, den, target in (
+        ("vanilla/reference", "vanilla", "reference", 1.0),
+        ("xl/vanilla", "xl", "vanilla", 0.8),
+        ("xl_knn/vanilla", "xl_knn", "vanilla", 0.5),
+    ):
         ratio = rate[num] / rate[den]
         verdict = "meets" if ratio >= target or math.isclose(ratio, target) else "MISSES"
         print(f"{label:<18} {ratio:5.2f}x  ({verdict} the >= {target}x target)")

@@ -54,10 +54,22 @@ def make_project(tmp: Path) -> Path:
             shutil.copy2(ROOT / name, project / name)
     set_param(project, "download.max_files", TINY_FILES)
     set_param(project, "download.val_fraction", 0.25)
-    tiny_model = {"n_layer": 1, "n_head": 2, "d_model": 16, "d_ff": 32, "segment_len": 32,
-                  "xl_mem_len": 32, "knn_k": 2}
-    tiny_train = {"steps": 2, "batch_size": 2, "warmup_steps": 1, "eval_every": 2,
-                  "checkpoint_every": 2}
+    tiny_model = {
+        "n_layer": 1,
+        "n_head": 2,
+        "d_model": 16,
+        "d_ff": 32,
+        "segment_len": 32,
+        "xl_mem_len": 32,
+        "knn_k": 2,
+    }
+    tiny_train = {
+        "steps": 2,
+        "batch_size": 2,
+        "warmup_steps": 1,
+        "eval_every": 2,
+        "checkpoint_every": 2,
+    }
     for section, values in (("model", tiny_model), ("train", tiny_train)):
         for key, value in values.items():
             set_param(project, f"{section}.{key}", value)

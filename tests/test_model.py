@@ -19,9 +19,20 @@ V = 40  # vocabulary
 
 
 def tiny(**overrides) -> MusicTransformer:
-    settings = dict(vocab_size=V, n_layer=2, n_head=2, d_model=32, d_ff=64, dropout=0.0,
-                    segment_len=T, max_distance=64, bar_pos_size=16, steps_per_beat=4,
-                    xl_mem_len=T, knn_k=4)
+    settings = dict(
+        vocab_size=V,
+        n_layer=2,
+        n_head=2,
+        d_model=32,
+        d_ff=64,
+        dropout=0.0,
+        segment_len=T,
+        max_distance=64,
+        bar_pos_size=16,
+        steps_per_beat=4,
+        xl_mem_len=T,
+        knn_k=4,
+    )
     torch.manual_seed(0)
     model = MusicTransformer(ModelConfig(**{**settings, **overrides})).eval()
     if model.position_bias is not None and hasattr(model.position_bias, "table"):
@@ -34,16 +45,23 @@ def tiny(**overrides) -> MusicTransformer:
 
 def stream(batch: int, length: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return (torch.randint(3, V, (batch, length), generator=g),
-            torch.randint(0, 16, (batch, length), generator=g))
+    return (
+        torch.randint(3, V, (batch, length), generator=g),
+        torch.randint(0, 16, (batch, length), generator=g),
+    )
 
 
 def run(model: MusicTransformer, tokens, bar_pos, doc, state=None, seg: int = T, mem_len=None):
     """Feed a (B, L) stream segment by segment; the logits of all of it and the final state."""
     out = []
     for s in range(0, tokens.shape[1], seg):
-        logits, _, state = model(tokens[:, s:s + seg], bar_pos[:, s:s + seg], doc[:, s:s + seg],
-                                 state, mem_len=mem_len)
+        logits, _, state = model(
+            tokens[:, s : s + seg],
+            bar_pos[:, s : s + seg],
+            doc[:, s : s + seg],
+            state,
+            mem_len=mem_len,
+        )
         out.append(logits)
     return torch.cat(out, dim=1), state
 
@@ -88,7 +106,7 @@ def test_xl_second_segment_equals_full_attention(position):
     tokens, bar_pos = stream(3, 2 * T)
     doc = torch.zeros_like(tokens)
     doc[1, 5:] = 1  # a song boundary inside segment 1
-    doc[2, T + 3:] = 2  # ... and one inside segment 2
+    doc[2, T + 3 :] = 2  # ... and one inside segment 2
     with torch.no_grad():
         xl, _ = run(model, tokens, bar_pos, doc)
         full, _, _ = model(tokens, bar_pos, doc)
@@ -100,7 +118,7 @@ def test_xl_with_long_memory_is_a_kv_cache():
     model = tiny(memory="xl", xl_mem_len=2 * T)
     tokens, bar_pos = stream(2, 3 * T, seed=1)
     doc = torch.zeros_like(tokens)
-    doc[1, 2 * T - 2:] = 1
+    doc[1, 2 * T - 2 :] = 1
     with torch.no_grad():
         xl, _ = run(model, tokens, bar_pos, doc)
         full, _, _ = model(tokens, bar_pos, doc)
@@ -114,13 +132,13 @@ def test_xl_multilayer_matches_hand_written_reference():
     model = tiny(memory="xl")
     tokens, bar_pos = stream(2, 4 * T, seed=2)
     doc = torch.zeros_like(tokens)
-    doc[1, T + 3:] = 1
+    doc[1, T + 3 :] = 1
     with torch.no_grad():
         xl, _ = run(model, tokens, bar_pos, doc)
         ref = reference(model, tokens, bar_pos, visible(doc, window=T))
         full = reference(model, tokens, bar_pos, visible(doc, window=None))
     torch.testing.assert_close(xl, ref, atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(xl[:, 2 * T:], full[:, 2 * T:], atol=1e-4)  # the window matters
+    assert not torch.allclose(xl[:, 2 * T :], full[:, 2 * T :], atol=1e-4)  # the window matters
 
 
 @pytest.mark.parametrize("memory", ["none", "xl"])
@@ -173,7 +191,7 @@ def test_knn_memory_drops_the_oldest_beyond_its_limit():
     memory.doc[0] = 0
     keys = torch.randn(2, 25, 8)
     for s in range(0, 25, 7):
-        memory.add(0, keys[:, s:s + 7], keys[:, s:s + 7])
+        memory.add(0, keys[:, s : s + 7], keys[:, s : s + 7])
     assert memory.size(0) == 10 and all(i.ntotal == 10 for i in memory.indexes[0])
     torch.testing.assert_close(memory.stored(0)[0], keys[:, -10:])
     queries = torch.randn(1, 2, 4, 8)
@@ -210,8 +228,12 @@ def test_song_after_another_equals_song_alone(memory, position):
     doc = torch.tensor([[0] * T + [1] * 2 * T, [9] * 3 * T])
     with torch.no_grad():
         logits, state = run(model, tokens, bar_pos, doc)
-        alone, _ = run(model, torch.cat([b[:1], b[1:]]), torch.cat([b_bar[:1], b_bar[1:]]),
-                       torch.tensor([[5] * 2 * T, [6] * 2 * T]))
+        alone, _ = run(
+            model,
+            torch.cat([b[:1], b[1:]]),
+            torch.cat([b_bar[:1], b_bar[1:]]),
+            torch.tensor([[5] * 2 * T, [6] * 2 * T]),
+        )
     torch.testing.assert_close(logits[0, T:], alone[0], atol=1e-5, rtol=1e-5)
     if memory == "xl_knn":
         assert state.knn.size(0) == 2 * T  # B's two segments, nothing of A
@@ -230,8 +252,8 @@ def test_song_boundary_mid_segment_leaks_nothing(memory):
         with torch.no_grad():
             logits, state = run(model, torch.cat([a, b], 1), torch.cat([a_bar, b_bar], 1), doc)
         outs.append(logits)
-    assert not torch.allclose(outs[0][:, :T // 2], outs[1][:, :T // 2])  # A did differ
-    torch.testing.assert_close(outs[0][:, T // 2:], outs[1][:, T // 2:], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(outs[0][:, : T // 2], outs[1][:, : T // 2])  # A did differ
+    torch.testing.assert_close(outs[0][:, T // 2 :], outs[1][:, T // 2 :], atol=1e-5, rtol=1e-5)
 
 
 def test_knn_memory_changes_the_output():
@@ -262,8 +284,9 @@ def test_gradients_stop_at_memory(memory):
         assert not k.requires_grad and k.grad_fn is None and not v.requires_grad
     if memory == "xl_knn":
         assert not any(t.requires_grad for row in range(2) for t in state.knn.stored(row))
-    _, loss, _ = model(tokens[:, T:], bar_pos[:, T:], doc[:, T:], state,
-                       targets=tokens[:, T:].roll(-1, 1))
+    _, loss, _ = model(
+        tokens[:, T:], bar_pos[:, T:], doc[:, T:], state, targets=tokens[:, T:].roll(-1, 1)
+    )
     first, second = captured
     grads = torch.autograd.grad(loss, [first, second], allow_unused=True, retain_graph=True)
     assert grads[0] is None  # segment 1's inputs are not in segment 2's graph
@@ -276,17 +299,22 @@ def test_gradients_stop_at_memory(memory):
 # ---- 5. bad configs -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(n_head=5), "model.n_head (5) must divide model.d_model (256)"),
-    (dict(knn_layer=4),
-     "model.knn_layer (4) is outside the model: it has 4 layers, so use -4 to 3"),
-    (dict(knn_layer=-5), "model.knn_layer (-5) is outside the model"),
-    (dict(memory="lstm"), "model.memory must be one of none, xl, xl_knn (got 'lstm')"),
-    (dict(position="rope"), "model.position must be one of relative, alibi, absolute"),
-    (dict(d_model=0), "model.d_model must be a positive integer (got 0)"),
-    (dict(xl_mem_len=-1), "model.xl_mem_len must be a positive integer (got -1)"),
-    (dict(dropout=1.5), "model.dropout must be a number in [0, 1) (got 1.5)"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(n_head=5), "model.n_head (5) must divide model.d_model (256)"),
+        (
+            dict(knn_layer=4),
+            "model.knn_layer (4) is outside the model: it has 4 layers, so use -4 to 3",
+        ),
+        (dict(knn_layer=-5), "model.knn_layer (-5) is outside the model"),
+        (dict(memory="lstm"), "model.memory must be one of none, xl, xl_knn (got 'lstm')"),
+        (dict(position="rope"), "model.position must be one of relative, alibi, absolute"),
+        (dict(d_model=0), "model.d_model must be a positive integer (got 0)"),
+        (dict(xl_mem_len=-1), "model.xl_mem_len must be a positive integer (got -1)"),
+        (dict(dropout=1.5), "model.dropout must be a number in [0, 1) (got 1.5)"),
+    ],
+)
 def test_bad_config_stops_with_one_clear_message(overrides, message):
     config = ModelConfig(**{"vocab_size": V, "memory": "xl_knn", **overrides})
     with pytest.raises(MidigenError) as error:
@@ -305,7 +333,7 @@ def test_future_tokens_never_change_earlier_logits(memory, position):
     model = tiny(memory=memory, position=position)
     tokens, bar_pos = stream(2, 3 * T, seed=11)
     doc = torch.zeros_like(tokens)
-    doc[1, T + 2:] = 1
+    doc[1, T + 2 :] = 1
     with torch.no_grad():
         logits, _ = run(model, tokens, bar_pos, doc)
         assert logits.shape == (2, 3 * T, V)
@@ -348,7 +376,7 @@ def test_state_survives_weights_only_checkpoint():
     tokens, bar_pos = stream(2, 3 * T, seed=14)
     doc = torch.zeros_like(tokens)
     with torch.no_grad():
-        _, state = run(model, tokens[:, :2 * T], bar_pos[:, :2 * T], doc[:, :2 * T])
+        _, state = run(model, tokens[:, : 2 * T], bar_pos[:, : 2 * T], doc[:, : 2 * T])
         buffer = io.BytesIO()
         torch.save({"model": model.state_dict(), "memory": state.state_dict()}, buffer)
         buffer.seek(0)
@@ -357,6 +385,18 @@ def test_state_survives_weights_only_checkpoint():
         again.load_state_dict(saved["model"])
         restored = again.memory_state_from(saved["memory"])
         assert isinstance(restored, MemoryState)
-        want, _, _ = model(tokens[:, 2 * T:], bar_pos[:, 2 * T:], doc[:, 2 * T:], state)
-        got, _, _ = again(tokens[:, 2 * T:], bar_pos[:, 2 * T:], doc[:, 2 * T:], restored)
+        want, _, _ = model(tokens[:, 2 * T :], bar_pos[:, 2 * T :], doc[:, 2 * T :], state)
+        got, _, _ = again(tokens[:, 2 * T :], bar_pos[:, 2 * T :], doc[:, 2 * T :], restored)
     torch.testing.assert_close(got, want)
+
+
+def test_relative_bias_starts_local():
+    """The learned table starts as ALiBi: nearer keys score higher in every head, so memory
+    keys do not dilute attention before the table has learned anything (see RelativeBias)."""
+    model = MusicTransformer(ModelConfig(position="relative", max_distance=64))
+    alibi = MusicTransformer(ModelConfig(position="alibi", max_distance=64))
+    distance = torch.arange(80)[None, :]
+    learned, fixed = model.position_bias(distance), alibi.position_bias(distance)
+    torch.testing.assert_close(learned, fixed)
+    assert (learned[:, 0, 1:65].diff(dim=-1) < 0).all()  # strictly decreasing up to the clamp
+    assert model.position_bias.table.weight.requires_grad

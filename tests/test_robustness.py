@@ -147,8 +147,14 @@ EXPECTED_NOTES = {
 @cache
 def config(instruments: str = "merge", **limits: float) -> EncodeConfig:
     """The encode config as the stage builds it: params validated, schema defaults filled."""
-    encode = {"steps_per_beat": STEPS_PER_BEAT, "max_duration": 32, "chunks": [0],
-              "instruments": instruments, **LIMITS, **limits}
+    encode = {
+        "steps_per_beat": STEPS_PER_BEAT,
+        "max_duration": 32,
+        "chunks": [0],
+        "instruments": instruments,
+        **LIMITS,
+        **limits,
+    }
     return EncodeConfig.from_params(validate_params({"encode": encode}, partial=True)["encode"])
 
 
@@ -217,8 +223,12 @@ def test_never_crashes(name: str, instruments: str):
 @pytest.mark.parametrize("instruments", ["merge", "program"])
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_PARSER_BUGS[n], strict=True))
-     if n in KNOWN_PARSER_BUGS else n for n in FILES],
+    [
+        pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_PARSER_BUGS[n], strict=True))
+        if n in KNOWN_PARSER_BUGS
+        else n
+        for n in FILES
+    ],
 )
 def test_expected_outcome(name: str, instruments: str):
     got, _ = outcome(fixture(name), config(instruments))
@@ -317,8 +327,11 @@ def test_plain_sysex_does_not_move_notes():
     assert song_notes("sysex_events.mid").onset.tolist() == [0, 4]
 
 
-@pytest.mark.xfail(reason="symusic 0.6 misreads F7 (escape / sysex continuation) events and "
-                          "shifts every later event by the bytes it skipped", strict=True)
+@pytest.mark.xfail(
+    reason="symusic 0.6 misreads F7 (escape / sysex continuation) events and "
+    "shifts every later event by the bytes it skipped",
+    strict=True,
+)
 def test_f7_escape_does_not_move_notes():
     assert song_notes("sysex_f7_escape.mid").onset.tolist() == [0, 4]
 
@@ -359,15 +372,23 @@ def parse_summary(line: str) -> tuple[int, int, dict[str, int], int]:
     match = re.search(r"(\d+) files ok, (\d+) skipped(?: \(([^)]*)\))?, ([\d,]+) notes", line)
     assert match, line
     reasons = dict(re.findall(r"(\w+) (\d+)", match.group(3) or ""))
-    return (int(match.group(1)), int(match.group(2)), {k: int(v) for k, v in reasons.items()},
-            int(match.group(4).replace(",", "")))
+    return (
+        int(match.group(1)),
+        int(match.group(2)),
+        {k: int(v) for k, v in reasons.items()},
+        int(match.group(4).replace(",", "")),
+    )
 
 
 def test_encode_chunk_over_the_fixture_folder(tmp_path: Path):
     """download (source dir) -> encode_chunk, 2 workers: every bad file listed, counts add up."""
     raw = tmp_path / "raw"
-    download(validate_params({"download": {"source": "dir", "dir": str(FIXTURES)}},
-                             partial=True)["download"], raw)
+    download(
+        validate_params({"download": {"source": "dir", "dir": str(FIXTURES)}}, partial=True)[
+            "download"
+        ],
+        raw,
+    )
     rows = read_manifest(raw / "manifest.csv")
     assert sorted(r["source"] for r in rows) == FILES  # all distinct, none dropped
 
@@ -391,8 +412,10 @@ def test_encode_chunk_over_the_fixture_folder(tmp_path: Path):
 
     files_ok, skipped, reasons, notes = parse_summary(summary)
     assert (files_ok, skipped) == (len(ok), len(errors))
-    assert reasons == {r: sum(e["reason"] == r for e in errors.values())
-                       for r in {e["reason"] for e in errors.values()}}
+    assert reasons == {
+        r: sum(e["reason"] == r for e in errors.values())
+        for r in {e["reason"] for e in errors.values()}
+    }
     assert notes == sum(song.notes for song in ok.values())
 
     tokens = np.load(tmp_path / "chunk" / "tokens.npy")
@@ -402,8 +425,13 @@ def test_encode_chunk_over_the_fixture_folder(tmp_path: Path):
 
 # ---- fuzzing -----------------------------------------------------------------------------------
 
-FUZZ_BASES = ["type1_basic.mid", "running_status.mid", "tempo_and_meter_changes.mid",
-              "real_music21_k525short.mid", "real_music21_test06.mid"]
+FUZZ_BASES = [
+    "type1_basic.mid",
+    "running_status.mid",
+    "tempo_and_meter_changes.mid",
+    "real_music21_k525short.mid",
+    "real_music21_test06.mid",
+]
 MUTATION = st.tuples(
     st.sampled_from(["set", "insert", "delete", "truncate"]),
     st.integers(min_value=0, max_value=2**16),

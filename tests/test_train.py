@@ -30,8 +30,9 @@ def random_song(rng: np.random.Generator) -> Notes:
     onset = np.sort(rng.integers(0, 4 * n, n))
     pitch = rng.integers(40, 90, n)
     keys = np.unique(np.stack([onset, pitch], 1), axis=0)
-    return Notes(keys[:, 0], np.zeros(len(keys), np.int64), keys[:, 1],
-                 rng.integers(1, 9, len(keys)))
+    return Notes(
+        keys[:, 0], np.zeros(len(keys), np.int64), keys[:, 1], rng.integers(1, 9, len(keys))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +43,18 @@ def shards(tmp_path_factory) -> Path:
     (root / "midi").mkdir()
     for i in range(N_SONGS):
         (root / "midi" / f"{i}.mid").write_bytes(write_midi(random_song(rng), 4))
-    params = validate_params({"download": {"source": "dir", "dir": str(root / "midi"),
-                                           "val_fraction": 0.25, "test_fraction": 0.1},
-                              "encode": {"steps_per_beat": 4, "max_duration": 8, "chunks": [0]}},
-                             partial=True)
+    params = validate_params(
+        {
+            "download": {
+                "source": "dir",
+                "dir": str(root / "midi"),
+                "val_fraction": 0.25,
+                "test_fraction": 0.1,
+            },
+            "encode": {"steps_per_beat": 4, "max_duration": 8, "chunks": [0]},
+        },
+        partial=True,
+    )
     download(params["download"], root / "raw")
     config = EncodeConfig.from_params(params["encode"])
     encode_chunk(root / "raw", 0, 1, config, root / "encoded" / "chunk-0", workers=1)
@@ -55,10 +64,26 @@ def shards(tmp_path_factory) -> Path:
 
 def tiny_params(**train) -> dict:
     params = copy.deepcopy(load_params(ROOT / "params.yaml"))
-    params["model"].update(n_layer=2, n_head=2, d_model=32, d_ff=64, segment_len=32,
-                           xl_mem_len=32, knn_k=4, dropout=0.1)
-    params["train"].update({"steps": 6, "batch_size": 4, "warmup_steps": 2, "eval_every": 3,
-                            "checkpoint_every": 3, **train})
+    params["model"].update(
+        n_layer=2,
+        n_head=2,
+        d_model=32,
+        d_ff=64,
+        segment_len=32,
+        xl_mem_len=32,
+        knn_k=4,
+        dropout=0.1,
+    )
+    params["train"].update(
+        {
+            "steps": 6,
+            "batch_size": 4,
+            "warmup_steps": 2,
+            "eval_every": 3,
+            "checkpoint_every": 3,
+            **train,
+        }
+    )
     return params
 
 
@@ -91,7 +116,8 @@ def test_rows_stream_whole_songs_in_order(shards):
         seen += runs
     assert sorted(seen) == list(range(len(shard.songs)))
     assert set(batches.epoch(1)[0].doc.flatten().tolist()) - {-1} <= set(
-        range(len(shard.songs), 2 * len(shard.songs))), "song ids must be new every epoch"
+        range(len(shard.songs), 2 * len(shard.songs))
+    ), "song ids must be new every epoch"
 
 
 def test_pitch_shift_moves_notes_only_and_stays_in_range():
@@ -129,8 +155,9 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(shards, tmp_path, var
     second = trainer(shards, tmp_path / "resumed", variant, params)
     second.run(resume=True)
     assert second.step == straight.step == 6
-    for (name, a), b in zip(straight.module.state_dict().items(),
-                            second.module.state_dict().values(), strict=True):
+    for (name, a), b in zip(
+        straight.module.state_dict().items(), second.module.state_dict().values(), strict=True
+    ):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
     assert straight.history[-1]["val_loss"] == pytest.approx(second.history[-1]["val_loss"])
 
@@ -151,14 +178,40 @@ def test_torchrun_two_processes_match_one_process(shards, tmp_path, variant):
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
     common = ["train", "--variant", variant, "--shards", str(shards), "--params", str(params_file)]
-    single = subprocess.run([sys.executable, "-m", "midigen", *common,
-                             "--out", str(tmp_path / "one"), "--metrics", str(tmp_path / "m1")],
-                            capture_output=True, text=True)
+    single = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "midigen",
+            *common,
+            "--out",
+            str(tmp_path / "one"),
+            "--metrics",
+            str(tmp_path / "m1"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
-    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
-                             "2", "--standalone", "-m", "midigen", *common,
-                             "--out", str(tmp_path / "two"), "--metrics", str(tmp_path / "m2")],
-                            capture_output=True, text=True)
+    double = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            "-m",
+            "midigen",
+            *common,
+            "--out",
+            str(tmp_path / "two"),
+            "--metrics",
+            str(tmp_path / "m2"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert double.returncode == 0, double.stderr[-3000:]
     one = torch.load(tmp_path / "one" / "model.pt", weights_only=True)["model"]
     two = torch.load(tmp_path / "two" / "model.pt", weights_only=True)["model"]

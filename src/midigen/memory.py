@@ -41,17 +41,26 @@ class XLMemory:
         return self.keys[i], self.values[i]
 
     @staticmethod
-    def extend(previous: XLMemory | None, keys: list[Tensor], values: list[Tensor], doc: Tensor,
-               pos: Tensor, length: int) -> XLMemory:
+    def extend(
+        previous: XLMemory | None,
+        keys: list[Tensor],
+        values: list[Tensor],
+        doc: Tensor,
+        pos: Tensor,
+        length: int,
+    ) -> XLMemory:
         """Append one segment and keep the newest `length` positions (all detached)."""
         if previous is not None and length > len(pos):  # else the new segment alone fills it
             keys = [torch.cat(pair, dim=2) for pair in zip(previous.keys, keys, strict=True)]
             values = [torch.cat(pair, dim=2) for pair in zip(previous.values, values, strict=True)]
             doc = torch.cat([previous.doc, doc], dim=1)
             pos = torch.cat([previous.pos, pos])
-        return XLMemory([k[:, :, -length:].detach() for k in keys],
-                        [v[:, :, -length:].detach() for v in values],
-                        doc[:, -length:], pos[-length:])
+        return XLMemory(
+            [k[:, :, -length:].detach() for k in keys],
+            [v[:, :, -length:].detach() for v in values],
+            doc[:, -length:],
+            pos[-length:],
+        )
 
 
 # ---- kNN: every key/value of the current song, searched by Faiss -------------------------------
@@ -72,8 +81,9 @@ def _faiss():
     try:
         import faiss
     except ImportError as error:
-        raise MidigenError("model.memory xl_knn needs Faiss: pip install faiss-cpu (or a "
-                           "faiss-gpu build)") from error
+        raise MidigenError(
+            "model.memory xl_knn needs Faiss: pip install faiss-cpu (or a faiss-gpu build)"
+        ) from error
     return faiss
 
 
@@ -88,8 +98,14 @@ class KNNMemory:
     nothing back. When a row exceeds `max_memories`, the oldest entries are dropped.
     """
 
-    def __init__(self, batch: int, n_head: int, head_dim: int, max_memories: int,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        batch: int,
+        n_head: int,
+        head_dim: int,
+        max_memories: int,
+        device: torch.device | str = "cpu",
+    ):
         self.batch, self.n_head, self.head_dim = batch, n_head, head_dim
         self.max_memories, self.device = max_memories, torch.device(device)
         faiss = _faiss()
@@ -128,8 +144,8 @@ class KNNMemory:
 
     def add(self, row: int, keys: Tensor, values: Tensor) -> None:
         """Append (H, n, Dh) keys/values to a row, dropping the oldest beyond max_memories."""
-        keys = keys.detach().to(self.device, torch.float32)[:, -self.max_memories:]
-        values = values.detach().to(self.device, torch.float32)[:, -self.max_memories:]
+        keys = keys.detach().to(self.device, torch.float32)[:, -self.max_memories :]
+        values = values.detach().to(self.device, torch.float32)[:, -self.max_memories :]
         n, count = keys.shape[1], self.count[row]
         drop = max(0, count + n - self.max_memories)
         if drop:  # shift out the oldest; a flat index can't drop them everywhere: rebuild it
@@ -145,10 +161,10 @@ class KNNMemory:
                 grown = self._buffer(capacity)
                 grown[:, :count] = getattr(self, name)[row][:, :count]
                 getattr(self, name)[row] = grown
-        self._keys[row][:, count:count + n] = keys
-        self._values[row][:, count:count + n] = values
+        self._keys[row][:, count : count + n] = keys
+        self._values[row][:, count : count + n] = values
         self.count[row] = count + n
-        fresh = self._keys[row][:, :count + n] if drop else keys
+        fresh = self._keys[row][:, : count + n] if drop else keys
         normed = F.normalize(fresh, dim=-1).cpu().numpy()
         for h, index in enumerate(self.indexes[row]):
             index.add(np.ascontiguousarray(normed[h]))
@@ -207,15 +223,17 @@ class KNNMemory:
             offsets = torch.arange(self.n_head, device=self.device)[:, None, None] * capacity
             flat = (ids[row].clamp(min=0) + offsets).flatten()
             for store, out in ((self._keys[row], keys), (self._values[row], values)):
-                torch.index_select(store.view(-1, self.head_dim), 0, flat,
-                                   out=out[row].view(-1, self.head_dim))
+                torch.index_select(
+                    store.view(-1, self.head_dim), 0, flat, out=out[row].view(-1, self.head_dim)
+                )
         return keys, values
 
     def search(self, queries: Tensor, doc: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
         """Retrieved keys, values (B, H, T, k, Dh) and which hits are real (B, H, T, k)."""
         if queries.shape[0] != self.batch:
-            raise ValueError(f"kNN memory holds {self.batch} rows, got a batch of "
-                             f"{queries.shape[0]}")
+            raise ValueError(
+                f"kNN memory holds {self.batch} rows, got a batch of {queries.shape[0]}"
+            )
         _, ids = self.lookup(queries, doc, k)
         keys, values = self.fetch(ids)
         return keys, values, (ids >= 0).to(queries.device)
@@ -224,12 +242,16 @@ class KNNMemory:
 
     def state_dict(self) -> dict:
         rows = [self.stored(row) for row in range(self.batch)]
-        return {"doc": self.doc.clone(), "keys": [k.cpu().clone() for k, _ in rows],
-                "values": [v.cpu().clone() for _, v in rows]}
+        return {
+            "doc": self.doc.clone(),
+            "keys": [k.cpu().clone() for k, _ in rows],
+            "values": [v.cpu().clone() for _, v in rows],
+        }
 
     @classmethod
-    def from_state_dict(cls, state: dict, max_memories: int,
-                        device: torch.device | str = "cpu") -> KNNMemory:
+    def from_state_dict(
+        cls, state: dict, max_memories: int, device: torch.device | str = "cpu"
+    ) -> KNNMemory:
         keys, values = state["keys"], state["values"]
         memory = cls(len(keys), keys[0].shape[0], keys[0].shape[2], max_memories, device)
         memory.doc = state["doc"].clone()
@@ -262,22 +284,43 @@ class MemoryState:
         return self.last_doc.shape[0]
 
     def state_dict(self) -> dict:
-        xl = None if self.xl is None else {
-            "keys": [k.cpu() for k in self.xl.keys], "values": [v.cpu() for v in self.xl.values],
-            "doc": self.xl.doc.cpu(), "pos": self.xl.pos.cpu()}
-        return {"offset": self.offset, "last_doc": self.last_doc.cpu(),
-                "song_start": self.song_start.cpu(), "xl": xl,
-                "knn": None if self.knn is None else self.knn.state_dict()}
+        xl = (
+            None
+            if self.xl is None
+            else {
+                "keys": [k.cpu() for k in self.xl.keys],
+                "values": [v.cpu() for v in self.xl.values],
+                "doc": self.xl.doc.cpu(),
+                "pos": self.xl.pos.cpu(),
+            }
+        )
+        return {
+            "offset": self.offset,
+            "last_doc": self.last_doc.cpu(),
+            "song_start": self.song_start.cpu(),
+            "xl": xl,
+            "knn": None if self.knn is None else self.knn.state_dict(),
+        }
 
     @classmethod
-    def from_state_dict(cls, state: dict, max_memories: int,
-                        device: torch.device | str = "cpu") -> MemoryState:
+    def from_state_dict(
+        cls, state: dict, max_memories: int, device: torch.device | str = "cpu"
+    ) -> MemoryState:
         xl = state["xl"]
         if xl is not None:
-            xl = XLMemory([k.to(device) for k in xl["keys"]], [v.to(device) for v in xl["values"]],
-                          xl["doc"].to(device), xl["pos"].to(device))
+            xl = XLMemory(
+                [k.to(device) for k in xl["keys"]],
+                [v.to(device) for v in xl["values"]],
+                xl["doc"].to(device),
+                xl["pos"].to(device),
+            )
         knn = state["knn"]
         if knn is not None:
             knn = KNNMemory.from_state_dict(knn, max_memories, device)
-        return cls(int(state["offset"]), state["last_doc"].to(device),
-                   state["song_start"].to(device), xl, knn)
+        return cls(
+            int(state["offset"]),
+            state["last_doc"].to(device),
+            state["song_start"].to(device),
+            xl,
+            knn,
+        )
