@@ -16,7 +16,7 @@ from pathlib import Path
 from midigen.errors import MidigenError
 from midigen.params import DEFAULT_PARAMS, load_params, validate_params
 
-STAGES = ("download", "encode", "shard", "train", "roundtrip")
+STAGES = ("download", "encode", "shard", "train", "report", "roundtrip")
 log = logging.getLogger("midigen")
 
 

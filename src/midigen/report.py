@@ -1,0 +1,558 @@
+"""The versioned HTML report: every variant side by side, samples to hear and see, run history.
+
+Each call builds one run, `OUT/runs/<run-id>/` (self-contained: its page, copies of the media
+and images it shows, and run.json with params, code version and a metrics summary; never
+rewritten), then rewrites `OUT/index.html`: the latest run and the list of all runs with the
+params that changed and how the main metrics moved. Pages load nothing from outside (inline
+CSS, no script) and every string is escaped by the template engine.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import shutil
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+import yaml
+from matplotlib.figure import Figure
+
+import midigen
+from midigen.atomic import atomic_dir, atomic_file
+from midigen.errors import MidigenError
+
+log = logging.getLogger(__name__)
+
+EVAL_PLOTS = ("nll_by_position.png", "histograms.png")
+SAMPLE_KINDS = ("prompt", "real", "generated")
+EVAL_KEYS = (  # what the report reads from metrics/eval/V.json
+    "nll",
+    "perplexity",
+    "bits_per_note",
+    "accuracy",
+    "nll_by_position",
+    "late_nll",
+    "repeat.first",
+    "repeat.second",
+)
+MEMORY_VARIANTS = ("xl", "xl_knn")
+TIE_NATS = 0.01  # differences smaller than this (nats/token) count as "about the same"
+# Metrics summarized per variant in run.json and compared between runs: (key, label).
+MAIN_METRICS = (
+    ("nll", "NLL"),
+    ("bits_per_note", "bits/note"),
+    ("late_nll", "late NLL"),
+    ("repeat_second", "repeat 2nd"),
+)
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """Where the stages before the report left their outputs (the DVC layout by default)."""
+
+    metrics: Path = Path("metrics")  # train/V/ (DVCLive), eval/V.json, baselines.json
+    plots: Path = Path("plots")  # eval/V/*.png
+    samples: Path = Path("samples")  # V/samples.json and the media it names
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Everything the report shows about one trained variant."""
+
+    name: str
+    train: dict[str, Any]  # DVCLive metrics.json (last values)
+    curves: dict[str, tuple[list[float], list[float]]]  # train_loss / val_loss: (steps, values)
+    eval: dict[str, Any]  # metrics/eval/V.json
+    plots: Path  # plots/eval/V
+    samples: dict[str, Any]  # samples/V/samples.json
+    samples_dir: Path
+
+
+@dataclass(frozen=True)
+class Built:
+    """What one report run produced."""
+
+    run_id: str
+    run_dir: Path
+    index: Path
+    prompts: int
+    memory: str  # the headline of the memory verdict
+
+
+# --- reading the inputs ----------------------------------------------------------------------
+
+
+def _existing(path: Path, why: str) -> Path:
+    if not path.exists():
+        raise MidigenError(f"missing {path} ({why})")
+    return path
+
+
+def _read_json(path: Path, why: str) -> Any:
+    try:
+        return json.loads(_existing(path, why).read_text())
+    except json.JSONDecodeError as e:
+        raise MidigenError(f"{path} is not valid JSON ({e})") from None
+
+
+def _field(data: dict, dotted: str, source: Path) -> Any:
+    """data['a']['b'] for 'a.b', or one clear error naming the file and the key."""
+    value: Any = data
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            raise MidigenError(f"{source}: missing key '{dotted}'")
+        value = value[key]
+    return value
+
+
+def _read_curve(path: Path, column: str) -> tuple[list[float], list[float]]:
+    """(steps, values) of one DVCLive plot TSV."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    try:
+        return [float(r["step"]) for r in rows], [float(r[column]) for r in rows]
+    except (KeyError, TypeError, ValueError):
+        raise MidigenError(f"{path}: expected columns 'step' and '{column}'") from None
+
+
+def _plain_name(name: Any, source: Path) -> str:
+    """A media file name from samples.json, refused if it could point outside its folder."""
+    if not isinstance(name, str) or not name or Path(name).name != name or name.startswith("."):
+        raise MidigenError(f"{source}: bad media file name {name!r}")
+    return name
+
+
+def load_variant(name: str, inputs: ReportInputs) -> Variant:
+    """Read one variant's train metrics, eval metrics, plots and samples (all must exist)."""
+    trained = f"was variant '{name}' trained? run `midigen train --variant {name}`"
+    evaluated = f"run `midigen evaluate --variant {name}`"
+    generated = f"run `midigen generate --variant {name}`"
+    train_dir = inputs.metrics / "train" / name
+    train = _read_json(train_dir / "metrics.json", trained)
+    curves = {}
+    for column in ("train_loss", "val_loss"):
+        tsv = train_dir / "plots" / "metrics" / f"{column}.tsv"
+        if column == "train_loss" or tsv.exists():  # no val_loss.tsv when it never validated
+            curves[column] = _read_curve(_existing(tsv, trained), column)
+    eval_path = inputs.metrics / "eval" / f"{name}.json"
+    metrics = _read_json(eval_path, evaluated)
+    for key in EVAL_KEYS:
+        _field(metrics, key, eval_path)
+    plots = inputs.plots / "eval" / name
+    for png in EVAL_PLOTS:
+        _existing(plots / png, evaluated)
+    samples_dir = inputs.samples / name
+    samples_path = samples_dir / "samples.json"
+    samples = _read_json(samples_path, generated)
+    for prompt in _field(samples, "prompts", samples_path):
+        for key in ("id", "song", "source", "title", "prompt_steps"):
+            _field(prompt, key, samples_path)
+        for kind in SAMPLE_KINDS:
+            names = [_field(prompt, f"files.{kind}.{ext}", samples_path) for ext in ("mid", "png")]
+            wav = prompt["files"][kind].get("wav")
+            if wav is not None:  # None: no audio, and samples.json says why ("renderer")
+                names.append(wav)
+            for file_name in names:
+                _existing(samples_dir / _plain_name(file_name, samples_path), generated)
+    return Variant(name, train, curves, metrics, plots, samples, samples_dir)
+
+
+def _check_same_prompts(variants: list[Variant]) -> None:
+    """Continuations are only comparable when every variant continued the same prompts."""
+    first = variants[0]
+    songs = [(p["id"], p["song"], p["prompt_steps"]) for p in first.samples["prompts"]]
+    for other in variants[1:]:
+        theirs = [(p["id"], p["song"], p["prompt_steps"]) for p in other.samples["prompts"]]
+        if theirs != songs:
+            raise MidigenError(
+                f"{other.samples_dir / 'samples.json'} continues other prompts than "
+                f"{first.samples_dir / 'samples.json'}: re-run generate for both"
+            )
+
+
+# --- what the numbers say --------------------------------------------------------------------
+
+
+def summarize(variants: list[Variant], baselines: dict[str, Any]) -> dict[str, Any]:
+    """The numbers kept in run.json and compared between runs."""
+    summary: dict[str, Any] = {"variants": {}, "baselines": {}}
+    for v in variants:
+        speeds = [p["tokens_per_s"] for p in v.samples["prompts"] if "tokens_per_s" in p]
+        summary["variants"][v.name] = {
+            "nll": v.eval["nll"],
+            "perplexity": v.eval["perplexity"],
+            "bits_per_note": v.eval["bits_per_note"],
+            "accuracy": v.eval["accuracy"],
+            "late_nll": v.eval["late_nll"],
+            "repeat_first": v.eval["repeat"]["first"],
+            "repeat_second": v.eval["repeat"]["second"],
+            "val_loss": v.train.get("val_loss"),
+            "tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
+        }
+    for name, entry in baselines.items():
+        summary["baselines"][name] = {
+            key: entry.get(key) for key in ("nll", "perplexity", "bits_per_note")
+        }
+    return summary
+
+
+def memory_verdict(results: dict[str, dict[str, float]]) -> tuple[str, list[str]]:
+    """(headline, sentences with the numbers): did xl / xl_knn beat vanilla where memory matters?
+
+    Two places: late positions in the song (`late_nll`, beyond the local context) and the
+    second copy of a song played twice (`repeat_second`, which memory can copy from).
+    """
+    memory = [v for v in MEMORY_VARIANTS if v in results]
+    if "vanilla" not in results or not memory:
+        return (
+            "Cannot tell whether memory helped: the comparison needs vanilla and xl or xl_knn "
+            f"(this run has {', '.join(results) or 'no variants'}).",
+            [],
+        )
+    probes = (
+        ("late_nll", "On late positions (NLL of the last position buckets)"),
+        ("repeat_second", "On the repeat probe (NLL of the second copy of each song)"),
+    )
+    sentences, outcomes = [], []
+    for key, where in probes:
+        base = results["vanilla"][key]
+        parts = []
+        for name in memory:
+            delta = results[name][key] - base
+            outcome = "better" if delta < -TIE_NATS else "worse" if delta > TIE_NATS else "same"
+            outcomes.append(outcome)
+            word = {"better": "lower", "worse": "higher", "same": "about the same"}[outcome]
+            parts.append(f"{name} {results[name][key]:.3f} ({delta:+.3f}, {word})")
+        sentences.append(
+            f"{where}: vanilla {base:.3f} nats/token; {'; '.join(parts)}. Lower is better."
+        )
+    if all(o == "better" for o in outcomes):
+        headline = "Yes: memory helped. Every memory variant beat vanilla on both probes."
+    elif "better" not in outcomes:
+        headline = "No: memory did not help. No memory variant beat vanilla on either probe."
+    else:
+        headline = "Partly: memory helped in some places and not in others (details below)."
+    return headline, sentences
+
+
+# --- versions and history --------------------------------------------------------------------
+
+
+def code_version() -> dict[str, Any]:
+    """Git commit of the code that ran (when in a git checkout) and a hash of its sources."""
+    package = Path(midigen.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(path.relative_to(package).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes())
+    version: dict[str, Any] = {"commit": None, "dirty": None, "src_sha256": digest.hexdigest()}
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(package), "rev-parse", "HEAD"], capture_output=True, text=True
+        )
+        status = subprocess.run(
+            ["git", "-C", str(package), "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+        )
+    except OSError:  # no git on this machine
+        return version
+    if commit.returncode == 0:
+        version["commit"] = commit.stdout.strip()
+        version["dirty"] = bool(status.stdout.strip())
+    return version
+
+
+def new_run_id(now: datetime, record: dict[str, Any]) -> str:
+    """UTC time to the millisecond (sorts in time order) + a short hash of what the run holds."""
+    content = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode())
+    return f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{content.hexdigest()[:6]}"
+
+
+def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def params_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """'train.steps: 1000 -> 2000' for every param that differs (added or removed too)."""
+    old, new = _flatten(before), _flatten(after)
+    missing = "(unset)"
+    return [
+        f"{key}: {json.dumps(old.get(key, missing))} \u2192 {json.dumps(new.get(key, missing))}"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key, missing) != new.get(key, missing)
+    ]
+
+
+def metric_moves(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """'xl: NLL 1.550 -> 1.500 (-0.050)' for each main metric that moved, per variant."""
+    moves = []
+    for name, now in after["variants"].items():
+        then = before["variants"].get(name)
+        if then is None:
+            moves.append(f"{name}: new in this run")
+            continue
+        parts = [
+            f"{label} {then[key]:.3f} \u2192 {now[key]:.3f} ({now[key] - then[key]:+.3f})"
+            for key, label in MAIN_METRICS
+            if then.get(key) is not None
+            and now.get(key) is not None
+            and round(now[key] - then[key], 3) != 0
+        ]
+        moves.append(f"{name}: {', '.join(parts) if parts else 'unchanged'}")
+    return moves
+
+
+def load_runs(runs_dir: Path) -> list[dict[str, Any]]:
+    """run.json of every earlier run, oldest first; an unreadable one is skipped with a warning."""
+    runs = []
+    for path in sorted(runs_dir.glob("*/run.json")):
+        if path.parent.name.startswith("."):  # a run still being built (or left by a crash)
+            continue
+        try:
+            runs.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            log.warning("skipping unreadable %s: %s", path, e)
+    return sorted(runs, key=lambda run: run["id"])
+
+
+def history(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every run, newest first, with what changed against the run before it."""
+    rows = []
+    for i, run in enumerate(runs):
+        previous = runs[i - 1] if i else None
+        changes = params_changes(previous["params"], run["params"]) if previous else []
+        if previous and previous["code"]["src_sha256"] != run["code"]["src_sha256"]:
+            changes.append(f"code: {_short(previous['code'])} \u2192 {_short(run['code'])}")
+        rows.append(
+            {
+                "id": run["id"],
+                "code": _short(run["code"]),
+                "first": previous is None,
+                "changes": changes,
+                "moves": metric_moves(previous["summary"], run["summary"]) if previous else [],
+            }
+        )
+    return rows[::-1]
+
+
+def _short(code: dict[str, Any]) -> str:
+    """'a1b2c3d4 (modified) src 0123abcd' - enough to tell two versions apart."""
+    commit = code["commit"][:8] + (" (modified)" if code["dirty"] else "") if code["commit"] else ""
+    return f"{commit} src {code['src_sha256'][:8]}".strip()
+
+
+# --- pictures --------------------------------------------------------------------------------
+
+
+def plot_losses(variants: list[Variant], out: Path) -> None:
+    """Train loss (thin) and validation loss (dots) of every variant on one chart."""
+    fig = Figure(figsize=(9, 4), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    for i, v in enumerate(variants):
+        color = f"C{i}"
+        steps, losses = v.curves["train_loss"]
+        ax.plot(steps, losses, color=color, alpha=0.4, linewidth=0.8, label=f"{v.name} train")
+        if "val_loss" in v.curves:
+            steps, losses = v.curves["val_loss"]
+            ax.plot(steps, losses, "o-", color=color, label=f"{v.name} validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.savefig(out, format="png")
+
+
+def plot_nll_by_position(variants: list[Variant], out: Path) -> None:
+    """Test NLL per position bucket for every variant on one chart: where memory should help."""
+    fig = Figure(figsize=(9, 4), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    for i, v in enumerate(variants):
+        buckets = v.eval["nll_by_position"]
+        ax.plot(list(buckets), list(buckets.values()), "o-", color=f"C{i}", label=v.name)
+    ax.set_xlabel("token position in the song")
+    ax.set_ylabel("NLL (nats/token)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.savefig(out, format="png")
+
+
+# --- the pages -------------------------------------------------------------------------------
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("midigen", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["num"] = lambda x, digits=3: "\u2014" if x is None else f"{x:.{digits}f}"
+    return env
+
+
+def _copy_media(variants: list[Variant], run_dir: Path) -> list[dict[str, Any]]:
+    """Copy every sample file into the run; describe each prompt's rows for the template.
+
+    Prompt and real continuation are the same for every variant: they come from the first.
+    """
+    prompts = []
+    for i, prompt in enumerate(variants[0].samples["prompts"]):
+        rows = [
+            _media_row(variants[0], prompt, kind, label, run_dir, "media")
+            for kind, label in (("prompt", "prompt"), ("real", "real continuation"))
+        ]
+        rows += [
+            _media_row(v, v.samples["prompts"][i], "generated", v.name, run_dir, f"media/{v.name}")
+            for v in variants
+        ]
+        prompts.append(
+            {"id": prompt["id"], "title": prompt["title"], "source": prompt["source"], "rows": rows}
+        )
+    return prompts
+
+
+def _media_row(
+    variant: Variant, prompt: dict[str, Any], kind: str, label: str, run_dir: Path, folder: str
+) -> dict[str, Any]:
+    """Copy one sample's files to run_dir/folder; their URLs relative to the run's page."""
+    (run_dir / folder).mkdir(parents=True, exist_ok=True)
+    row: dict[str, Any] = {"label": label, "no_audio": variant.samples.get("renderer")}
+    for ext in ("mid", "wav", "png"):
+        name = prompt["files"][kind].get(ext)
+        row[ext] = None if name is None else quote(f"{folder}/{name}")
+        if name is not None:
+            shutil.copy2(variant.samples_dir / name, run_dir / folder / name)
+    return row
+
+
+def _eval_plots(variants: list[Variant], run_dir: Path) -> list[dict[str, Any]]:
+    """Copy each variant's evaluation PNGs into the run."""
+    shown = []
+    for v in variants:
+        (run_dir / "plots" / v.name).mkdir(parents=True, exist_ok=True)
+        for png in EVAL_PLOTS:
+            shutil.copy2(v.plots / png, run_dir / "plots" / v.name / png)
+        pngs = [(quote(f"plots/{v.name}/{p}"), p.removesuffix(".png")) for p in EVAL_PLOTS]
+        shown.append({"variant": v.name, "pngs": pngs})
+    return shown
+
+
+METRIC_COLUMNS = (  # (key, label, decimals)
+    ("nll", "NLL (nats/token)", 3),
+    ("perplexity", "perplexity", 2),
+    ("bits_per_note", "bits/note", 3),
+    ("accuracy", "top-1 accuracy", 3),
+    ("late_nll", "late NLL", 3),
+    ("repeat_first", "repeat: 1st copy NLL", 3),
+    ("repeat_second", "repeat: 2nd copy NLL", 3),
+    ("val_loss", "final val loss", 3),
+    ("tokens_per_s", "generation tokens/s", 1),
+)
+
+
+def _metric_rows(summary: dict[str, Any], baselines: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per variant, then one per baseline (only the columns a baseline has)."""
+    rows = [
+        {"name": name, "kind": "variant", **values} for name, values in summary["variants"].items()
+    ]
+    for name, values in summary["baselines"].items():
+        order = baselines[name].get("order")
+        label = f"{name} baseline" + (f" (order {order})" if order is not None else "")
+        rows.append({"name": label, "kind": "baseline", **values})
+    return rows
+
+
+def _table(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """{row name: {column: value}} -> columns (union, first-seen order) and rows for a table."""
+    columns = list(dict.fromkeys(key for values in rows.values() for key in values))
+    return {"columns": columns, "rows": rows}
+
+
+def _music_tables(variants: list[Variant]) -> dict[str, Any]:
+    """Musical features of real vs generated continuations, and histogram overlaps."""
+    music = {v.name: v.eval.get("music") for v in variants if v.eval.get("music")}
+    if not music:
+        return {}
+    first = next(iter(music.values()))
+    features = {"real": first.get("real", {})}
+    features |= {f"{name} (generated)": m.get("generated", {}) for name, m in music.items()}
+    overlap = {name: m.get("overlap", {}) for name, m in music.items()}
+    return {"features": _table(features), "overlap": _table(overlap)}
+
+
+def _page(
+    params: dict[str, Any],
+    record: dict[str, Any],
+    variants: list[Variant],
+    baselines: dict[str, Any],
+    run_dir: Path,
+) -> dict[str, Any]:
+    """Everything the template shows about one run; copies and draws its files into run_dir."""
+    (run_dir / "plots").mkdir(parents=True, exist_ok=True)
+    plot_losses(variants, run_dir / "plots" / "loss.png")
+    plot_nll_by_position(variants, run_dir / "plots" / "nll_by_position.png")
+    renderers = {v.name: v.samples["renderer"] for v in variants if v.samples.get("renderer")}
+    return {
+        "title": params.get("report", {}).get("title", "midigen"),
+        "run": record,
+        "code": _short(record["code"]),
+        "memory": record["summary"]["memory"],
+        "metric_columns": METRIC_COLUMNS,
+        "metric_rows": _metric_rows(record["summary"], baselines),
+        "loss_by_type": _table({v.name: v.eval.get("loss_by_type", {}) for v in variants}),
+        "music": _music_tables(variants),
+        "eval_plots": _eval_plots(variants, run_dir),
+        "renderers": renderers,
+        "prompts": _copy_media(variants, run_dir),
+        "params_yaml": yaml.safe_dump(params, sort_keys=False),
+    }
+
+
+def build_report(
+    params: dict[str, Any], inputs: ReportInputs, out: Path, now: datetime | None = None
+) -> Built:
+    """Build one run under out/runs/<run-id>/ and rewrite out/index.html (see module doc)."""
+    variants = [load_variant(name, inputs) for name in params["train"]["variants"]]
+    _check_same_prompts(variants)
+    baselines = _read_json(inputs.metrics / "baselines.json", "run `midigen baselines`")
+    summary = summarize(variants, baselines)
+    headline, details = memory_verdict(summary["variants"])
+    summary["memory"] = {"headline": headline, "details": details}
+    now = now or datetime.now(timezone.utc)
+    record = {
+        "created": now.isoformat(timespec="milliseconds"),
+        "params": params,
+        "code": code_version(),
+        "summary": summary,
+    }
+    run_id = new_run_id(now, record)
+    record = {"id": run_id, **record}
+    runs = history([*load_runs(out / "runs"), record])
+    run_dir = out / "runs" / run_id
+    if run_dir.exists():
+        raise MidigenError(f"{run_dir} already exists (runs are never rewritten)")
+    template = _environment().get_template("report.html.j2")
+    with atomic_dir(run_dir) as tmp:
+        page = _page(params, record, variants, baselines, tmp)
+        (tmp / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+        (tmp / "index.html").write_text(template.render(page, base="", latest=runs[0], runs=None))
+    with atomic_file(out / "index.html") as f:
+        f.write(template.render(page, base=f"runs/{run_id}/", latest=runs[0], runs=runs))
+    return Built(run_id, run_dir, out / "index.html", len(page["prompts"]), headline)

@@ -1,0 +1,30 @@
+"""Build the HTML report comparing every variant; each run is also kept under OUT/runs/<run-id>/.
+
+Reads metrics/train/V/ (DVCLive), metrics/eval/V.json, plots/eval/V/, samples/V/ for every
+variant in train.variants, and metrics/baselines.json; writes OUT/index.html (the latest run and
+every run's changes) and OUT/runs/<run-id>/ (self-contained page, media copies, run.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from midigen.report import ReportInputs, build_report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("reports"))
+    parser.add_argument(
+        "--metrics", type=Path, default=Path("metrics"), help="holds train/, eval/, baselines.json"
+    )
+    parser.add_argument("--plots", type=Path, default=Path("plots"), help="holds eval/VARIANT/")
+    parser.add_argument("--samples", type=Path, default=Path("samples"), help="holds VARIANT/")
+
+
+def run(args: argparse.Namespace, params: dict) -> str:
+    built = build_report(params, ReportInputs(args.metrics, args.plots, args.samples), args.out)
+    return (
+        f"run {built.run_id}: {len(params['train']['variants'])} variants, {built.prompts} prompts "
+        f"-> {built.index}. {built.memory}"
+    )

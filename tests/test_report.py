@@ -1,0 +1,447 @@
+"""The report, opened in a real headless Chromium, built from real inputs.
+
+The inputs are what the stages before the report write: MIDI of real chorale notes, WAV
+rendered with the soundfont, piano-roll PNGs, DVCLive training metrics (written by DVCLive),
+evaluation metrics and baselines in the agreed JSON layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import shutil
+import wave
+from dataclasses import fields
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pytest
+import symusic
+from matplotlib.figure import Figure
+
+from midigen.corpus import EncodeConfig
+from midigen.errors import MidigenError
+from midigen.media import piano_roll, render_audio
+from midigen.midi import Notes, write_midi
+from midigen.params import load_params
+from midigen.report import memory_verdict
+from midigen.stages import report as report_stage
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("vanilla", "xl", "xl_knn")
+CHORALES = ("bach/bwv269", "bach/bwv347")
+XSS = "<script>alert(1)</script>"
+PROMPT_BARS, SONG_BARS = 2, 6
+# Test inputs in which both memory variants beat vanilla late in songs and on the repeat probe.
+EVAL = {
+    "vanilla": {"nll": 1.90, "late_nll": 2.00, "repeat_first": 2.05, "repeat_second": 2.10},
+    "xl": {"nll": 1.80, "late_nll": 1.80, "repeat_first": 2.00, "repeat_second": 1.20},
+    "xl_knn": {"nll": 1.75, "late_nll": 1.70, "repeat_first": 2.00, "repeat_second": 0.90},
+}
+
+PAGE_FACTS = """(async () => {
+  const ready = (audio) => new Promise((resolve) => {
+    if (audio.readyState >= 1 || audio.error) return resolve();
+    audio.addEventListener("loadedmetadata", resolve, {once: true});
+    audio.addEventListener("error", resolve, {once: true});
+    setTimeout(resolve, 20000);
+  });
+  const audios = [...document.querySelectorAll("audio")];
+  await Promise.all(audios.map(ready));
+  let played = null;
+  if (audios.length) {
+    await audios[0].play();
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    played = audios[0].currentTime;
+    audios[0].pause();
+  }
+  return {
+    audio: audios.map((a) => ({
+      src: a.currentSrc, duration: a.duration, error: a.error ? a.error.code : null,
+    })),
+    played: played,
+    images: [...document.images].map((i) => ({src: i.currentSrc, width: i.naturalWidth})),
+    midi: [...document.querySelectorAll("a[download]")].map((a) => a.href),
+    links: [...document.querySelectorAll("a[href]")].map((a) => a.href),
+    scripts: document.querySelectorAll("script").length,
+    text: document.body.innerText,
+    runs: [...document.querySelectorAll("#runs tbody tr")].map((tr) => tr.innerText),
+  };
+})()"""
+
+
+# --- building real inputs ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sources() -> list[tuple[str, bytes]]:
+    """Two chorales as MIDI files; the first one's track is named like an attack on the page."""
+    from music21 import corpus
+    from music21.midi.translate import streamToMidiFile
+
+    files = []
+    for name in CHORALES:
+        score = symusic.Score.from_midi(streamToMidiFile(corpus.parse(name)).writestr())
+        if not files:
+            score.tracks[0].name = XSS
+        files.append((name, score.dumps_midi()))
+    return files
+
+
+def _title(midi: bytes, source: str) -> str:
+    """What generate shows: the first non-empty track name of the source MIDI, or the source."""
+    names = [t.name for t in symusic.Score.from_midi(midi).tracks if t.name.strip()]
+    return names[0] if names else source
+
+
+def _slice(notes: Notes, keep: np.ndarray, shift_steps: int = 0, transpose: int = 0) -> Notes:
+    return Notes(
+        notes.onset[keep] + shift_steps,
+        notes.program[keep],
+        notes.pitch[keep] + transpose,
+        notes.duration[keep],
+    )
+
+
+def _concat(a: Notes, b: Notes) -> Notes:
+    return Notes(*(np.concatenate([getattr(a, f.name), getattr(b, f.name)]) for f in fields(Notes)))
+
+
+def _write_sample(folder: Path, stem: str, notes: Notes, title: str, prompt_steps: int) -> dict:
+    """MIDI, WAV and piano roll of one sample, as generate writes them."""
+    spb = 4
+    midi = write_midi(notes, spb)
+    (folder / f"{stem}.mid").write_bytes(midi)
+    assert render_audio(midi, folder / f"{stem}.wav") is None
+    piano_roll(notes, folder / f"{stem}.png", spb, title=title, prompt_steps=prompt_steps)
+    return {"mid": f"{stem}.mid", "wav": f"{stem}.wav", "png": f"{stem}.png"}
+
+
+def _write_samples(samples: Path, sources: list[tuple[str, bytes]], params: dict) -> None:
+    """samples/V/ for every variant: the same prompts, real continuations, own continuations."""
+    config = EncodeConfig.from_params(params["encode"])
+    songs = [(name, midi, *config.read(midi)) for name, midi in sources]
+    for k, variant in enumerate(VARIANTS):
+        folder = samples / variant
+        folder.mkdir(parents=True)
+        prompts = []
+        for i, (name, midi, notes, meter) in enumerate(songs):
+            bar = int(meter.length[0])
+            prompt_steps, end = PROMPT_BARS * bar, SONG_BARS * bar
+            title = _title(midi, name)
+            prompt = _slice(notes, notes.onset < prompt_steps)
+            real = _slice(notes, notes.onset < end)
+            # A "generated" continuation: real notes of the other chorale, transposed per variant.
+            other = songs[1 - i][2]
+            later = (other.onset >= prompt_steps) & (other.onset < end)
+            generated = _concat(prompt, _slice(other, later, transpose=k))
+            files = {
+                kind: _write_sample(folder, f"{i:02d}_{kind}", n, f"{title} ({kind})", prompt_steps)
+                for kind, n in (("prompt", prompt), ("real", real), ("generated", generated))
+            }
+            prompts.append(
+                {
+                    "id": f"{i:02d}",
+                    "song": hashlib.sha256(midi).hexdigest(),
+                    "source": name,
+                    "title": title,
+                    "prompt_steps": prompt_steps,
+                    "bar_steps": bar,
+                    "tokens": {"prompt": [1], "real": [2], "generated": [2]},
+                    "files": files,
+                    "seconds": 1.5,
+                    "tokens_per_s": 100.0 + 10 * k,
+                }
+            )
+        samples_json = {"variant": variant, "renderer": None, "steps_per_beat": 4}
+        (folder / "samples.json").write_text(json.dumps({**samples_json, "prompts": prompts}))
+
+
+def _write_train_metrics(metrics: Path) -> None:
+    """metrics/train/V/ written by DVCLive itself, as the trainer does."""
+    from dvclive import Live
+
+    for k, variant in enumerate(VARIANTS):
+        live = Live(
+            str(metrics / "train" / variant), dvcyaml=False, save_dvc_exp=False, report=None
+        )
+        for step in range(40):
+            live.log_metric("train_loss", 5.0 * math.exp(-step / 15) + 1.5 - 0.1 * k)
+            if step % 10 == 9:
+                live.log_metric("val_loss", 5.0 * math.exp(-step / 15) + 1.6 - 0.1 * k)
+            live.next_step()
+        live.end()
+
+
+def eval_metrics(variant: str) -> dict:
+    """metrics/eval/V.json in the agreed layout."""
+    e = EVAL[variant]
+    buckets = ["0-127", "128-255", "256-511", "512-1023", "1024+"]
+    return {
+        "nll": e["nll"],
+        "perplexity": math.exp(e["nll"]),
+        "bits_per_note": e["nll"] * 2 / math.log(2),
+        "accuracy": 0.45,
+        "loss_by_type": {"note": 2.3, "duration": 1.1, "separator": 0.9, "eos": 0.2},
+        "nll_by_position": {b: e["nll"] + 0.3 - 0.1 * j for j, b in enumerate(buckets)},
+        "late_nll": e["late_nll"],
+        "repeat": {"first": e["repeat_first"], "second": e["repeat_second"]},
+        "music": {
+            "generated": {"pitch_class_entropy": 2.9, "scale_consistency": 0.95, "pitch_range": 30},
+            "real": {"pitch_class_entropy": 2.8, "scale_consistency": 0.97, "pitch_range": 31},
+            "overlap": {"pitch": 0.8, "duration": 0.9, "ioi": 0.85, "polyphony": 0.7},
+        },
+    }
+
+
+def _write_eval(metrics: Path, plots: Path) -> None:
+    (metrics / "eval").mkdir(parents=True)
+    for variant in VARIANTS:
+        data = eval_metrics(variant)
+        (metrics / "eval" / f"{variant}.json").write_text(json.dumps(data))
+        (plots / "eval" / variant).mkdir(parents=True)
+        for png, values in (
+            ("nll_by_position.png", list(data["nll_by_position"].values())),
+            ("histograms.png", list(data["music"]["overlap"].values())),
+        ):
+            fig = Figure(figsize=(4, 3), dpi=60)
+            fig.add_subplot().plot(values, "o-")
+            fig.savefig(plots / "eval" / variant / png)
+    baselines = {
+        "unigram": {"nll": 3.2, "bits_per_note": 9.1, "perplexity": math.exp(3.2)},
+        "ngram": {"order": 4, "nll": 2.4, "bits_per_note": 6.9, "perplexity": math.exp(2.4)},
+    }
+    (metrics / "baselines.json").write_text(json.dumps(baselines))
+
+
+@pytest.fixture(scope="module")
+def base_inputs(tmp_path_factory, sources) -> Path:
+    """metrics/, plots/, samples/ for the three variants (built once; tests copy them)."""
+    root = tmp_path_factory.mktemp("inputs")
+    params = _params()
+    _write_samples(root / "samples", sources, params)
+    _write_train_metrics(root / "metrics")
+    _write_eval(root / "metrics", root / "plots")
+    return root
+
+
+@pytest.fixture
+def inputs(base_inputs, tmp_path) -> Path:
+    return Path(shutil.copytree(base_inputs, tmp_path / "inputs"))
+
+
+def _params() -> dict:
+    params = load_params(ROOT / "params.yaml")
+    params["train"]["variants"] = list(VARIANTS)
+    return params
+
+
+def build(inputs: Path, params: dict) -> str:
+    """Run the report stage on `inputs`, writing inputs/reports."""
+    args = argparse.Namespace(
+        out=inputs / "reports",
+        metrics=inputs / "metrics",
+        plots=inputs / "plots",
+        samples=inputs / "samples",
+    )
+    return report_stage.run(args, params)
+
+
+# --- checking pages in the browser -----------------------------------------------------------
+
+
+def _path(url: str) -> Path:
+    parsed = urlparse(url)
+    assert parsed.scheme == "file", f"page refers outside the report: {url}"
+    return Path(unquote(parsed.path))
+
+
+def check_page(page, html: Path, inside: Path) -> dict:
+    """Open `html`; no console error, and every audio, image and MIDI link works from `inside`."""
+    page.open(html.as_uri())
+    facts = page.evaluate(PAGE_FACTS)
+    assert page.errors == []
+    assert page.dialogs == []
+    assert facts["scripts"] == 0
+    for audio in facts["audio"]:
+        path = _path(audio["src"])
+        assert path.is_relative_to(inside) and path.is_file()
+        with wave.open(str(path)) as wav:
+            seconds = wav.getnframes() / wav.getframerate()
+        assert audio["error"] is None
+        assert audio["duration"] == pytest.approx(seconds, abs=0.05)
+    if facts["audio"]:
+        assert facts["played"] > 0.1, "the first audio element did not play"
+    for image in facts["images"]:
+        assert _path(image["src"]).is_relative_to(inside)
+        assert image["width"] > 0, f"broken image {image['src']}"
+    for href in facts["midi"]:
+        path = _path(href)
+        assert path.is_relative_to(inside)
+        assert symusic.Score.from_midi(path.read_bytes()).note_num() > 0
+    for href in facts["links"]:
+        assert _path(href.split("#")[0]).exists(), f"dead link {href}"
+    return facts
+
+
+def test_report_loads_in_chromium_with_working_media(browser_page, inputs):
+    build(inputs, _params())
+    reports = inputs / "reports"
+    (run_dir,) = (reports / "runs").iterdir()
+    n_prompts, rows = len(CHORALES), 2 + len(VARIANTS)  # prompt, real, one per variant
+    for html, inside in ((reports / "index.html", run_dir), (run_dir / "index.html", run_dir)):
+        facts = check_page(browser_page, html, inside)
+        assert len(facts["audio"]) == len(facts["midi"]) == n_prompts * rows
+        # loss + NLL-by-position charts, 2 evaluation plots per variant, one roll per sample
+        assert len(facts["images"]) == 2 + 2 * len(VARIANTS) + n_prompts * rows
+        for word in ("unigram baseline", "ngram baseline (order 4)", *VARIANTS):
+            assert word in facts["text"]
+        assert "src_sha256" not in facts["text"]  # the hash itself is shown, not a key name
+        assert json.loads((run_dir / "run.json").read_text())["code"]["src_sha256"] in facts["text"]
+    assert len(facts["runs"]) == 0  # a run's own page has no history table
+
+
+def test_report_states_plainly_whether_memory_helped(browser_page, inputs):
+    summary = build(inputs, _params())
+    assert "Yes: memory helped" in summary
+    page_text = check_page(browser_page, inputs / "reports" / "index.html", inputs)["text"]
+    assert "Yes: memory helped" in page_text
+    for variant in ("xl", "xl_knn"):
+        late = EVAL[variant]["late_nll"] - EVAL["vanilla"]["late_nll"]
+        repeat = EVAL[variant]["repeat_second"] - EVAL["vanilla"]["repeat_second"]
+        assert f"{variant} {EVAL[variant]['late_nll']:.3f} ({late:+.3f}, lower)" in page_text
+        assert f"{variant} {EVAL[variant]['repeat_second']:.3f} ({repeat:+.3f}, lower)" in page_text
+
+
+def test_midi_track_name_is_shown_as_text(browser_page, inputs):
+    build(inputs, _params())
+    index = inputs / "reports" / "index.html"
+    facts = check_page(browser_page, index, inputs)  # no script element, no alert
+    assert f"Prompt 00: {XSS}" in facts["text"]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in index.read_text()
+
+
+def test_missing_audio_shows_the_reason(browser_page, inputs):
+    reason = "no synthesizer installed (pip install midirenderer)"
+    for variant in VARIANTS:
+        samples_json = inputs / "samples" / variant / "samples.json"
+        samples = json.loads(samples_json.read_text())
+        samples["renderer"] = reason
+        for prompt in samples["prompts"]:
+            for files in prompt["files"].values():
+                (inputs / "samples" / variant / files["wav"]).unlink()
+                files["wav"] = None
+        samples_json.write_text(json.dumps(samples))
+    build(inputs, _params())
+    facts = check_page(browser_page, inputs / "reports" / "index.html", inputs)
+    assert facts["audio"] == []
+    assert facts["text"].count(f"no audio: {reason}") == len(CHORALES) * (2 + len(VARIANTS))
+
+
+def _files(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_second_run_is_kept_beside_the_first_and_the_index_lists_both(browser_page, inputs):
+    params = _params()
+    build(inputs, params)
+    runs = inputs / "reports" / "runs"
+    (first,) = runs.iterdir()
+    first_files = _files(first)
+
+    changed = copy.deepcopy(params)
+    changed["generate"]["temperature"] = 0.7
+    xl = eval_metrics("xl") | {"nll": 1.65}
+    (inputs / "metrics" / "eval" / "xl.json").write_text(json.dumps(xl))
+    build(inputs, changed)
+
+    second = next(p for p in runs.iterdir() if p != first)
+    assert sorted(p.name for p in runs.iterdir()) == [first.name, second.name]  # sorts by time
+    assert _files(first) == first_files  # never rewritten
+    recorded = json.loads((second / "run.json").read_text())
+    assert recorded["id"] == second.name
+    assert recorded["params"]["generate"]["temperature"] == 0.7
+    assert recorded["summary"]["variants"]["xl"]["nll"] == 1.65
+
+    facts = check_page(browser_page, inputs / "reports" / "index.html", inputs / "reports")
+    newest, oldest = facts["runs"]
+    assert newest.startswith(second.name) and oldest.startswith(first.name)
+    assert "generate.temperature: 1.0 \u2192 0.7" in newest
+    assert "xl: NLL 1.800 \u2192 1.650 (-0.150)" in newest
+    assert "vanilla: unchanged" in newest
+    assert "first run" in oldest
+    # The second run's own page tells what changed since the first.
+    own = check_page(browser_page, second / "index.html", second)["text"]
+    assert "generate.temperature: 1.0 \u2192 0.7" in own
+
+
+def _edit_samples(inputs: Path, variant: str, edit) -> None:
+    path = inputs / "samples" / variant / "samples.json"
+    samples = json.loads(path.read_text())
+    edit(samples["prompts"][0])
+    path.write_text(json.dumps(samples))
+
+
+def _rename_media(prompt: dict) -> None:
+    prompt["files"]["real"]["png"] = "../../../outside.png"
+
+
+def _other_song(prompt: dict) -> None:
+    prompt["song"] = "0" * 64
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        (
+            lambda i: (i / "metrics/eval/xl_knn.json").unlink(),
+            r"missing .*metrics/eval/xl_knn\.json",
+        ),
+        (
+            lambda i: (i / "metrics/train/xl").rename(i / "gone"),
+            r"missing .*train/xl/metrics\.json",
+        ),
+        (lambda i: (i / "samples/xl/01_real.wav").unlink(), r"missing .*samples/xl/01_real\.wav"),
+        (lambda i: _edit_samples(i, "xl", _rename_media), r"bad media file name '\.\./"),
+        (lambda i: _edit_samples(i, "xl", _other_song), r"samples/xl/samples.json continues other"),
+    ],
+    ids=["eval", "train", "audio", "media-name", "prompts"],
+)
+def test_bad_inputs_are_named_and_nothing_is_written(inputs, breakage, message):
+    breakage(inputs)
+    with pytest.raises(MidigenError, match=message):
+        build(inputs, _params())
+    assert not (inputs / "reports").exists()
+
+
+@pytest.mark.parametrize(
+    ("xl", "xl_knn", "headline"),
+    [
+        ((1.8, 1.2), (1.7, 0.9), "Yes"),  # both lower on both probes
+        ((2.1, 2.1), (2.005, 2.3), "No"),  # higher, or within 0.01 nats of vanilla
+        ((2.1, 1.2), (2.0, 2.1), "Partly"),
+    ],
+)
+def test_memory_verdict_compares_memory_variants_with_vanilla(xl, xl_knn, headline):
+    vanilla = (2.0, 2.1)  # (late_nll, repeat_second)
+    results = {
+        name: {"late_nll": late, "repeat_second": repeat}
+        for name, (late, repeat) in (("vanilla", vanilla), ("xl", xl), ("xl_knn", xl_knn))
+    }
+    said, details = memory_verdict(results)
+    assert said.startswith(headline)
+    assert f"vanilla {vanilla[0]:.3f}" in details[0]
+    assert f"xl_knn {xl_knn[1]:.3f}" in details[1]
+
+
+def test_memory_verdict_without_vanilla_says_it_cannot_tell():
+    said, details = memory_verdict({"xl": {"late_nll": 1.0, "repeat_second": 1.0}})
+    assert said.startswith("Cannot tell") and details == []
