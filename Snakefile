@@ -1,4 +1,5 @@
-# midigen: MIDI -> tokens -> shards.  Run with `snakemake --cores all`; see README.md.
+# midigen: MIDI -> tokens -> shards -> models -> samples + metrics -> report.
+# Run with `snakemake --cores all`; see README.md.
 from midigen.params import validate_params
 
 
@@ -11,10 +12,11 @@ config.update(validate_params(config))  # one message naming a bad key, before a
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
-        "data/shards",
-        expand("models/{variant}", variant=config["train"]["variants"]),
+        "reports/index.html",
     default_target: True

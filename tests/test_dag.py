@@ -1,13 +1,15 @@
 """Real Snakemake and DVC runs on a tiny config, in a temp copy of the repo.
 
-For both tools: a clean run works, a second run does nothing, changing
-encode.steps_per_beat re-runs encode, shard and training but not download, and changing a
-train.* value re-runs only training. Also: the two DAG files
-declare the same stages with the same inputs and outputs, and `snakemake --lint` is clean.
+For both tools: a clean run ends with reports/index.html, a second run does nothing, changing
+encode.steps_per_beat re-runs everything after download, and changing a train.* value re-runs
+training and what follows it but not the data stages; after that change `dvc metrics diff` and
+`dvc plots diff` compare with the committed run. Also: the two DAG files declare the same
+stages with the same inputs and outputs, and `snakemake --lint` is clean.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -23,7 +25,10 @@ from midigen.encoding import decode_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_FILES = 12
-TRAIN = ("train@vanilla", "train@xl", "train@xl_knn")
+VARIANTS = ("vanilla", "xl", "xl_knn")
+# What a change of a train.* value must re-run: every variant's training and what follows it.
+AFTER_TRAIN = {"report"} | {f"{s}@{v}" for s in ("train", "generate", "evaluate") for v in VARIANTS}
+STAGES = {"download", "encode@0", "encode@1", "shard", "baselines", *AFTER_TRAIN}
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +59,7 @@ def make_project(tmp: Path) -> Path:
             shutil.copy2(ROOT / name, project / name)
     set_param(project, "download.max_files", TINY_FILES)
     set_param(project, "download.val_fraction", 0.25)
+    set_param(project, "download.test_fraction", 0.25)
     tiny_model = {
         "n_layer": 1,
         "n_head": 2,
@@ -70,7 +76,12 @@ def make_project(tmp: Path) -> Path:
         "eval_every": 2,
         "checkpoint_every": 2,
     }
-    for section, values in (("model", tiny_model), ("train", tiny_train)):
+    tiny_generate = {"prompts": 1, "prompt_bars": 1, "length": 24, "min_length": 4}
+    for section, values in (
+        ("model", tiny_model),
+        ("train", tiny_train),
+        ("generate", tiny_generate),
+    ):
         for key, value in values.items():
             set_param(project, f"{section}.{key}", value)
     run(["git", "init", "-q"], project)
@@ -107,6 +118,15 @@ def snakemake_jobs(project: Path, *extra: str) -> list[dict]:
     return jobs
 
 
+def job_name(job: dict) -> str:
+    """A Snakemake job named as DVC names its stage: rule, or rule@wildcard value."""
+    return job["rule"] + (f"@{job['wildcards'].split('=')[1]}" if job["wildcards"] else "")
+
+
+def planned_snakemake(project: Path) -> set[str]:
+    return {job_name(j) for j in snakemake_jobs(project) if j["rule"] != "all"}
+
+
 def ran_stages_dvc(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
@@ -136,29 +156,34 @@ def test_snakemake_lint_is_clean(project):
 def test_snakemake_run_rerun_and_params_change(tmp_path):
     project = make_project(tmp_path)
     out = run(["snakemake", "--cores", "2"], project)
-    assert "midigen shard:" in out
+    assert "midigen report:" in out and (project / "reports/index.html").is_file()
     assert_round_trip(project)
-    for log in ("download", "encode-0", "encode-1", "shard", "train-xl_knn"):
-        assert (project / "logs" / f"{log}.log").stat().st_size > 0
+    for stage in STAGES:
+        assert (project / "logs" / f"{stage.replace('@', '-')}.log").stat().st_size > 0, stage
 
     assert "Nothing to be done" in run(["snakemake", "--cores", "2"], project)
 
     set_param(project, "encode.steps_per_beat", 2)
-    rules = sorted(j["rule"] for j in snakemake_jobs(project))
-    assert rules == ["all", "encode", "encode", "shard", "train", "train", "train"]
+    assert planned_snakemake(project) == STAGES - {"download"}
     out = run(["snakemake", "--cores", "2"], project)
     assert "midigen download:" not in out and "midigen shard:" in out
     assert '"steps_per_beat": 2' in (project / "data/shards/stats.json").read_text()
 
     set_param(project, "train.lr", 0.002)
-    assert sorted(j["rule"] for j in snakemake_jobs(project)) == ["all", "train", "train", "train"]
+    assert planned_snakemake(project) == AFTER_TRAIN
+    run(["snakemake", "--cores", "2"], project)
+    set_param(project, "model.dropout", 0.2)
+    assert planned_snakemake(project) == AFTER_TRAIN
 
 
 def test_dvc_run_rerun_and_params_change(tmp_path):
     project = make_project(tmp_path)
     out = run(["dvc", "repro"], project)
-    assert ran_stages_dvc(out) == {"download", "encode@0", "encode@1", "shard", *TRAIN}
+    assert ran_stages_dvc(out) == STAGES
+    assert (project / "reports/index.html").is_file()
     assert_round_trip(project)
+    run(["git", "add", "-A"], project)  # the baseline `dvc metrics diff` compares against
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run 1"], project)
 
     out = run(["dvc", "repro"], project)
     assert ran_stages_dvc(out) == set()
@@ -166,11 +191,21 @@ def test_dvc_run_rerun_and_params_change(tmp_path):
 
     set_param(project, "encode.steps_per_beat", 2)
     out = run(["dvc", "repro"], project)
-    assert ran_stages_dvc(out) == {"encode@0", "encode@1", "shard", *TRAIN}
+    assert ran_stages_dvc(out) == STAGES - {"download"}
     assert '"steps_per_beat": 2' in (project / "data/shards/stats.json").read_text()
 
     set_param(project, "train.lr", 0.002)
-    assert ran_stages_dvc(run(["dvc", "repro"], project)) == set(TRAIN)
+    assert ran_stages_dvc(run(["dvc", "repro"], project)) == AFTER_TRAIN
+    set_param(project, "model.dropout", 0.2)
+    assert ran_stages_dvc(run(["dvc", "repro"], project)) == AFTER_TRAIN
+
+    diff = run(["dvc", "metrics", "diff", "--json"], project)
+    changed = json.loads(diff)
+    assert "metrics/eval/xl.json" in changed and "metrics/train/xl/metrics.json" in changed
+    assert changed["metrics/eval/xl.json"]["nll"]["diff"] != 0
+    run(["dvc", "plots", "diff", "-o", "plots_diff"], project)
+    assert (project / "plots_diff/index.html").stat().st_size > 0
+    assert len(list((project / "reports/runs").iterdir())) == 4  # every run kept
 
 
 def _covers(directory: str, path: str) -> bool:
@@ -181,11 +216,7 @@ def test_both_dag_files_declare_the_same_stages(project):
     from dvc.dependency.param import ParamsDependency
     from dvc.repo import Repo
 
-    snake = {
-        j["rule"] + (f"@{j['wildcards'].split('=')[1]}" if j["wildcards"] else ""): j
-        for j in snakemake_jobs(project, "--forceall")
-        if j["rule"] != "all"
-    }
+    snake = {job_name(j): j for j in snakemake_jobs(project, "--forceall") if j["rule"] != "all"}
     with Repo(str(project)) as repo:
         dvc = {
             stage.name: {
@@ -194,7 +225,7 @@ def test_both_dag_files_declare_the_same_stages(project):
             }
             for stage in repo.index.stages
         }
-    assert set(snake) == set(dvc) == {"download", "encode@0", "encode@1", "shard", *TRAIN}
+    assert set(snake) == set(dvc) == STAGES
     for name, job in snake.items():
         assert job["output"] == dvc[name]["output"], name
         # A DVC dependency on a folder stands for the Snakemake inputs inside it (DVC cannot

@@ -40,6 +40,22 @@ class XLMemory:
     def layer(self, i: int) -> tuple[Tensor, Tensor]:
         return self.keys[i], self.values[i]
 
+    def last(self, length: int) -> XLMemory:
+        """The newest `length` positions: generation's cache shrinks back to xl_mem_len when
+        a segment is complete, leaving what training's memory would hold."""
+        return XLMemory(
+            [k[:, :, -length:] for k in self.keys],
+            [v[:, :, -length:] for v in self.values],
+            self.doc[:, -length:],
+            self.pos[-length:],
+        )
+
+    def select(self, rows: Tensor) -> XLMemory:
+        """Row r of the result is row rows[r] (beam search reorders and copies hypotheses)."""
+        return XLMemory(
+            [k[rows] for k in self.keys], [v[rows] for v in self.values], self.doc[rows], self.pos
+        )
+
     @staticmethod
     def extend(
         previous: XLMemory | None,
@@ -49,10 +65,9 @@ class XLMemory:
         pos: Tensor,
         length: int,
     ) -> XLMemory:
-        """Append one segment and keep the newest `length` positions (all detached)."""
-        if previous is not None and length > len(pos):  # else the new segment alone fills it
-            keys = [torch.cat(pair, dim=2) for pair in zip(previous.keys, keys, strict=True)]
-            values = [torch.cat(pair, dim=2) for pair in zip(previous.values, values, strict=True)]
+        """Add one segment and keep the newest `length` positions (all detached). `keys` and
+        `values` are per layer what the segment attended to: `previous`'s, then its own."""
+        if previous is not None:
             doc = torch.cat([previous.doc, doc], dim=1)
             pos = torch.cat([previous.pos, pos])
         return XLMemory(
@@ -186,6 +201,16 @@ class KNNMemory:
             mine = (doc[row] == last).to(keys.device)
             self.add(row, keys[row][:, mine], values[row][:, mine])
 
+    def select(self, rows: list[int]) -> KNNMemory:
+        """A memory whose row r holds what row rows[r] holds (beam search reorders and copies
+        hypotheses). Rows are rebuilt from the stored keys: a Faiss index cannot be copied."""
+        memory = KNNMemory(len(rows), self.n_head, self.head_dim, self.max_memories, self.device)
+        memory.doc = self.doc[rows].clone()
+        for row, source in enumerate(rows):
+            if self.count[source]:
+                memory.add(row, *self.stored(source))
+        return memory
+
     # -- reading --
 
     def lookup(self, queries: Tensor, doc: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -282,6 +307,16 @@ class MemoryState:
     @property
     def batch(self) -> int:
         return self.last_doc.shape[0]
+
+    def select(self, rows: Tensor) -> MemoryState:
+        """Row r of the result continues row rows[r]'s stream (beam search hypotheses)."""
+        return MemoryState(
+            self.offset,
+            self.last_doc[rows],
+            self.song_start[rows],
+            None if self.xl is None else self.xl.select(rows),
+            None if self.knn is None else self.knn.select(rows.tolist()),
+        )
 
     def state_dict(self) -> dict:
         xl = (

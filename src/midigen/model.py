@@ -182,7 +182,8 @@ class Attention(nn.Module):
     def forward(
         self, x: Tensor, ctx: Context, past: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """(B, T, D) -> (B, T, D), plus this segment's detached keys/values for the memories."""
+        """(B, T, D) -> (B, T, D), plus the detached keys/values it attended to, [past; this
+        segment's], for the memories (handing them all on saves copying the past again)."""
         q, k, v = rearrange(self.qkv(x), "b t (n h d) -> n b h t d", n=3, h=self.n_head)
         keys, values = k, v
         if past is not None:
@@ -199,7 +200,7 @@ class Attention(nn.Module):
         )
         y = self.mix(q, y, ctx)
         y = rearrange(y, "b h t d -> b t (h d)")
-        return self.resid_drop(self.proj(y)), (k.detach(), v.detach())
+        return self.resid_drop(self.proj(y)), (keys.detach(), values.detach())
 
     def mix(self, q: Tensor, local: Tensor, ctx: Context) -> Tensor:
         """Where a memory joins in; plain attention has none."""
@@ -338,6 +339,7 @@ class MusicTransformer(nn.Module):
         state: MemoryState | None = None,
         targets: Tensor | None = None,
         mem_len: int | None = None,
+        write_knn: bool = True,
     ) -> tuple[Tensor, Tensor | None, MemoryState]:
         """One segment of every row: (B, T) tokens, bar positions, song ids -> logits (B, T, V).
 
@@ -347,7 +349,9 @@ class MusicTransformer(nn.Module):
         without), which turns the XL memory into a key/value cache for generation: fed one token
         at a time with a mem_len covering the whole context, the logits equal one full pass.
         (A shorter cache is XL-like: earlier keys were computed with their own, older context,
-        so it is not the same as re-encoding a sliding window.)
+        so it is not the same as re-encoding a sliding window.) `write_knn=False` leaves the kNN
+        memory as it is: generation feeds a segment a token at a time and writes it to the kNN
+        memory only once it is complete, as training does.
         """
         batch, length = tokens.shape
         device = tokens.device
@@ -380,7 +384,10 @@ class MusicTransformer(nn.Module):
             loss = total / count.clamp(min=1)
         if mem_len is None:
             mem_len = self.config.xl_mem_len if self.config.memory != "none" else 0
-        return logits, loss, self._next_state(state, presents, positions, doc, song_start, mem_len)
+        next_state = self._next_state(
+            state, presents, positions, doc, song_start, mem_len, write_knn
+        )
+        return logits, loss, next_state
 
     @staticmethod
     def _song_positions(
@@ -421,8 +428,12 @@ class MusicTransformer(nn.Module):
         doc: Tensor,
         song_start: Tensor,
         mem_len: int,
+        write_knn: bool = True,
     ) -> MemoryState:
-        """Hand this segment's keys/values to the memories (detached: no gradient crosses)."""
+        """Hand this segment's keys/values to the memories (detached: no gradient crosses).
+
+        `presents` holds per layer the keys/values the segment attended to: the XL memory's,
+        then the segment's own (the last len(positions))."""
         xl = None
         if mem_len > 0:
             xl = XLMemory.extend(
@@ -433,8 +444,10 @@ class MusicTransformer(nn.Module):
                 positions,
                 mem_len,
             )
-        if state.knn is not None:
-            state.knn.write(*presents[self.knn_layer], doc)
+        if state.knn is not None and write_knn:
+            keys, values = presents[self.knn_layer]
+            own = slice(-len(positions), None)
+            state.knn.write(keys[:, :, own], values[:, :, own], doc)
         return MemoryState(
             state.offset + len(positions), doc[:, -1].clone(), song_start, xl, state.knn
         )

@@ -26,3 +26,4 @@ ENCODE_KEYS = [
     "chunks",
 ]
 CHUNKS = config["encode"]["chunks"]
+VARIANTS = config["train"]["variants"]

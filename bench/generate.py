@@ -1,0 +1,127 @@
+"""Generation speed: the key/value cache against recomputing the context for every token.
+
+    python bench/generate.py                     # default model (params.yaml), 512 tokens, CPU
+    python bench/generate.py --repeats 5         # more timed runs per side
+    python bench/generate.py --threads 2         # torch threads (default 1: a shared machine)
+
+Both sides continue the same prompt (the first 4 bars of the first test song in data/shards;
+random tokens in 4/4 when there are no shards) with the same seed, the weights of
+models/VARIANT/model.pt when it fits the params.yaml model (else random ones), and draw exactly
+`--length` tokens (min_length = length: no <eos>). `cached` is `generate(cache=True)`: one token
+per forward through the KV cache. `recompute` is `generate(cache=False)`: every token re-runs the
+current context (xl, xl_knn: the current segment on top of the memory of the complete ones;
+vanilla: the last segment_len tokens). Sides are timed in turns; the median run is reported.
+The `same` column counts the leading tokens on which both sides agree: all of them for xl and
+xl_knn (their cache is exact), the first window for vanilla (beyond it the cache is XL-like).
+Target: cached >= 5x recompute at the default context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from midigen.corpus import load_shard, load_vocab
+from midigen.encoding import Vocab
+from midigen.generate import GenerateConfig, Prompt, generate, split_song
+from midigen.model import ModelConfig, MusicTransformer
+from midigen.params import load_params
+from midigen.stages.train import MEMORY, model_config
+
+TARGET = 5.0
+
+
+def prompt_and_vocab(shards: Path, bars: int, steps_per_beat: int) -> tuple[Prompt, Vocab, str]:
+    """The first test song's opening bars, or a random prompt of notes on every beat."""
+    if (shards / "vocab.json").exists():
+        vocab, shard = load_vocab(shards), load_shard(shards, "test")
+        span = shard.song(0)
+        prompt, _ = split_song(
+            np.asarray(shard.tokens[span], np.int64),
+            np.asarray(shard.times[span]),
+            np.asarray(shard.bar_pos[span]),
+            bars,
+            steps_per_beat,
+        )
+        return prompt, vocab, f"first test song of {shards}, {bars} bars"
+    vocab = Vocab(32)
+    tokens, times = [vocab.sos], [0]
+    for beat, pitch in enumerate(np.random.default_rng(0).integers(48, 80, 32)):
+        tokens += [vocab.note(int(pitch)), vocab.duration(steps_per_beat)]
+        tokens += [vocab.sep, vocab.duration(steps_per_beat)]  # on to the next beat
+        times += [beat * steps_per_beat] * 4
+    bar = 4 * steps_per_beat
+    return Prompt(np.array(tokens), np.array(times) % bar, bar), vocab, "random notes in 4/4"
+
+
+def load(variant: str, params: dict, vocab: Vocab) -> tuple[MusicTransformer, str]:
+    """Trained weights when models/VARIANT/model.pt has the default config, else random ones."""
+    config = model_config(params, variant, len(vocab), params["encode"]["steps_per_beat"])
+    torch.manual_seed(0)
+    model = MusicTransformer(config)
+    path = Path("models") / variant / "model.pt"
+    if path.exists():
+        saved = torch.load(path, weights_only=True)
+        if ModelConfig(**saved["model_config"]) == config:
+            model.load_state_dict(saved["model"])
+            return model.eval(), "trained"
+    return model.eval(), "random"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--length", type=int, default=512, help="tokens drawn per run")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side")
+    parser.add_argument("--shards", type=Path, default=Path("data/shards"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+
+    params = load_params(args.params)
+    prompt, vocab, source = prompt_and_vocab(
+        args.shards, params["generate"]["prompt_bars"], params["encode"]["steps_per_beat"]
+    )
+    settings = {**params["generate"], "length": args.length, "min_length": args.length}
+    config = GenerateConfig.from_params(settings)
+    m = params["model"]
+    print(
+        f"model: {m['n_layer']} layers, {m['n_head']} heads, d_model {m['d_model']}, d_ff "
+        f"{m['d_ff']}, segment_len {m['segment_len']}, xl_mem_len {m['xl_mem_len']}; prompt: "
+        f"{len(prompt.tokens)} tokens ({source}); {args.length} tokens drawn (temperature "
+        f"{config.temperature}, top_k {config.top_k}, top_p {config.top_p}); "
+        f"{torch.get_num_threads()} threads; CPU"
+    )
+    print(
+        f"{'variant':<8} {'weights':<8} {'cached tok/s':>13} {'recompute tok/s':>16} "
+        f"{'speed-up':>9} {'same':>9}"
+    )
+    for variant in MEMORY:
+        model, weights = load(variant, params, vocab)
+        runs: dict[bool, list[float]] = {True: [], False: []}
+        drawn: dict[bool, list[int]] = {}
+        for _ in range(args.repeats):
+            for cache in (True, False):
+                started = time.perf_counter()
+                drawn[cache] = generate(model, prompt, vocab, config, cache=cache).tokens
+                runs[cache].append(time.perf_counter() - started)
+        cached, recompute = (args.length / statistics.median(runs[c]) for c in (True, False))
+        same = next(
+            (i for i, (a, b) in enumerate(zip(drawn[True], drawn[False], strict=True)) if a != b),
+            args.length,
+        )
+        verdict = "meets" if cached / recompute >= TARGET else "MISSES"
+        print(
+            f"{variant:<8} {weights:<8} {cached:>13,.1f} {recompute:>16,.1f} "
+            f"{cached / recompute:>8.2f}x {same:>4}/{args.length}  ({verdict} >= {TARGET:g}x)"
+        )
+
+
+if __name__ == "__main__":
+    main()

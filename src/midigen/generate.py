@@ -1,0 +1,515 @@
+"""Continue songs with a trained model: a key/value cache that mirrors training, sampling
+controls, a grammar mask and beam search; and the samples the generate stage writes.
+
+Every query sees what it saw in training. Segments of `segment_len` tokens start at the song's
+first token; a query at position i of a segment sees the `xl_mem_len` tokens before the segment
+through the XL memory plus the segment up to i, and the kNN memory holds every earlier token of
+the song before the segment (written when a segment is complete). `KVCache` feeds tokens one at
+a time under exactly those contexts: the XL memory grows into a cache of the current segment and
+shrinks back to `xl_mem_len` when the segment is complete, which is also when that segment goes
+into the kNN memory. So xl and xl_knn run past their context by pushing the oldest segment into
+memory. Vanilla has no memory: its cache keeps the last segment_len - 1 tokens, a sliding window
+(beyond the first window the cached keys were computed with their own, older context, as in XL;
+re-encoding the window instead would cost a whole forward per token). `Recompute` runs the
+current context again for every token, without a cache: the reference for tests and benchmark.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import symusic
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from midigen.atomic import atomic_dir
+from midigen.corpus import load_shard, load_vocab
+from midigen.download import read_manifest
+from midigen.encoding import DecodeError, Vocab, decode_tokens
+from midigen.errors import MidigenError
+from midigen.media import piano_roll, render_audio
+from midigen.midi import Meter, write_midi
+from midigen.model import MusicTransformer
+
+PIECES = ("prompt", "real", "generated")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """The `generate` params: which prompts, how long, and how tokens are chosen."""
+
+    prompts: int = 4
+    prompt_bars: int = 4
+    length: int = 512  # most tokens generated per prompt
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
+    min_length: int = 0  # tokens generated before <eos> may end the piece
+    beams: int = 1  # > 1: beam search (deterministic; temperature, top-k and top-p unused)
+    seed: int = 0
+    sample_rate: int = 22050
+
+    @classmethod
+    def from_params(cls, generate: dict) -> GenerateConfig:
+        return cls(**{k: v for k, v in generate.items() if k in cls.__dataclass_fields__})
+
+
+# ---- the grammar of the index score ------------------------------------------------------------
+
+ROW, DURATION, NOTE, END = "row", "duration", "note", "end"  # what a row expects next
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """One sequence's place in the grammar, and the time step its next token sounds at."""
+
+    expect: str = ROW
+    step: int = 0
+    program: bool = True  # a note may open a row: always without programs, else after <iK>
+    gap: bool = False  # the awaited duration is a gap's (after <sep>): it advances time
+
+
+class Grammar:
+    """Which tokens may come next: exactly the sequences `decode_tokens` accepts, as the encoder
+    writes them. After <sos> or a duration: a note (in instrument mode only once a program token
+    has opened the run), <sep>, a program token, or <eos>; after a note or <sep>: a duration;
+    after a program: a note. <pad> and <sos> never."""
+
+    def __init__(self, vocab: Vocab):
+        self.vocab = vocab
+        ids = torch.arange(len(vocab))
+        notes = (ids >= vocab.note_base) & (ids < vocab.duration_base)
+        durations = (ids >= vocab.duration_base) & (ids < vocab.program_base)
+        programs = ids >= vocab.program_base
+        others = programs | (ids == vocab.sep) | (ids == vocab.eos)  # may open a row, or end
+        self._row_start = {True: others | notes, False: others}  # by Cursor.program
+        self._masks = {DURATION: durations, NOTE: notes}
+
+    def start(self) -> Cursor:
+        """Right after <sos>."""
+        return Cursor(program=not self.vocab.instruments)
+
+    def mask(self, cursor: Cursor) -> Tensor:
+        """(V,) bool: the tokens allowed after `cursor`."""
+        if cursor.expect == ROW:
+            return self._row_start[cursor.program]
+        if cursor.expect == END:
+            raise ValueError("nothing may follow <eos>")
+        return self._masks[cursor.expect]
+
+    def allowed(self, cursors: list[Cursor], eos: bool = True) -> Tensor:
+        """(B, V) bool, one row per cursor; `eos=False` holds <eos> back (minimum length)."""
+        allowed = torch.stack([self.mask(c) for c in cursors])
+        allowed[:, self.vocab.eos] &= eos
+        return allowed
+
+    def advance(self, cursor: Cursor, token: int) -> Cursor:
+        """The cursor after `token`; DecodeError if the grammar does not allow it there."""
+        vocab = self.vocab
+        if cursor.expect == END or not self.mask(cursor)[token]:
+            name = vocab.names()[token] if 0 <= token < len(vocab) else str(token)
+            raise DecodeError(f"{name} cannot follow here (expected a {cursor.expect} token)")
+        if token == vocab.eos:
+            return dataclasses.replace(cursor, expect=END)
+        if token == vocab.sep:  # a gap row; in instrument mode a note needs a program again
+            program = not vocab.instruments
+            return dataclasses.replace(cursor, expect=DURATION, gap=True, program=program)
+        if token < vocab.duration_base:  # a note
+            return dataclasses.replace(cursor, expect=DURATION, gap=False)
+        if token >= vocab.program_base:
+            return dataclasses.replace(cursor, expect=NOTE, program=True)
+        steps = token - vocab.duration_base + 1
+        return Cursor(ROW, cursor.step + steps * cursor.gap, cursor.program)
+
+    def parse(self, tokens: list[int]) -> Cursor:
+        """The cursor after a prompt that starts with <sos>."""
+        if not tokens or tokens[0] != self.vocab.sos:
+            raise DecodeError("a prompt must start with <sos>")
+        cursor = self.start()
+        for token in tokens[1:]:
+            cursor = self.advance(cursor, token)
+        return cursor
+
+
+def whole_rows(tokens: list[int], vocab: Vocab) -> list[int]:
+    """`tokens` without an unfinished last row (a note, <sep> or program still waiting for its
+    duration), which is what the length limit may leave."""
+    kept = list(tokens)
+    while kept and kept[-1] != vocab.eos and not is_duration(kept[-1], vocab):
+        kept.pop()
+    return kept
+
+
+def is_duration(token: int, vocab: Vocab) -> bool:
+    return vocab.duration_base <= token < vocab.program_base
+
+
+# ---- prompts -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """The opening of a song to continue (from <sos>, whole rows), the bar position of each of
+    its tokens, and the bar grid on which the continuation's bar positions are counted."""
+
+    tokens: np.ndarray
+    bar_pos: np.ndarray
+    bar_steps: int
+    bar_start: int = 0  # a step where a bar begins (the grid's phase)
+
+    def bar_position(self, step: int) -> int:
+        return (step - self.bar_start) % self.bar_steps
+
+
+def bar_steps_of(times: np.ndarray, bar_pos: np.ndarray, steps_per_beat: int) -> int:
+    """A song's bar length in steps: the most common distance between the starts of the bars
+    its tokens fall in (a meter change or a bar without a token does not move it)."""
+    starts = np.unique(np.asarray(times, np.int64) - np.asarray(bar_pos, np.int64))
+    if len(starts) < 2:  # all in one bar: at least as long as what it holds
+        return max(4 * steps_per_beat, int(np.max(bar_pos)) + 1)
+    lengths, counts = np.unique(np.diff(starts), return_counts=True)
+    return int(lengths[counts.argmax()])
+
+
+def split_song(
+    tokens: np.ndarray, times: np.ndarray, bar_pos: np.ndarray, bars: int, steps_per_beat: int
+) -> tuple[Prompt, np.ndarray]:
+    """A song's first `bars` bars as a prompt (the tokens before step bars * bar_steps: whole
+    rows, never <eos>) and the rest of the song, its real continuation."""
+    bar_steps = bar_steps_of(times, bar_pos, steps_per_beat)
+    n = min(int(np.searchsorted(times, bars * bar_steps)), len(tokens) - 1)
+    bar_start = int(times[n - 1]) - int(bar_pos[n - 1])
+    prompt = Prompt(np.asarray(tokens[:n]), np.asarray(bar_pos[:n]), bar_steps, bar_start)
+    return prompt, np.asarray(tokens[n:])
+
+
+# ---- contexts: what the model sees while a sequence grows --------------------------------------
+
+
+class KVCache:
+    """Feeds tokens under their training contexts, keeping every past key/value it may need."""
+
+    def __init__(self, model: MusicTransformer):
+        self.model = model
+        config = model.config
+        self.segment, self.mem_len = config.segment_len, config.xl_mem_len
+        self.memory = config.memory != "none"
+        self.state = None
+
+    @property
+    def fed(self) -> int:
+        return 0 if self.state is None else self.state.offset
+
+    def feed(self, tokens: Tensor, bar_pos: Tensor) -> Tensor:
+        """(B, n) tokens and bar positions -> the next-token logits (B, V) after the last one."""
+        start = 0
+        while start < tokens.shape[1]:
+            take = min(tokens.shape[1] - start, self._room())
+            logits = self._forward(
+                tokens[:, start : start + take], bar_pos[:, start : start + take]
+            )
+            start += take
+        return logits[:, -1]
+
+    def select(self, rows: Tensor) -> None:
+        """Row r continues row rows[r] (beam search)."""
+        self.state = self.state.select(rows)
+
+    def _room(self) -> int:
+        """How many tokens one forward may take with every query still in its context."""
+        if self.memory:  # up to the end of the current segment
+            return self.segment - self.fed % self.segment
+        cached = 0 if self.state is None or self.state.xl is None else len(self.state.xl.pos)
+        return max(1, self.segment - cached)  # vanilla: no query sees more than segment_len
+
+    def _forward(self, tokens: Tensor, bar_pos: Tensor) -> Tensor:
+        filled = self.fed % self.segment + tokens.shape[1]  # of the current segment, after this
+        keep = self.mem_len + filled if self.memory else self.segment - 1
+        logits, _, self.state = self.model(
+            tokens, bar_pos, state=self.state, mem_len=keep, write_knn=False
+        )
+        if self.memory and filled == self.segment:
+            self._end_segment()
+        return logits
+
+    def _end_segment(self) -> None:
+        """As in training: the segment goes into the kNN memory, the XL memory keeps its tail."""
+        xl = self.state.xl
+        if self.state.knn is not None:
+            layer, last = self.model.knn_layer, slice(-self.segment, None)
+            self.state.knn.write(
+                xl.keys[layer][:, :, last], xl.values[layer][:, :, last], xl.doc[:, last]
+            )
+        self.state = dataclasses.replace(self.state, xl=xl.last(self.mem_len))
+
+
+class Recompute:
+    """No key/value cache: every call runs the whole current context again. Memory models keep
+    the state left by the song's complete segments (training's segment-by-segment forward) and
+    re-run the current segment; vanilla re-runs its last segment_len tokens."""
+
+    def __init__(self, model: MusicTransformer):
+        self.model = model
+        self.segment = model.config.segment_len
+        self.memory = model.config.memory != "none"
+        self.state = None  # memory models: after the song's complete segments
+        self.tokens: Tensor | None = None  # the current segment (vanilla: window) so far
+        self.bar_pos: Tensor | None = None
+
+    def feed(self, tokens: Tensor, bar_pos: Tensor) -> Tensor:
+        """(B, n) tokens and bar positions -> the next-token logits (B, V) after the last one."""
+        if self.tokens is not None:
+            tokens, bar_pos = (
+                torch.cat([self.tokens, tokens], 1),
+                torch.cat([self.bar_pos, bar_pos], 1),
+            )
+        if not self.memory:
+            self.tokens, self.bar_pos = tokens[:, -self.segment :], bar_pos[:, -self.segment :]
+            return self.model(self.tokens, self.bar_pos)[0][:, -1]
+        while tokens.shape[1] >= self.segment:  # complete segments go into memory for good
+            logits, _, self.state = self.model(
+                tokens[:, : self.segment], bar_pos[:, : self.segment], state=self.state
+            )
+            tokens, bar_pos = tokens[:, self.segment :], bar_pos[:, self.segment :]
+        self.tokens, self.bar_pos = tokens, bar_pos
+        if tokens.shape[1]:
+            logits = self.model(tokens, bar_pos, state=self.state, write_knn=False)[0]
+        return logits[:, -1]
+
+    def select(self, rows: Tensor) -> None:
+        """Row r continues row rows[r] (beam search)."""
+        if self.state is not None:
+            self.state = self.state.select(rows)
+        self.tokens, self.bar_pos = self.tokens[rows], self.bar_pos[rows]
+
+
+# ---- choosing tokens ---------------------------------------------------------------------------
+
+
+def sample(logits: Tensor, allowed: Tensor, config: GenerateConfig, generator: torch.Generator):
+    """One token per row (B,), drawn from the allowed tokens after temperature, top-k, top-p."""
+    logits = (logits.float() / config.temperature).masked_fill(~allowed, float("-inf"))
+    if config.top_k:
+        kth = logits.topk(min(config.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if config.top_p < 1:
+        ranked, order = logits.sort(dim=-1, descending=True)
+        probs = ranked.softmax(-1)
+        beyond = probs.cumsum(-1) - probs >= config.top_p  # the nucleus was full before them
+        logits = logits.scatter(-1, order, ranked.masked_fill(beyond, float("-inf")))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+
+@dataclass
+class Generation:
+    """A continuation as drawn (it may end inside a row when the length limit stopped it; see
+    `whole_rows`) and its total log-probability under the grammar-masked model."""
+
+    tokens: list[int]
+    log_prob: float
+
+
+@torch.inference_mode()
+def generate(
+    model: MusicTransformer,
+    prompt: Prompt,
+    vocab: Vocab,
+    config: GenerateConfig,
+    seed: int | None = None,
+    cache: bool = True,
+) -> Generation:
+    """Continue `prompt` for at most config.length tokens: sampled, or by beam search when
+    config.beams > 1. `cache=False` recomputes the whole context for every token instead."""
+    model.eval()
+    device = model.tok_emb.weight.device
+    grammar = Grammar(vocab)
+    cursor = grammar.parse([int(t) for t in prompt.tokens])
+    context = (KVCache if cache else Recompute)(model)
+    logits = context.feed(
+        torch.as_tensor(np.asarray(prompt.tokens, np.int64), device=device)[None],
+        torch.as_tensor(np.asarray(prompt.bar_pos, np.int64), device=device)[None],
+    )
+    if config.beams > 1:
+        return _beam_search(context, logits, cursor, grammar, prompt, config)
+    generator = torch.Generator(device=device).manual_seed(config.seed if seed is None else seed)
+    tokens, log_prob = [], 0.0
+    for _ in range(config.length):
+        allowed = grammar.allowed([cursor], eos=len(tokens) >= config.min_length).to(device)
+        token = int(sample(logits, allowed, config, generator)[0])
+        log_prob += float(_log_probs(logits, allowed)[0, token])
+        tokens.append(token)
+        if token == vocab.eos or len(tokens) == config.length:
+            break
+        bar = prompt.bar_position(cursor.step)  # a token sounds at its row's step
+        cursor = grammar.advance(cursor, token)
+        logits = context.feed(
+            torch.tensor([[token]], device=device), torch.tensor([[bar]], device=device)
+        )
+    return Generation(tokens, log_prob)
+
+
+def _log_probs(logits: Tensor, allowed: Tensor) -> Tensor:
+    """Log-probabilities of the model renormalised over the allowed tokens (B, V), in float64."""
+    return F.log_softmax(logits.double().masked_fill(~allowed, float("-inf")), dim=-1)
+
+
+def _beam_search(
+    context: KVCache | Recompute,
+    logits: Tensor,
+    cursor: Cursor,
+    grammar: Grammar,
+    prompt: Prompt,
+    config: GenerateConfig,
+) -> Generation:
+    """The continuation with the highest total log-probability that beam search finds: ended by
+    <eos>, or config.length tokens long. Beams are batch rows; each step keeps the `beams` best
+    extensions, and the memories follow their rows. Log-probabilities only fall as a sequence
+    grows, so once a finished sequence beats every live one the search is over."""
+    beams, eos, device = config.beams, grammar.vocab.eos, logits.device
+    context.select(torch.zeros(beams, dtype=torch.int64, device=device))
+    logits = logits.expand(beams, -1)
+    cursors, sequences = [cursor] * beams, [[] for _ in range(beams)]
+    scores = torch.full((beams,), float("-inf"), dtype=torch.float64, device=device)
+    scores[0] = 0.0  # one prompt: the other rows are copies until the first choice
+    finished: list[tuple[float, list[int]]] = []  # (score, sequence) ended by <eos>
+    full_length: list[tuple[float, list[int]]] = []
+    for step in range(config.length):
+        allowed = grammar.allowed(cursors, eos=step >= config.min_length).to(device)
+        totals = scores[:, None] + _log_probs(logits, allowed)
+        best, flat = totals.flatten().topk(min(2 * beams, totals.numel()))
+        live = []  # (score, row, token) of the extensions kept
+        for score, index in zip(best.tolist(), flat.tolist(), strict=True):
+            if score == float("-inf") or len(live) == beams:
+                break
+            row, token = divmod(index, totals.shape[1])
+            if token == eos:
+                finished.append((score, [*sequences[row], token]))
+            else:
+                live.append((score, row, token))
+        if not live or max((s for s, _ in finished), default=float("-inf")) >= live[0][0]:
+            break
+        live += [(float("-inf"), *live[-1][1:])] * (beams - len(live))  # fill the spare rows
+        rows = [row for _, row, _ in live]
+        tokens = [token for _, _, token in live]
+        scores = torch.tensor([score for score, _, _ in live], dtype=torch.float64, device=device)
+        sequences = [[*sequences[row], token] for row, token in zip(rows, tokens, strict=True)]
+        bars = [prompt.bar_position(cursors[row].step) for row in rows]
+        cursors = [grammar.advance(cursors[r], t) for r, t in zip(rows, tokens, strict=True)]
+        if step + 1 == config.length:
+            full_length = list(zip(scores.tolist(), sequences, strict=True))
+            break
+        context.select(torch.tensor(rows, device=device))
+        logits = context.feed(
+            torch.tensor(tokens, device=device)[:, None], torch.tensor(bars, device=device)[:, None]
+        )
+    score, tokens = max(finished + full_length, key=lambda pair: pair[0])
+    return Generation(tokens, score)
+
+
+# ---- the generate stage ------------------------------------------------------------------------
+
+
+def song_title(midi_file: Path | None, fallback: str) -> str:
+    """The first non-empty track name of a MIDI file (what its author called it), else
+    `fallback`."""
+    if midi_file is None:
+        return fallback
+    try:
+        tracks = symusic.Score.from_midi(midi_file.read_bytes()).tracks
+    except Exception:  # the file was encoded once, but a title is not worth failing over
+        return fallback
+    return next((t.name.strip() for t in tracks if t.name.strip()), fallback)
+
+
+def write_samples(
+    model: MusicTransformer,
+    variant: str,
+    shards: Path,
+    raw: Path,
+    out: Path,
+    config: GenerateConfig,
+    steps_per_beat: int,
+) -> dict:
+    """Continue the first `config.prompts` test songs; write OUT/ (MIDI, WAV and piano roll of
+    prompt, real and generated piece, and samples.json) atomically; return samples.json."""
+    vocab, shard = load_vocab(shards), load_shard(shards, "test")
+    if config.prompts > len(shard.songs):
+        raise MidigenError(
+            f"generate.prompts is {config.prompts} but the test split has only "
+            f"{len(shard.songs)} songs (lower generate.prompts)"
+        )
+    manifest = raw / "manifest.csv"
+    if not manifest.exists():
+        raise MidigenError(f"{manifest}: not found (run midigen download first)")
+    files = {row["sha256"]: raw / row["path"] for row in read_manifest(manifest)}
+    samples: dict = {"variant": variant, "renderer": None, "steps_per_beat": steps_per_beat}
+    samples["prompts"] = []
+    with atomic_dir(out) as tmp:
+        for k in range(config.prompts):
+            song, span = shard.songs[k], shard.song(k)
+            times = np.asarray(shard.times[span])
+            prompt, real = split_song(
+                np.asarray(shard.tokens[span], np.int64),
+                times,
+                np.asarray(shard.bar_pos[span]),
+                config.prompt_bars,
+                steps_per_beat,
+            )
+            started = time.perf_counter()
+            generation = generate(model, prompt, vocab, config, seed=config.seed + k)
+            seconds = time.perf_counter() - started
+            generated = whole_rows(generation.tokens, vocab)
+            head = [int(t) for t in prompt.tokens]
+            tokens = {"prompt": head, "real": [int(t) for t in real], "generated": generated}
+            entry = {
+                "id": f"{k:02d}",
+                "song": song["sha256"],
+                "source": song["source"],
+                "title": song_title(files.get(song["sha256"]), song["source"]),
+                "prompt_steps": int(times[len(head)]),
+                "bar_steps": prompt.bar_steps,
+                "tokens": tokens,
+                "files": {},
+                "seconds": seconds,
+                "tokens_per_s": len(generation.tokens) / seconds,
+            }
+            for piece in PIECES:
+                body = [] if piece == "prompt" else tokens[piece]
+                entry["files"][piece], reason = _write_piece(
+                    tmp, entry, piece, [*head, *body], vocab, config, steps_per_beat
+                )
+                samples["renderer"] = samples["renderer"] or reason
+            samples["prompts"].append(entry)
+        (tmp / "samples.json").write_text(json.dumps(samples, indent=1))
+    return samples
+
+
+def _write_piece(
+    folder: Path,
+    entry: dict,
+    piece: str,
+    tokens: list[int],
+    vocab: Vocab,
+    config: GenerateConfig,
+    steps_per_beat: int,
+) -> tuple[dict, str | None]:
+    """One piece as MIDI, WAV and piano roll: its file names, and why there is no WAV, if not."""
+    if tokens[-1] != vocab.eos:
+        tokens = [*tokens, vocab.eos]
+    notes = decode_tokens(tokens, vocab)
+    stem = f"{entry['id']}_{piece}"
+    midi = write_midi(notes, steps_per_beat, Meter(np.array([0]), np.array([entry["bar_steps"]])))
+    (folder / f"{stem}.mid").write_bytes(midi)
+    reason = render_audio(midi, folder / f"{stem}.wav", config.sample_rate)
+    continuation = None if piece == "prompt" else entry["prompt_steps"]
+    piano_roll(
+        notes, folder / f"{stem}.png", steps_per_beat, f"{entry['title']}: {piece}", continuation
+    )
+    files = {"mid": f"{stem}.mid", "wav": None if reason else f"{stem}.wav", "png": f"{stem}.png"}
+    return files, reason

@@ -1,0 +1,80 @@
+"""Score one trained variant on the test split and compare its samples with the real music.
+
+Writes --metrics (JSON: likelihood metrics, the repeat probe, musical statistics) and --plots
+(nll_by_position.csv/.png, histograms.csv/.png), each atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from midigen.atomic import atomic_dir
+from midigen.corpus import load_shard, load_vocab
+from midigen.errors import MidigenError
+from midigen.evaluate import (
+    compare_music,
+    evaluate_model,
+    load_model,
+    load_samples,
+    write_metrics,
+    write_plots,
+)
+from midigen.stages.train import MEMORY
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variant", required=True, help="which variant (names the outputs)")
+    parser.add_argument("--shards", type=Path, default=Path("data/shards"))
+    parser.add_argument("--model", type=Path, help="default: models/VARIANT/model.pt")
+    parser.add_argument("--samples", type=Path, help="default: samples/VARIANT")
+    parser.add_argument("--metrics", type=Path, help="default: metrics/eval/VARIANT.json")
+    parser.add_argument("--plots", type=Path, help="default: plots/eval/VARIANT")
+
+
+def run(args: argparse.Namespace, params: dict) -> str:
+    settings, steps_per_beat = params["evaluate"], params["encode"]["steps_per_beat"]
+    model_path = args.model or Path("models") / args.variant / "model.pt"
+    samples_dir = args.samples or Path("samples") / args.variant
+    metrics_path = args.metrics or Path("metrics/eval") / f"{args.variant}.json"
+    plots_dir = args.plots or Path("plots/eval") / args.variant
+
+    if args.variant not in MEMORY:
+        raise MidigenError(f"unknown variant '{args.variant}' (known: {', '.join(MEMORY)})")
+    samples = load_samples(samples_dir)
+    if samples.get("variant", args.variant) != args.variant:
+        raise MidigenError(
+            f"{samples_dir}/samples.json holds samples of {samples['variant']}, not {args.variant}"
+        )
+    test = load_shard(args.shards, "test")
+    vocab = load_vocab(args.shards)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_model(model_path, vocab, device)
+    if model.config.memory != MEMORY[args.variant]:
+        raise MidigenError(
+            f"{model_path}: a model with memory '{model.config.memory}', not the {args.variant} "
+            "variant"
+        )
+    for source, value in (
+        (f"{model_path} was trained with", model.config.steps_per_beat),
+        (f"{samples_dir}/samples.json has", samples["steps_per_beat"]),
+    ):
+        if value != steps_per_beat:
+            raise MidigenError(
+                f"{source} steps_per_beat {value} but encode.steps_per_beat is {steps_per_beat}"
+            )
+
+    metrics = evaluate_model(
+        model, test, vocab, settings["position_buckets"], settings["batch_size"]
+    )
+    metrics["music"], histograms = compare_music(samples, vocab)
+    with atomic_dir(plots_dir) as tmp:
+        write_plots(tmp, args.variant, metrics["nll_by_position"], histograms)
+    write_metrics(metrics_path, metrics)
+    return (
+        f"{args.variant}: {metrics['nll']:.3f} nats/token, {metrics['bits_per_note']:.2f} "
+        f"bits/note, accuracy {metrics['accuracy']:.1%}, repeat {metrics['repeat']['first']:.3f}"
+        f" -> {metrics['repeat']['second']:.3f} -> {metrics_path}"
+    )

@@ -1,0 +1,49 @@
+"""Continue the first test songs with a trained variant: MIDI, WAV and piano rolls of prompt,
+real and generated piece, and samples.json (see midigen.generate)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from midigen.corpus import load_vocab
+from midigen.errors import MidigenError
+from midigen.evaluate import load_model
+from midigen.generate import GenerateConfig, write_samples
+from midigen.stages.train import MEMORY
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variant", required=True, help="vanilla | xl | xl_knn")
+    parser.add_argument("--shards", type=Path, default=Path("data/shards"))
+    parser.add_argument("--raw", type=Path, default=Path("data/raw"), help="for song titles")
+    parser.add_argument("--model", type=Path, help="default: models/VARIANT/model.pt")
+    parser.add_argument("--out", type=Path, help="default: samples/VARIANT")
+
+
+def run(args: argparse.Namespace, params: dict) -> str:
+    if args.variant not in MEMORY:
+        raise MidigenError(f"unknown variant '{args.variant}' (known: {', '.join(MEMORY)})")
+    if not (args.shards / "vocab.json").exists():
+        raise MidigenError(f"{args.shards}: no shards here (run midigen shard first)")
+    path = args.model or Path("models") / args.variant / "model.pt"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_model(path, load_vocab(args.shards), device)
+    if model.config.memory != MEMORY[args.variant]:
+        raise MidigenError(
+            f"{path}: a model with memory '{model.config.memory}', not the {args.variant} variant"
+        )
+    config = GenerateConfig.from_params(params["generate"])
+    out = args.out or Path("samples") / args.variant
+    samples = write_samples(
+        model, args.variant, args.shards, args.raw, out, config, params["encode"]["steps_per_beat"]
+    )
+    tokens = sum(len(p["tokens"]["generated"]) for p in samples["prompts"])
+    seconds = sum(p["seconds"] for p in samples["prompts"])
+    audio = f"no audio: {samples['renderer']}" if samples["renderer"] else "with audio"
+    return (
+        f"{args.variant}: {len(samples['prompts'])} continuations, {tokens} tokens at "
+        f"{tokens / seconds:,.0f} tokens/s, {audio} -> {out}"
+    )

@@ -1,0 +1,201 @@
+"""Baselines: Kneser-Ney probabilities worked out by hand, normalisation, and the stage."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from fractions import Fraction as F
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from midigen.baselines import NGramModel, evaluate_baselines, songs_of
+from midigen.corpus import EncodeConfig, build_shards, encode_chunk, load_shard, load_vocab
+from midigen.download import download
+from midigen.errors import MidigenError
+from midigen.midi import Notes, write_midi
+from midigen.params import validate_params
+from midigen.stages import baselines as stage
+
+# Toy corpus over 6 token ids (1 = <sos>, 2 = <eos>).
+V = 6
+SONGS = [np.array(s) for s in ([1, 4, 5, 4, 2], [1, 4, 5, 5, 2], [1, 5, 4, 2])]
+
+# Order 3, counted by hand.
+# Trigrams (highest order: raw counts): (1,4,5) 2, (5,4,2) 2, (4,5,4) 1, (4,5,5) 1, (5,5,2) 1,
+# (1,5,4) 1 -> n1 = 4, n2 = 2, D3 = 4 / (4 + 2*2) = 1/2.
+D3 = F(1, 2)
+# Bigrams (continuation counts = distinct left neighbours; at a song start, each occurrence):
+# (1,4) 2 starts, (1,5) 1 start, (4,5) left {1}: 1, (5,4) left {4,1}: 2, (4,2) left {5}: 1
+# (raw count 2), (5,5) {4}: 1, (5,2) {5}: 1 -> n1 = 5, n2 = 2, D2 = 5/9.
+D2 = F(5, 9)
+# Unigrams (continuation): 4 left {1,5}: 2, 5 left {4,5,1}: 3, 2 left {4,5}: 2, total 7, 3 types
+# -> n1 = 0: D1 falls back to 1/2.
+D1 = F(1, 2)
+
+
+def p1(w: int) -> F:
+    count = {4: 2, 5: 3, 2: 2}.get(w, 0)
+    return max(count - D1, F(0)) / 7 + D1 * 3 / 7 * F(1, V)
+
+
+def p2(w: int, h: int) -> F:
+    counts = {1: {4: 2, 5: 1}, 4: {5: 1, 2: 1}, 5: {4: 2, 5: 1, 2: 1}}[h]
+    total = sum(counts.values())
+    return max(counts.get(w, 0) - D2, F(0)) / total + D2 * len(counts) / total * p1(w)
+
+
+def p3(w: int, h: tuple[int, int]) -> F:
+    counts = {(1, 4): {5: 2}, (4, 5): {4: 1, 5: 1}, (5, 4): {2: 2}}[h]
+    total = sum(counts.values())
+    return max(counts.get(w, 0) - D3, F(0)) / total + D3 * len(counts) / total * p2(w, h[1])
+
+
+@pytest.fixture(scope="module")
+def trigram() -> NGramModel:
+    return NGramModel(3, V).fit(SONGS)
+
+
+def test_kneser_ney_probabilities_match_the_hand_computation(trigram):
+    assert trigram.discounts == pytest.approx([float(D1), float(D2), float(D3)])
+    assert p1(4) == F(1, 4) and p1(0) == F(1, 28)  # the hand formulas, checked once more
+    for context in [(1, 4), (4, 5), (5, 4)]:
+        expected = [float(p3(w, context)) for w in range(V)]
+        assert trigram.distribution(context) == pytest.approx(expected, rel=1e-12)
+    # after <sos> only a bigram context exists; an unseen context backs off to lower orders
+    assert trigram.distribution([1]) == pytest.approx([float(p2(w, 1)) for w in range(V)])
+    assert trigram.distribution([3, 5]) == pytest.approx([float(p2(w, 5)) for w in range(V)])
+    assert trigram.distribution([3, 3]) == pytest.approx([float(p1(w)) for w in range(V)])
+    assert trigram.distribution([0, 3, 1, 4]) == pytest.approx(trigram.distribution([1, 4]))
+
+
+def test_song_nll_uses_contexts_that_restart_at_the_song(trigram):
+    song = SONGS[0]  # 1 4 5 4 2
+    expected = [p2(4, 1), p3(5, (1, 4)), p3(4, (4, 5)), p3(2, (5, 4))]
+    assert trigram.song_nll(song) == pytest.approx([-math.log(p) for p in expected], rel=1e-12)
+    scores = trigram.scores(SONGS)
+    assert scores.position.tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2]
+    assert scores.song.tolist() == [0] * 4 + [1] * 4 + [2] * 3
+    assert scores.target.tolist() == [4, 5, 4, 2, 4, 5, 5, 2, 5, 4, 2]
+
+
+def test_unigram_is_discounted_towards_uniform():
+    unigram = NGramModel(1, V).fit(SONGS)
+    # raw target counts 4: 4, 5: 4, 2: 3 (no count of 1: D falls back to 1/2), total 11
+    counts = {4: 4, 5: 4, 2: 3}
+    expected = [(max(counts.get(w, 0) - 0.5, 0) + 0.5 * 3 / V) / 11 for w in range(V)]
+    assert unigram.distribution([]) == pytest.approx(expected)
+    assert unigram.distribution([4, 5, 4]) == pytest.approx(expected)  # context is ignored
+
+
+def test_unigram_nll_is_the_entropy_of_the_token_frequencies():
+    """Fit and scored on the same long corpus, a unigram's NLL is the entropy of its targets'
+    frequencies, plus the little that discounting moves to unseen tokens (cross entropy >=
+    entropy)."""
+    rng = np.random.default_rng(0)
+    probs = np.array([0.5, 0.25, 0.125, 0.125])  # entropy 1.75 bits
+    songs = [np.concatenate([[1], 2 + rng.choice(4, 2000, p=probs)]) for _ in range(5)]
+    targets = np.concatenate([s[1:] for s in songs])
+    frequencies = np.bincount(targets) / len(targets)
+    frequencies = frequencies[frequencies > 0]
+    entropy = -(frequencies * np.log(frequencies)).sum()
+    assert entropy / math.log(2) == pytest.approx(1.75, abs=0.01)
+    nll = NGramModel(1, V).fit(songs).scores(songs).nll.mean()
+    assert entropy <= nll <= entropy + 1e-3
+
+
+@pytest.fixture(scope="module")
+def random_model() -> NGramModel:
+    rng = np.random.default_rng(1)
+    songs = [
+        np.concatenate([[1], rng.integers(3, 20, rng.integers(1, 40)), [2]]) for _ in range(30)
+    ]
+    return NGramModel(4, 24).fit(songs)
+
+
+@settings(max_examples=200, deadline=None)
+@given(context=st.lists(st.integers(0, 23), max_size=6))
+def test_probabilities_sum_to_one_for_any_context(random_model, context):
+    p = random_model.distribution(context)
+    assert p.shape == (24,)
+    assert p.sum() == pytest.approx(1.0, abs=1e-12)
+    assert (p > 0).all()
+
+
+def test_unfitted_or_orderless_models_are_refused():
+    with pytest.raises(ValueError):
+        NGramModel(0, V)
+    with pytest.raises(RuntimeError):
+        NGramModel(2, V).distribution([1])
+
+
+# ---- the stage on real shards --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """Real shards made by the real stages from small random songs."""
+    root = tmp_path_factory.mktemp("baselines")
+    rng = np.random.default_rng(0)
+    (root / "midi").mkdir()
+    for i in range(16):
+        n = int(rng.integers(30, 80))
+        onset = np.sort(rng.choice(4 * n, n, replace=False))
+        song = Notes(onset, np.zeros(n, np.int64), rng.integers(55, 75, n), rng.integers(1, 5, n))
+        (root / "midi" / f"{i}.mid").write_bytes(write_midi(song, 4))
+    params = validate_params(
+        {
+            "download": {"source": "dir", "dir": str(root / "midi"), "test_fraction": 0.3},
+            "encode": {"steps_per_beat": 4, "max_duration": 8, "chunks": [0]},
+        },
+        partial=True,
+    )
+    download(params["download"], root / "raw")
+    config = EncodeConfig.from_params(params["encode"])
+    encode_chunk(root / "raw", 0, 1, config, root / "encoded" / "chunk-0", workers=1)
+    build_shards([root / "encoded" / "chunk-0"], config, root / "shards")
+    return root / "shards"
+
+
+def test_stage_writes_metrics_and_plot_data(shards, tmp_path):
+    params = validate_params(
+        {"evaluate": {"ngram_order": 3, "position_buckets": [0, 16, 64]}}, partial=True
+    )
+    args = argparse.Namespace(shards=shards, out=tmp_path / "m.json", plots=tmp_path / "plots")
+    summary = stage.run(args, params)
+    assert "unigram" in summary and "ngram" in summary
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert list(metrics) == ["unigram", "ngram"] and metrics["ngram"]["order"] == 3
+    for name, model in metrics.items():
+        assert model["perplexity"] == pytest.approx(math.exp(model["nll"]))
+        assert list(model["nll_by_position"]) == ["0-15", "16-63", "64+"], name
+    with open(tmp_path / "plots" / "nll_by_position.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["bucket"] for r in rows] == ["0-15", "16-63", "64+"]
+    assert float(rows[1]["ngram"]) == pytest.approx(metrics["ngram"]["nll_by_position"]["16-63"])
+
+    # the buckets partition the targets: their weighted mean is the overall NLL
+    test = load_shard(shards, "test")
+    scores = NGramModel(3, len(load_vocab(shards))).fit(songs_of(load_shard(shards, "train")))
+    scores = scores.scores(songs_of(test))
+    weights = [
+        np.count_nonzero((scores.position >= a) & (scores.position < b))
+        for a, b in [(0, 16), (16, 64), (64, 10**9)]
+    ]
+    by_bucket = metrics["ngram"]["nll_by_position"].values()
+    assert np.average(list(by_bucket), weights=weights) == pytest.approx(metrics["ngram"]["nll"])
+    notes = sum(int(s["notes"]) for s in test.songs)
+    assert metrics["ngram"]["bits_per_note"] == pytest.approx(
+        scores.nll.sum() / math.log(2) / notes
+    )
+
+
+def test_bad_buckets_are_one_clear_error(shards):
+    train, test = load_shard(shards, "train"), load_shard(shards, "test")
+    with pytest.raises(MidigenError, match="position_buckets must start at 0 and increase"):
+        evaluate_baselines(train, test, load_vocab(shards), 2, [0, 64, 32])

@@ -1,0 +1,23 @@
+# Report phase: one page comparing every variant; each run is also kept under reports/runs/.
+
+
+rule report:
+    input:
+        expand("metrics/train/{variant}/metrics.json", variant=VARIANTS),
+        expand("metrics/eval/{variant}.json", variant=VARIANTS),
+        expand("plots/eval/{variant}", variant=VARIANTS),
+        expand("samples/{variant}", variant=VARIANTS),
+        "metrics/baselines.json",
+        "src/midigen/stages/report.py",
+        "src/midigen/report.py",
+        "src/midigen/templates/report.html.j2",
+    output:
+        "reports/index.html",
+    params:
+        cfg=stage_params(**{section: None for section in config}),
+    log:
+        "logs/report.log",
+    conda:
+        "../envs/midigen.yaml"
+    shell:
+        "midigen report --out reports --params-json {params.cfg:q} --log {log}"
