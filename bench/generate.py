@@ -4,15 +4,19 @@
     python bench/generate.py --repeats 5         # more timed runs per side
     python bench/generate.py --threads 2         # torch threads (default 1: a shared machine)
 
-Both sides continue the same prompt (the first 4 bars of the first test song in data/shards;
-random tokens in 4/4 when there are no shards) with the same seed, the weights of
-models/VARIANT/model.pt when it fits the params.yaml model (else random ones), and draw exactly
-`--length` tokens (min_length = length: no <eos>). `cached` is `generate(cache=True)`: one token
-per forward through the KV cache. `recompute` is `generate(cache=False)`: every token re-runs the
-current context (xl, xl_knn: the current segment on top of the memory of the complete ones;
-vanilla: the last segment_len tokens). Sides are timed in turns; the median run is reported.
-The `same` column counts the leading tokens on which both sides agree: all of them for xl and
-xl_knn (their cache is exact), the first window for vanilla (beyond it the cache is XL-like).
+Every side continues the same prompt (the first 4 bars of the first test song in data/shards;
+random notes in 4/4 when there are no shards) with the same seed and sampling params, the
+weights of models/VARIANT/model.pt when they fit the params.yaml model (else random ones), and
+draws exactly `--length` tokens (min_length = length: no <eos>). Sides:
+- `cached`: `generate(context=KVCache)`, one token per forward through the key/value cache;
+- `recompute`: `generate(context=Recompute)`, every token re-runs its current context: for xl
+  and xl_knn the current segment on top of the memories of the complete segments (kept, not
+  recomputed), for vanilla the last segment_len tokens. The target is measured against this;
+- `from start` (xl, xl_knn; one run, for information): every token re-runs the whole sequence
+  segment by segment from the song's start, training's forward, as the tests' reference does.
+Sides are timed in turns; the median run is reported. `same` counts the leading tokens on which
+cached and recompute agree: all of them for xl and xl_knn (their cache is exact), the first
+window for vanilla (beyond it its cache is XL-like, not a re-encoded window).
 Target: cached >= 5x recompute at the default context.
 """
 

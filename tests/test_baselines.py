@@ -84,6 +84,17 @@ def test_song_nll_uses_contexts_that_restart_at_the_song(trigram):
     assert scores.target.tolist() == [4, 5, 4, 2, 4, 5, 5, 2, 5, 4, 2]
 
 
+def test_contexts_shorter_than_the_order_keep_all_their_tokens():
+    """In a 4-gram model, <sos> 4 is a whole context (nothing precedes <sos>). Its trigram
+    counts are song-start occurrences, which keep their raw counts, and the order-3 counts of
+    a 4-gram model give the same D3 = 1/2 (n1 = 4, n2 = 2 as above), so P matches p3."""
+    fourgram = NGramModel(4, V).fit(SONGS)
+    assert fourgram.discounts[:3] == pytest.approx([float(D1), float(D2), float(D3)])
+    expected = [float(p3(w, (1, 4))) for w in range(V)]
+    assert fourgram.distribution([1, 4]) == pytest.approx(expected, rel=1e-12)
+    assert fourgram.song_nll(SONGS[0])[1] == pytest.approx(-math.log(p3(5, (1, 4))))
+
+
 def test_unigram_is_discounted_towards_uniform():
     unigram = NGramModel(1, V).fit(SONGS)
     # raw target counts 4: 4, 5: 4, 2: 3 (no count of 1: D falls back to 1/2), total 11
@@ -168,16 +179,17 @@ def test_stage_writes_metrics_and_plot_data(shards, tmp_path):
     )
     args = argparse.Namespace(shards=shards, out=tmp_path / "m.json", plots=tmp_path / "plots")
     summary = stage.run(args, params)
-    assert "unigram" in summary and "ngram" in summary
+    assert "unigram" in summary and "3-gram" in summary
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert list(metrics) == ["unigram", "ngram"] and metrics["ngram"]["order"] == 3
+    assert list(metrics) == ["unigram", "2-gram", "3-gram"]
+    assert [m["order"] for m in metrics.values()] == [1, 2, 3]
     for name, model in metrics.items():
         assert model["perplexity"] == pytest.approx(math.exp(model["nll"]))
         assert list(model["nll_by_position"]) == ["0-15", "16-63", "64+"], name
     with open(tmp_path / "plots" / "nll_by_position.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["bucket"] for r in rows] == ["0-15", "16-63", "64+"]
-    assert float(rows[1]["ngram"]) == pytest.approx(metrics["ngram"]["nll_by_position"]["16-63"])
+    assert float(rows[1]["3-gram"]) == pytest.approx(metrics["3-gram"]["nll_by_position"]["16-63"])
 
     # the buckets partition the targets: their weighted mean is the overall NLL
     test = load_shard(shards, "test")
@@ -187,10 +199,10 @@ def test_stage_writes_metrics_and_plot_data(shards, tmp_path):
         np.count_nonzero((scores.position >= a) & (scores.position < b))
         for a, b in [(0, 16), (16, 64), (64, 10**9)]
     ]
-    by_bucket = metrics["ngram"]["nll_by_position"].values()
-    assert np.average(list(by_bucket), weights=weights) == pytest.approx(metrics["ngram"]["nll"])
+    by_bucket = metrics["3-gram"]["nll_by_position"].values()
+    assert np.average(list(by_bucket), weights=weights) == pytest.approx(metrics["3-gram"]["nll"])
     notes = sum(int(s["notes"]) for s in test.songs)
-    assert metrics["ngram"]["bits_per_note"] == pytest.approx(
+    assert metrics["3-gram"]["bits_per_note"] == pytest.approx(
         scores.nll.sum() / math.log(2) / notes
     )
 

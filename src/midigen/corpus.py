@@ -225,7 +225,10 @@ def load_shard(shards_dir: Path, split: str, mmap: bool = True) -> Shard:
 
 
 def load_vocab(shards_dir: Path) -> Vocab:
-    meta = json.loads((Path(shards_dir) / "vocab.json").read_text())
+    path = Path(shards_dir) / "vocab.json"
+    if not path.exists():
+        raise MidigenError(f"{path}: no vocabulary here (run the shard stage first)")
+    meta = json.loads(path.read_text())
     return Vocab(meta["max_duration"], meta["instruments"])
 
 

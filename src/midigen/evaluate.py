@@ -52,6 +52,7 @@ class TokenScores:
 
 
 def check_buckets(starts: Sequence[int]) -> None:
+    """Bucket starts must partition all positions: from 0, increasing."""
     if not starts or starts[0] != 0 or any(np.diff(starts) <= 0):
         raise MidigenError(
             f"evaluate.position_buckets must start at 0 and increase (got {list(starts)})"
@@ -262,7 +263,7 @@ def continuation_notes(
     A continuation stopped by the length limit (whole rows, but no `<eos>`) ends there.
     """
     tokens = [*prompt, *continuation]
-    if tokens[-1] != vocab.eos:
+    if not tokens or tokens[-1] != vocab.eos:
         tokens.append(vocab.eos)
     notes = decode_tokens(tokens, vocab)
     keep = notes.onset >= prompt_steps

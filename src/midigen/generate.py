@@ -19,8 +19,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import symusic
@@ -34,6 +36,7 @@ from midigen.download import read_manifest
 from midigen.encoding import DecodeError, Vocab, decode_tokens
 from midigen.errors import MidigenError
 from midigen.media import piano_roll, render_audio
+from midigen.memory import MemoryState
 from midigen.midi import Meter, write_midi
 from midigen.model import MusicTransformer
 
@@ -76,10 +79,10 @@ class Cursor:
 
 
 class Grammar:
-    """Which tokens may come next: exactly the sequences `decode_tokens` accepts, as the encoder
-    writes them. After <sos> or a duration: a note (in instrument mode only once a program token
-    has opened the run), <sep>, a program token, or <eos>; after a note or <sep>: a duration;
-    after a program: a note. <pad> and <sos> never."""
+    """Which tokens may come next: the sequences the encoder writes, every one of which
+    `decode_tokens` accepts. After <sos> or a duration: a note (in instrument mode only once a
+    program token has opened the run), <sep>, a program token, or <eos>; after a note or <sep>:
+    a duration; after a program: a note. <pad> and <sos> never."""
 
     def __init__(self, vocab: Vocab):
         self.vocab = vocab
@@ -192,6 +195,18 @@ def split_song(
 # ---- contexts: what the model sees while a sequence grows --------------------------------------
 
 
+class Context(Protocol):
+    """How generation runs the model: logits after the tokens fed so far, rows reordered."""
+
+    def feed(self, tokens: Tensor, bar_pos: Tensor) -> Tensor:
+        """(B, n) tokens and bar positions -> the next-token logits (B, V) after the last one."""
+        ...
+
+    def select(self, rows: Tensor) -> None:
+        """Row r continues row rows[r] (beam search)."""
+        ...
+
+
 class KVCache:
     """Feeds tokens under their training contexts, keeping every past key/value it may need."""
 
@@ -200,7 +215,7 @@ class KVCache:
         config = model.config
         self.segment, self.mem_len = config.segment_len, config.xl_mem_len
         self.memory = config.memory != "none"
-        self.state = None
+        self.state: MemoryState | None = None
 
     @property
     def fed(self) -> int:
@@ -258,7 +273,7 @@ class Recompute:
         self.model = model
         self.segment = model.config.segment_len
         self.memory = model.config.memory != "none"
-        self.state = None  # memory models: after the song's complete segments
+        self.state: MemoryState | None = None  # memory models: after the complete segments
         self.tokens: Tensor | None = None  # the current segment (vanilla: window) so far
         self.bar_pos: Tensor | None = None
 
@@ -322,15 +337,15 @@ def generate(
     vocab: Vocab,
     config: GenerateConfig,
     seed: int | None = None,
-    cache: bool = True,
+    context: Callable[[MusicTransformer], Context] = KVCache,
 ) -> Generation:
     """Continue `prompt` for at most config.length tokens: sampled, or by beam search when
-    config.beams > 1. `cache=False` recomputes the whole context for every token instead."""
+    config.beams > 1. `context=Recompute` runs the whole context again for every token."""
     model.eval()
     device = model.tok_emb.weight.device
     grammar = Grammar(vocab)
     cursor = grammar.parse([int(t) for t in prompt.tokens])
-    context = (KVCache if cache else Recompute)(model)
+    context = context(model)
     logits = context.feed(
         torch.as_tensor(np.asarray(prompt.tokens, np.int64), device=device)[None],
         torch.as_tensor(np.asarray(prompt.bar_pos, np.int64), device=device)[None],
@@ -360,7 +375,7 @@ def _log_probs(logits: Tensor, allowed: Tensor) -> Tensor:
 
 
 def _beam_search(
-    context: KVCache | Recompute,
+    context: Context,
     logits: Tensor,
     cursor: Cursor,
     grammar: Grammar,

@@ -31,8 +31,11 @@ rule baselines:
         "data/shards",
         "src/midigen/stages/baselines.py",
         "src/midigen/baselines.py",
+        "src/midigen/evaluate.py",
+        "src/midigen/musical.py",
     output:
-        "metrics/baselines.json",
+        metrics="metrics/baselines.json",
+        plots=directory("plots/baselines"),
     params:
         cfg=stage_params(evaluate=None),
     log:
@@ -40,8 +43,8 @@ rule baselines:
     conda:
         "../envs/midigen.yaml"
     shell:
-        "midigen baselines --shards data/shards --out {output} --params-json {params.cfg:q}"
-        " --log {log}"
+        "midigen baselines --shards data/shards --out {output.metrics} --plots {output.plots}"
+        " --params-json {params.cfg:q} --log {log}"
 
 
 rule evaluate:
@@ -50,6 +53,7 @@ rule evaluate:
         "data/shards",
         "samples/{variant}",
         "src/midigen/stages/evaluate.py",
+        "src/midigen/stages/train.py",
         "src/midigen/evaluate.py",
         "src/midigen/musical.py",
         "src/midigen/model.py",
