@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from midigen.model import IGNORE, ModelConfig, MusicTransformer
+from midigen.params import load_params
 
 
 class Reference(nn.Module):
@@ -136,12 +137,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--shards", type=Path, default=Path("data/shards"))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="model section")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # tiny gradients otherwise make CPU matmuls ~30x slower
 
-    base = ModelConfig(segment_len=args.segment)
+    # the pipeline's model (params.yaml), so the ratios hold for what `train` actually runs
+    model = {**load_params(args.params)["model"], "segment_len": args.segment}
+    base = ModelConfig(**model)
     sides: dict[str, Callable[[], None]] = {}
     torch.manual_seed(0)
     sides["reference"] = trainer(
@@ -151,7 +155,7 @@ def main() -> None:
     sides["ref_noattn"] = trainer(Reference(base, 0.0), segments(args, base.vocab_size), False)
     for name, memory in (("vanilla", "none"), ("xl", "xl"), ("xl_knn", "xl_knn")):
         torch.manual_seed(0)
-        config = ModelConfig(segment_len=args.segment, memory=memory)
+        config = ModelConfig(**model, memory=memory)
         model = MusicTransformer(config)
         sides[name] = trainer(model, segments(args, config.vocab_size), memory != "none")
     for step in sides.values():
@@ -169,7 +173,8 @@ def main() -> None:
     rate = {name: tokens / statistics.median(t) for name, t in times.items()}
     print(
         f"model: {base.n_layer} layers, {base.n_head} heads, d_model {base.d_model}, d_ff "
-        f"{base.d_ff}, dropout {base.dropout}; batch {args.batch} x {args.segment}; "
+        f"{base.d_ff}, dropout {base.dropout}, xl_mem_len {base.xl_mem_len}; batch {args.batch} x "
+        f"{args.segment}; "
         f"{torch.get_num_threads()} threads; data: "
         f"{args.shards if args.shards.exists() else 'synthetic'}"
     )

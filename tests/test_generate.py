@@ -207,48 +207,50 @@ def test_cached_logits_equal_segment_by_segment_logits(memory, chunks):
 @pytest.mark.parametrize("memory", MEMORIES)
 def test_reordered_rows_keep_their_own_memories(memory):
     """Beam search moves and copies rows: after select([2, 0, 0, 1]) each row continues exactly
-    as a cache fed only its own sequence (three segments in, kNN rows included)."""
+    as a cache fed only its own sequence (three segment ends in, kNN rows included)."""
     model = tiny(memory)
     songs = [random_prompt(seed, rows=10) for seed in (10, 11, 12)]
-    length = min(len(s.tokens) for s in songs)
-    rows, more = [2, 0, 0, 1], random_prompt(13, rows=4)
+    n = min(len(song.tokens) for song in songs)
+    heads = [(torch.tensor(song.tokens[:n]), torch.tensor(song.bar_pos[:n])) for song in songs]
+    more = random_prompt(13, rows=4)
+    tail, tail_bars = torch.tensor(more.tokens[1:])[None], torch.tensor(more.bar_pos[1:])[None]
+    rows = [2, 0, 0, 1]
     with torch.no_grad():
         batch = KVCache(model)
-        batch.feed(
-            *(
-                torch.tensor(np.stack([getattr(s, f)[:length] for s in songs]))
-                for f in ("tokens", "bar_pos")
-            )
-        )
+        batch.feed(torch.stack([t for t, _ in heads]), torch.stack([b for _, b in heads]))
         batch.select(torch.tensor(rows))
-        tail = (
-            torch.tensor(more.tokens[1:]).expand(4, -1),
-            torch.tensor(more.bar_pos[1:]).expand(4, -1),
-        )
-        for i in range(tail[0].shape[1]):
-            logits = batch.feed(tail[0][:, i : i + 1], tail[1][:, i : i + 1])
+        for i in range(tail.shape[1]):  # a token at a time, as beam search feeds them
+            logits = batch.feed(
+                tail[:, i : i + 1].expand(4, -1), tail_bars[:, i : i + 1].expand(4, -1)
+            )
         for row, source in enumerate(rows):
             alone = KVCache(model)
-            alone.feed(
-                torch.tensor(songs[source].tokens[:length])[None],
-                torch.tensor(songs[source].bar_pos[:length])[None],
-            )
-            expected = alone.feed(tail[0][:1], tail[1][:1])
+            alone.feed(heads[source][0][None], heads[source][1][None])
+            expected = alone.feed(tail, tail_bars)
             torch.testing.assert_close(logits[row], expected[0], atol=1e-5, rtol=1e-5)
 
 
-def test_vanilla_cache_slides_its_window():
-    """Past segment_len tokens vanilla keeps generating, each query over its last tokens only."""
-    model = tiny("none")
-    prompt = random_prompt(4, rows=6)
-    config = GenerateConfig(length=40, min_length=40, seed=1)
+def test_vanilla_cache_is_a_sliding_window_of_segment_len_tokens():
+    """With one layer a key depends on its own token only, so vanilla's cache of the last
+    segment_len - 1 tokens must be exactly a re-encoded window of segment_len tokens (and not
+    one more): past the window, cached generation draws what re-running the window draws."""
+    model = tiny("none", n_layer=1)
+    length = model.config.segment_len
+    song = random_prompt(4, rows=15)
+    tokens, bars = torch.tensor(song.tokens)[None], torch.tensor(song.bar_pos)[None]
     cache = KVCache(model)
     with torch.no_grad():
-        cache.feed(torch.tensor(prompt.tokens)[None], torch.tensor(prompt.bar_pos)[None])
-    assert len(cache.state.xl.pos) == model.config.segment_len - 1
-    drawn = generate(model, prompt, VOCAB, config).tokens
-    assert len(drawn) == 40
-    Grammar(VOCAB).parse([*prompt.tokens.tolist(), *drawn])
+        for p in range(tokens.shape[1]):
+            logits = cache.feed(tokens[:, p : p + 1], bars[:, p : p + 1])
+            window = slice(max(0, p + 1 - length), p + 1)
+            expected = model(tokens[:, window], bars[:, window])[0][:, -1]
+            torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+            if p >= length:
+                wider = model(tokens[:, p - length : p + 1], bars[:, p - length : p + 1])[0]
+                assert not torch.allclose(logits, wider[:, -1], atol=1e-4)
+    config = GenerateConfig(length=40, min_length=40, seed=1)
+    cached = generate(model, song, VOCAB, config).tokens
+    assert generate(model, song, VOCAB, config, context=Recompute).tokens == cached
 
 
 # ---- 2. the grammar: every sample decodes ------------------------------------------------------

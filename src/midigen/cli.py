@@ -16,7 +16,17 @@ from pathlib import Path
 from midigen.errors import MidigenError
 from midigen.params import DEFAULT_PARAMS, load_params, validate_params
 
-STAGES = ("download", "encode", "shard", "train", "baselines", "evaluate", "report", "roundtrip")
+STAGES = (
+    "download",
+    "encode",
+    "shard",
+    "train",
+    "generate",
+    "baselines",
+    "evaluate",
+    "report",
+    "roundtrip",
+)
 log = logging.getLogger("midigen")
 
 

@@ -522,9 +522,9 @@ def _write_piece(
     midi = write_midi(notes, steps_per_beat, Meter(np.array([0]), np.array([entry["bar_steps"]])))
     (folder / f"{stem}.mid").write_bytes(midi)
     reason = render_audio(midi, folder / f"{stem}.wav", config.sample_rate)
+    title, source = entry["title"], entry["source"]
+    heading = f"{source}: {piece}" if title == source else f"{title} ({source}): {piece}"
     continuation = None if piece == "prompt" else entry["prompt_steps"]
-    piano_roll(
-        notes, folder / f"{stem}.png", steps_per_beat, f"{entry['title']}: {piece}", continuation
-    )
+    piano_roll(notes, folder / f"{stem}.png", steps_per_beat, heading, continuation)
     files = {"mid": f"{stem}.mid", "wav": None if reason else f"{stem}.wav", "png": f"{stem}.png"}
     return files, reason

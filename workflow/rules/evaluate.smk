@@ -8,6 +8,8 @@ rule generate:
         "data/raw",
         "src/midigen/stages/generate.py",
         "src/midigen/generate.py",
+        "src/midigen/evaluate.py",
+        "src/midigen/encoding.py",
         "src/midigen/media.py",
         "src/midigen/model.py",
         "src/midigen/memory.py",
