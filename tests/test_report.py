@@ -28,7 +28,7 @@ from midigen.errors import MidigenError
 from midigen.media import piano_roll, render_audio
 from midigen.midi import Notes, write_midi
 from midigen.params import load_params
-from midigen.report import memory_verdict
+from midigen.report import floor_verdict, memory_verdict
 from midigen.stages import report as report_stage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -445,3 +445,18 @@ def test_memory_verdict_compares_memory_variants_with_vanilla(xl, xl_knn, headli
 def test_memory_verdict_without_vanilla_says_it_cannot_tell():
     said, details = memory_verdict({"xl": {"late_nll": 1.0, "repeat_second": 1.0}})
     assert said.startswith("Cannot tell") and details == []
+
+
+def test_floor_verdict_names_the_best_baseline_and_who_beats_it():
+    summary = {
+        "baselines": {
+            "unigram": {"bits_per_note": 10.9},
+            "4-gram": {"bits_per_note": 5.47},
+            "8-gram": {"bits_per_note": 4.63},
+        },
+        "variants": {"vanilla": {"bits_per_note": 4.34}, "xl": {"bits_per_note": 4.70}},
+    }
+    said = floor_verdict(summary)
+    assert said.startswith("Best baseline: 8-gram, 4.63 bits per note")
+    assert "vanilla 4.34 (beats it)" in said and "xl 4.70 (does not beat it)" in said
+    assert floor_verdict({"baselines": {}, "variants": summary["variants"]}) is None

@@ -218,7 +218,7 @@ def memory_verdict(results: dict[str, dict[str, float]]) -> tuple[str, list[str]
             [],
         )
     probes = (
-        ("late_nll", "On late positions (NLL of the last position buckets)"),
+        ("late_nll", "On late positions (NLL of tokens beyond the first segment of a song)"),
         ("repeat_second", "On the repeat probe (NLL of the second copy of each song)"),
     )
     sentences, outcomes = [], []
@@ -241,6 +241,26 @@ def memory_verdict(results: dict[str, dict[str, float]]) -> tuple[str, list[str]
     else:
         headline = "Partly: memory helped in some places and not in others (details below)."
     return headline, sentences
+
+
+def floor_verdict(summary: dict[str, Any]) -> str | None:
+    """One sentence: does each variant beat the best baseline in bits per note?"""
+    baselines = {
+        name: b["bits_per_note"]
+        for name, b in summary["baselines"].items()
+        if b.get("bits_per_note") is not None
+    }
+    if not baselines or not summary["variants"]:
+        return None
+    best = min(baselines, key=baselines.get)
+    parts = []
+    for name, values in summary["variants"].items():
+        word = "beats" if values["bits_per_note"] < baselines[best] else "does not beat"
+        parts.append(f"{name} {values['bits_per_note']:.2f} ({word} it)")
+    return (
+        f"Best baseline: {best}, {baselines[best]:.2f} bits per note; "
+        f"{'; '.join(parts)}. Lower is better."
+    )
 
 
 # --- versions and history --------------------------------------------------------------------
@@ -514,6 +534,7 @@ def _page(
         "run": record,
         "code": _short(record["code"]),
         "memory": record["summary"]["memory"],
+        "floor": record["summary"].get("floor"),
         "metric_columns": METRIC_COLUMNS,
         "metric_rows": _metric_rows(record["summary"], baselines),
         "loss_by_type": _table({v.name: v.eval.get("loss_by_type", {}) for v in variants}),
@@ -535,6 +556,7 @@ def build_report(
     summary = summarize(variants, baselines)
     headline, details = memory_verdict(summary["variants"])
     summary["memory"] = {"headline": headline, "details": details}
+    summary["floor"] = floor_verdict(summary)
     now = now or datetime.now(timezone.utc)
     record = {
         "created": now.isoformat(timespec="milliseconds"),
