@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import shards_from_songs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from midigen.baselines import NGramModel, evaluate_baselines, songs_of
-from midigen.corpus import EncodeConfig, build_shards, encode_chunk, load_shard, load_vocab
-from midigen.download import download
+from midigen.corpus import load_shard, load_vocab
 from midigen.errors import MidigenError
-from midigen.midi import Notes, write_midi
+from midigen.midi import Notes
 from midigen.params import validate_params
 from midigen.stages import baselines as stage
 
@@ -151,26 +151,15 @@ def test_unfitted_or_orderless_models_are_refused():
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     """Real shards made by the real stages from small random songs."""
-    root = tmp_path_factory.mktemp("baselines")
     rng = np.random.default_rng(0)
-    (root / "midi").mkdir()
-    for i in range(16):
+    songs = []
+    for _ in range(16):
         n = int(rng.integers(30, 80))
         onset = np.sort(rng.choice(4 * n, n, replace=False))
-        song = Notes(onset, np.zeros(n, np.int64), rng.integers(55, 75, n), rng.integers(1, 5, n))
-        (root / "midi" / f"{i}.mid").write_bytes(write_midi(song, 4))
-    params = validate_params(
-        {
-            "download": {"source": "dir", "dir": str(root / "midi"), "test_fraction": 0.3},
-            "encode": {"steps_per_beat": 4, "max_duration": 8, "chunks": [0]},
-        },
-        partial=True,
-    )
-    download(params["download"], root / "raw")
-    config = EncodeConfig.from_params(params["encode"])
-    encode_chunk(root / "raw", 0, 1, config, root / "encoded" / "chunk-0", workers=1)
-    build_shards([root / "encoded" / "chunk-0"], config, root / "shards")
-    return root / "shards"
+        songs.append(
+            Notes(onset, np.zeros(n, np.int64), rng.integers(55, 75, n), rng.integers(1, 5, n))
+        )
+    return shards_from_songs(tmp_path_factory.mktemp("baselines"), songs, test_fraction=0.3)
 
 
 def test_stage_writes_metrics_and_plot_data(shards, tmp_path):

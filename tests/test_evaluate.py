@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from builders import TINY_MODEL
 
 from midigen.batching import ContiguousBatches
 from midigen.corpus import EncodeConfig, Shard, build_shards, encode_chunk, load_shard, load_vocab
@@ -74,18 +75,7 @@ def first_songs(shard: Shard, n: int, length: int | None = None) -> Shard:
 
 def tiny_model(vocab: Vocab, memory: str, seed: int = 0) -> MusicTransformer:
     torch.manual_seed(seed)
-    config = ModelConfig(
-        vocab_size=len(vocab),
-        n_layer=2,
-        n_head=2,
-        d_model=32,
-        d_ff=64,
-        dropout=0.0,
-        segment_len=32,
-        xl_mem_len=32,
-        knn_k=4,
-        memory=memory,
-    )
+    config = ModelConfig(vocab_size=len(vocab), **TINY_MODEL, dropout=0.0, memory=memory)
     return MusicTransformer(config).eval()
 
 

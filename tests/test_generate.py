@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from builders import TINY_MODEL
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -501,17 +502,7 @@ def test_beam_memories_follow_their_hypotheses(memory):
 def chorale_model(tmp_path_factory) -> Path:
     """A tiny xl_knn model for the chorale vocabulary, saved the way training saves one."""
     vocab = load_vocab(SHARDS)
-    config = ModelConfig(
-        vocab_size=len(vocab),
-        n_layer=2,
-        n_head=2,
-        d_model=32,
-        d_ff=64,
-        segment_len=32,
-        xl_mem_len=32,
-        knn_k=4,
-        memory="xl_knn",
-    )
+    config = ModelConfig(vocab_size=len(vocab), **TINY_MODEL, memory="xl_knn")
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "model.pt"
     state = MusicTransformer(config).state_dict()

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from builders import TINY_MODEL, shards_from_songs
 
 from midigen.batching import IGNORE, ContiguousBatches, pitch_shift
-from midigen.corpus import EncodeConfig, build_shards, encode_chunk, load_shard, load_vocab
-from midigen.download import download
+from midigen.corpus import load_shard, load_vocab
 from midigen.encoding import Vocab
-from midigen.midi import Notes, write_midi
-from midigen.params import load_params, validate_params
+from midigen.midi import Notes
+from midigen.params import load_params
 from midigen.stages.train import model_config
 from midigen.train import TrainConfig, Trainer, lr_at
 
@@ -38,42 +38,15 @@ def random_song(rng: np.random.Generator) -> Notes:
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     """Real shards made by the real stages from a folder of small random songs."""
-    root = tmp_path_factory.mktemp("train")
     rng = np.random.default_rng(0)
-    (root / "midi").mkdir()
-    for i in range(N_SONGS):
-        (root / "midi" / f"{i}.mid").write_bytes(write_midi(random_song(rng), 4))
-    params = validate_params(
-        {
-            "download": {
-                "source": "dir",
-                "dir": str(root / "midi"),
-                "val_fraction": 0.25,
-                "test_fraction": 0.1,
-            },
-            "encode": {"steps_per_beat": 4, "max_duration": 8, "chunks": [0]},
-        },
-        partial=True,
-    )
-    download(params["download"], root / "raw")
-    config = EncodeConfig.from_params(params["encode"])
-    encode_chunk(root / "raw", 0, 1, config, root / "encoded" / "chunk-0", workers=1)
-    build_shards([root / "encoded" / "chunk-0"], config, root / "shards")
-    return root / "shards"
+    songs = [random_song(rng) for _ in range(N_SONGS)]
+    root = tmp_path_factory.mktemp("train")
+    return shards_from_songs(root, songs, val_fraction=0.25, test_fraction=0.1)
 
 
 def tiny_params(**train) -> dict:
     params = copy.deepcopy(load_params(ROOT / "params.yaml"))
-    params["model"].update(
-        n_layer=2,
-        n_head=2,
-        d_model=32,
-        d_ff=64,
-        segment_len=32,
-        xl_mem_len=32,
-        knn_k=4,
-        dropout=0.1,
-    )
+    params["model"].update(TINY_MODEL, dropout=0.1)
     params["train"].update(
         {
             "steps": 6,

@@ -1,0 +1,32 @@
+"""Setup shared by several test files: a tiny model size, and real shards from MIDI files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from midigen.corpus import EncodeConfig, build_shards, encode_chunk
+from midigen.download import download
+from midigen.midi import Notes, write_midi
+from midigen.params import validate_params
+
+# A model small enough to train or run in a fraction of a second, with every part present.
+TINY_MODEL = dict(n_layer=2, n_head=2, d_model=32, d_ff=64, segment_len=32, xl_mem_len=32, knn_k=4)
+
+
+def shards_from_songs(root: Path, songs: list[Notes], **download_params) -> Path:
+    """Write `songs` as MIDI files and run the real download -> encode -> shard stages on them."""
+    (root / "midi").mkdir(parents=True)
+    for i, song in enumerate(songs):
+        (root / "midi" / f"{i}.mid").write_bytes(write_midi(song, 4))
+    params = validate_params(
+        {
+            "download": {"source": "dir", "dir": str(root / "midi"), **download_params},
+            "encode": {"steps_per_beat": 4, "max_duration": 8, "chunks": [0]},
+        },
+        partial=True,
+    )
+    download(params["download"], root / "raw")
+    config = EncodeConfig.from_params(params["encode"])
+    encode_chunk(root / "raw", 0, 1, config, root / "encoded" / "chunk-0", workers=1)
+    build_shards([root / "encoded" / "chunk-0"], config, root / "shards")
+    return root / "shards"
