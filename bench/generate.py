@@ -33,9 +33,9 @@ import torch
 from midigen.corpus import load_shard, load_vocab
 from midigen.encoding import Vocab
 from midigen.generate import GenerateConfig, KVCache, Prompt, Recompute, generate, split_song
-from midigen.model import ModelConfig, MusicTransformer
+from midigen.model import VARIANT_MEMORY, ModelConfig, MusicTransformer
 from midigen.params import load_params
-from midigen.stages.train import MEMORY, model_config
+from midigen.stages.train import model_config
 
 TARGET = 5.0
 
@@ -130,7 +130,7 @@ def main() -> None:
         f"{'speed-up':>9} {'same':>9} {'from start tok/s':>17} {'speed-up':>9}"
     )
     sides = {"cached": KVCache, "recompute": Recompute}
-    for variant, memory in MEMORY.items():
+    for variant, memory in VARIANT_MEMORY.items():
         model, weights = load(variant, params, vocab)
         runs: dict[str, list[float]] = {side: [] for side in sides}
         drawn: dict[str, list[int]] = {}

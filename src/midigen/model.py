@@ -21,6 +21,7 @@ from midigen.memory import NO_DOC, KNNMemory, MemoryState, XLMemory
 
 POSITIONS = ("relative", "alibi", "absolute")
 MEMORIES = ("none", "xl", "xl_knn")
+VARIANT_MEMORY = {"vanilla": "none", "xl": "xl", "xl_knn": "xl_knn"}  # pipeline variant -> memory
 IGNORE = -100  # target id the loss skips
 
 
@@ -30,6 +31,13 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tenso
         logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
     )
     return loss, (targets != IGNORE).sum()
+
+
+def variant_memory(variant: str) -> str:
+    """The memory of a pipeline variant, or one clear error naming the known variants."""
+    if variant not in VARIANT_MEMORY:
+        raise MidigenError(f"unknown variant '{variant}' (known: {', '.join(VARIANT_MEMORY)})")
+    return VARIANT_MEMORY[variant]
 
 
 MASKED = -1e9  # additive mask of a hidden key: exp() of it is exactly 0, and a finite value

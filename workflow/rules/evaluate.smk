@@ -55,7 +55,6 @@ rule evaluate:
         "data/shards",
         "samples/{variant}",
         "src/midigen/stages/evaluate.py",
-        "src/midigen/stages/train.py",
         "src/midigen/evaluate.py",
         "src/midigen/musical.py",
         "src/midigen/model.py",

@@ -22,7 +22,7 @@ from midigen.evaluate import (
     write_metrics,
     write_plots,
 )
-from midigen.stages.train import MEMORY
+from midigen.model import variant_memory
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,8 +41,7 @@ def run(args: argparse.Namespace, params: dict) -> str:
     metrics_path = args.metrics or Path("metrics/eval") / f"{args.variant}.json"
     plots_dir = args.plots or Path("plots/eval") / args.variant
 
-    if args.variant not in MEMORY:
-        raise MidigenError(f"unknown variant '{args.variant}' (known: {', '.join(MEMORY)})")
+    variant_memory(args.variant)  # an unknown variant stops here, before any file is read
     samples = load_samples(samples_dir)
     if samples.get("variant", args.variant) != args.variant:
         raise MidigenError(
@@ -51,12 +50,7 @@ def run(args: argparse.Namespace, params: dict) -> str:
     test = load_shard(args.shards, "test")
     vocab = load_vocab(args.shards)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(model_path, vocab, device)
-    if model.config.memory != MEMORY[args.variant]:
-        raise MidigenError(
-            f"{model_path}: a model with memory '{model.config.memory}', not the {args.variant} "
-            "variant"
-        )
+    model = load_model(model_path, vocab, device, args.variant)
     for source, value in (
         (f"{model_path} was trained with", model.config.steps_per_beat),
         (f"{samples_dir}/samples.json has", samples["steps_per_beat"]),

@@ -12,7 +12,6 @@ from midigen.corpus import load_vocab
 from midigen.errors import MidigenError
 from midigen.evaluate import load_model
 from midigen.generate import GenerateConfig, write_samples
-from midigen.stages.train import MEMORY
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,17 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, params: dict) -> str:
-    if args.variant not in MEMORY:
-        raise MidigenError(f"unknown variant '{args.variant}' (known: {', '.join(MEMORY)})")
     if not (args.shards / "vocab.json").exists():
         raise MidigenError(f"{args.shards}: no shards here (run midigen shard first)")
     path = args.model or Path("models") / args.variant / "model.pt"
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(path, load_vocab(args.shards), device)
-    if model.config.memory != MEMORY[args.variant]:
-        raise MidigenError(
-            f"{path}: a model with memory '{model.config.memory}', not the {args.variant} variant"
-        )
+    model = load_model(path, load_vocab(args.shards), device, args.variant)
     config = GenerateConfig.from_params(params["generate"])
     out = args.out or Path("samples") / args.variant
     samples = write_samples(

@@ -11,10 +11,8 @@ from pathlib import Path
 
 from midigen.corpus import load_vocab
 from midigen.errors import MidigenError
-from midigen.model import ModelConfig
+from midigen.model import ModelConfig, variant_memory
 from midigen.train import TrainConfig, Trainer
-
-MEMORY = {"vanilla": "none", "xl": "xl", "xl_knn": "xl_knn"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,12 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_config(params: dict, variant: str, vocab_size: int, steps_per_beat: int) -> ModelConfig:
     """The model of one variant: all variants share every setting but their memory."""
-    if variant not in MEMORY:
-        raise MidigenError(f"unknown variant '{variant}' (known: {', '.join(MEMORY)})")
     config = ModelConfig(
         vocab_size=vocab_size,
         steps_per_beat=steps_per_beat,
-        memory=MEMORY[variant],
+        memory=variant_memory(variant),
         **params["model"],
     )
     config.validate()
