@@ -144,8 +144,8 @@ def main() -> None:
     torch.set_flush_denormal(True)  # tiny gradients otherwise make CPU matmuls ~30x slower
 
     # the pipeline's model (params.yaml), so the ratios hold for what `train` actually runs
-    model = {**load_params(args.params)["model"], "segment_len": args.segment}
-    base = ModelConfig(**model)
+    settings = {**load_params(args.params)["model"], "segment_len": args.segment}
+    base = ModelConfig(**settings)
     sides: dict[str, Callable[[], None]] = {}
     torch.manual_seed(0)
     sides["reference"] = trainer(
@@ -155,7 +155,7 @@ def main() -> None:
     sides["ref_noattn"] = trainer(Reference(base, 0.0), segments(args, base.vocab_size), False)
     for name, memory in (("vanilla", "none"), ("xl", "xl"), ("xl_knn", "xl_knn")):
         torch.manual_seed(0)
-        config = ModelConfig(**model, memory=memory)
+        config = ModelConfig(**settings, memory=memory)
         model = MusicTransformer(config)
         sides[name] = trainer(model, segments(args, config.vocab_size), memory != "none")
     for step in sides.values():
