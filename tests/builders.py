@@ -18,13 +18,14 @@ def shards_from_songs(root: Path, songs: list[Notes], **download_params) -> Path
     (root / "midi").mkdir(parents=True)
     for i, song in enumerate(songs):
         (root / "midi" / f"{i}.mid").write_bytes(write_midi(song, 4))
-    params = validate_params(
-        {
-            "download": {"source": "dir", "dir": str(root / "midi"), **download_params},
-            "encode": {"steps_per_beat": 4, "max_duration": 8, "chunks": [0]},
-        },
-        partial=True,
-    )
+    return shards_via_stages(root, source="dir", dir=str(root / "midi"), **download_params)
+
+
+def shards_via_stages(root: Path, encode: dict | None = None, **download_params) -> Path:
+    """root/raw and root/shards made by the real download -> encode -> shard stages (one
+    chunk; `encode` params default to a small vocabulary)."""
+    encode = {"steps_per_beat": 4, "max_duration": 8, **(encode or {}), "chunks": [0]}
+    params = validate_params({"download": download_params, "encode": encode}, partial=True)
     download(params["download"], root / "raw")
     config = EncodeConfig.from_params(params["encode"])
     encode_chunk(root / "raw", 0, 1, config, root / "encoded" / "chunk-0", workers=1)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from builders import TINY_MODEL
+from builders import TINY_MODEL, shards_via_stages
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -40,15 +40,21 @@ from midigen.params import load_params
 from midigen.stages import generate as stage
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARDS, RAW = ROOT / "data" / "shards", ROOT / "data" / "raw"
 VOCAB = Vocab(max_duration=4)
 BAR = 16  # steps per bar of the random prompts
 MEMORIES = ("none", "xl", "xl_knn")
 
-needs_chorales = pytest.mark.skipif(
-    not (SHARDS / "test" / "tokens.npy").exists() or not (RAW / "manifest.csv").exists(),
-    reason="needs the pipeline's chorale shards (run `snakemake --cores all` first)",
-)
+
+@pytest.fixture(scope="module")
+def chorales(tmp_path_factory) -> tuple[Path, Path]:
+    """Shards and raw files of 40 bundled chorales, made by the real stages with the default
+    encoding (a quarter of them in the test split)."""
+    root = tmp_path_factory.mktemp("chorales")
+    encode = load_params(ROOT / "params.yaml")["encode"]
+    shards = shards_via_stages(
+        root, encode, source="bach", max_files=40, val_fraction=0.1, test_fraction=0.25
+    )
+    return shards, root / "raw"
 
 
 @functools.cache
@@ -345,11 +351,10 @@ def test_whole_rows_drops_only_an_unfinished_row():
     assert whole_rows([v.note(60)], v) == []
 
 
-@needs_chorales
-def test_grammar_counts_the_steps_the_encoder_wrote():
+def test_grammar_counts_the_steps_the_encoder_wrote(chorales):
     """On every test chorale, the step the grammar tracks for each token (a <sep><dD> row moves
     time on by D) is the step stored in the shard, and bar positions follow the inferred bar."""
-    shard, vocab = load_shard(SHARDS, "test"), load_vocab(SHARDS)
+    shard, vocab = load_shard(chorales[0], "test"), load_vocab(chorales[0])
     grammar = Grammar(vocab)
     for song in range(len(shard.songs)):
         span = shard.song(song)
@@ -499,9 +504,9 @@ def test_beam_memories_follow_their_hypotheses(memory):
 
 
 @pytest.fixture(scope="module")
-def chorale_model(tmp_path_factory) -> Path:
+def chorale_model(tmp_path_factory, chorales) -> Path:
     """A tiny xl_knn model for the chorale vocabulary, saved the way training saves one."""
-    vocab = load_vocab(SHARDS)
+    vocab = load_vocab(chorales[0])
     config = ModelConfig(vocab_size=len(vocab), **TINY_MODEL, memory="xl_knn")
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "model.pt"
@@ -517,19 +522,22 @@ def stage_params(**generate) -> dict:
     return params
 
 
-def run_stage(model: Path, out: Path, variant: str = "xl_knn", **generate) -> str:
-    args = argparse.Namespace(variant=variant, shards=SHARDS, raw=RAW, model=model, out=out)
+def run_stage(
+    chorales: tuple[Path, Path], model: Path, out: Path, variant: str = "xl_knn", **generate
+) -> str:
+    shards, raw = chorales
+    args = argparse.Namespace(variant=variant, shards=shards, raw=raw, model=model, out=out)
     return stage.run(args, stage_params(**generate))
 
 
-@needs_chorales
-def test_stage_writes_decodable_pieces_that_open_with_the_song(chorale_model, tmp_path):
+def test_stage_writes_decodable_pieces_that_open_with_the_song(chorales, chorale_model, tmp_path):
     out = tmp_path / "samples" / "xl_knn"
-    summary = run_stage(chorale_model, out)
+    summary = run_stage(chorales, chorale_model, out)
+    shards, raw = chorales
     assert "2 continuations" in summary
     samples = json.loads((out / "samples.json").read_text())
-    shard, vocab = load_shard(SHARDS, "test"), load_vocab(SHARDS)
-    files = {row["sha256"]: RAW / row["path"] for row in read_manifest(RAW / "manifest.csv")}
+    shard, vocab = load_shard(shards, "test"), load_vocab(shards)
+    files = {row["sha256"]: raw / row["path"] for row in read_manifest(raw / "manifest.csv")}
     encode = EncodeConfig.from_params(load_params(ROOT / "params.yaml")["encode"])
     assert samples["variant"] == "xl_knn" and samples["steps_per_beat"] == 4
     assert [p["song"] for p in samples["prompts"]] == [s["sha256"] for s in shard.songs[:2]]
@@ -562,7 +570,6 @@ def test_stage_writes_decodable_pieces_that_open_with_the_song(chorale_model, tm
         decode_tokens(piece if piece[-1] == vocab.eos else [*piece, vocab.eos], vocab)
 
 
-@needs_chorales
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -572,17 +579,16 @@ def test_stage_writes_decodable_pieces_that_open_with_the_song(chorale_model, tm
         ({"variant": "big"}, "unknown variant 'big'"),
     ],
 )
-def test_bad_input_is_one_clear_error(chorale_model, tmp_path, change, message):
+def test_bad_input_is_one_clear_error(chorales, chorale_model, tmp_path, change, message):
     model = tmp_path / change.pop("model") if "model" in change else chorale_model
     variant = change.pop("variant", "xl_knn")
     with pytest.raises(MidigenError, match=message):
-        run_stage(model, tmp_path / "out", variant, **change)
+        run_stage(chorales, model, tmp_path / "out", variant, **change)
     assert not (tmp_path / "out").exists()
 
 
-@needs_chorales
-def test_split_song_cuts_whole_rows_at_a_bar_line():
-    shard = load_shard(SHARDS, "test")
+def test_split_song_cuts_whole_rows_at_a_bar_line(chorales):
+    shard = load_shard(chorales[0], "test")
     for song in range(len(shard.songs)):
         span = shard.song(song)
         tokens, times, bars = shard.tokens[span], shard.times[span], shard.bar_pos[span]
@@ -591,4 +597,4 @@ def test_split_song_cuts_whole_rows_at_a_bar_line():
         np.testing.assert_array_equal(np.concatenate([prompt.tokens, real]), tokens)
         assert times[n - 1] < 3 * prompt.bar_steps <= times[n]
         assert prompt.bar_position(int(times[n])) == bars[n]
-        assert Grammar(load_vocab(SHARDS)).parse(prompt.tokens.tolist()).expect == "row"
+        assert Grammar(load_vocab(chorales[0])).parse(prompt.tokens.tolist()).expect == "row"
