@@ -25,7 +25,7 @@ from tqdm import tqdm
 from midigen.atomic import atomic_dir
 from midigen.download import read_manifest
 from midigen.encoding import Vocab, decode_tokens, encode_notes
-from midigen.errors import MidigenError
+from midigen.errors import MidigenError, read_json
 from midigen.midi import Limits, SkipSong, read_song, write_midi
 
 SPLITS = ("train", "val", "test")
@@ -226,9 +226,7 @@ def load_shard(shards_dir: Path, split: str, mmap: bool = True) -> Shard:
 
 def load_vocab(shards_dir: Path) -> Vocab:
     path = Path(shards_dir) / "vocab.json"
-    if not path.exists():
-        raise MidigenError(f"{path}: no vocabulary here (run the shard stage first)")
-    meta = json.loads(path.read_text())
+    meta = read_json(path, f"{path}: no vocabulary here (run the shard stage first)")
     return Vocab(meta["max_duration"], meta["instruments"])
 
 

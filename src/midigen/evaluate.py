@@ -29,7 +29,7 @@ from midigen.atomic import atomic_file
 from midigen.batching import IGNORE, ContiguousBatches
 from midigen.corpus import Shard
 from midigen.encoding import DecodeError, Vocab, decode_tokens
-from midigen.errors import MidigenError
+from midigen.errors import MidigenError, read_json
 from midigen.midi import Notes
 from midigen.model import ModelConfig, MusicTransformer, variant_memory
 
@@ -236,12 +236,7 @@ def evaluate_model(
 def load_samples(folder: Path) -> dict:
     """samples/V/samples.json (written by `midigen generate`), checked for what we read."""
     path = Path(folder) / "samples.json"
-    if not path.exists():
-        raise MidigenError(f"{path}: not found (run midigen generate first)")
-    try:
-        samples = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise MidigenError(f"{path}: not valid JSON ({e})") from None
+    samples = read_json(path, f"{path}: not found (run midigen generate first)")
     problem = _samples_problem(samples)
     if problem:
         raise MidigenError(f"{path}: {problem}")

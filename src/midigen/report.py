@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 
 import midigen
 from midigen.atomic import atomic_dir, atomic_file
-from midigen.errors import MidigenError
+from midigen.errors import MidigenError, read_json
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +90,14 @@ class Built:
 # --- reading the inputs ----------------------------------------------------------------------
 
 
+def _missing(path: Path, why: str) -> str:
+    return f"missing {path} ({why})"
+
+
 def _existing(path: Path, why: str) -> Path:
     if not path.exists():
-        raise MidigenError(f"missing {path} ({why})")
+        raise MidigenError(_missing(path, why))
     return path
-
-
-def _read_json(path: Path, why: str) -> Any:
-    try:
-        return json.loads(_existing(path, why).read_text())
-    except json.JSONDecodeError as e:
-        raise MidigenError(f"{path} is not valid JSON ({e})") from None
 
 
 def _field(data: dict, dotted: str, source: Path) -> Any:
@@ -136,14 +133,15 @@ def load_variant(name: str, inputs: ReportInputs) -> Variant:
     evaluated = f"run `midigen evaluate --variant {name}`"
     generated = f"run `midigen generate --variant {name}`"
     train_dir = inputs.metrics / "train" / name
-    train = _read_json(train_dir / "metrics.json", trained)
+    train_path = train_dir / "metrics.json"
+    train = read_json(train_path, _missing(train_path, trained))
     curves = {}
     for column in ("train_loss", "val_loss"):
         tsv = train_dir / "plots" / "metrics" / f"{column}.tsv"
         if column == "train_loss" or tsv.exists():  # no val_loss.tsv when it never validated
             curves[column] = _read_curve(_existing(tsv, trained), column)
     eval_path = inputs.metrics / "eval" / f"{name}.json"
-    metrics = _read_json(eval_path, evaluated)
+    metrics = read_json(eval_path, _missing(eval_path, evaluated))
     for key in EVAL_KEYS:
         _field(metrics, key, eval_path)
     plots = inputs.plots / "eval" / name
@@ -151,7 +149,7 @@ def load_variant(name: str, inputs: ReportInputs) -> Variant:
         _existing(plots / png, evaluated)
     samples_dir = inputs.samples / name
     samples_path = samples_dir / "samples.json"
-    samples = _read_json(samples_path, generated)
+    samples = read_json(samples_path, _missing(samples_path, generated))
     for prompt in _field(samples, "prompts", samples_path):
         for key in ("id", "song", "source", "title", "prompt_steps"):
             _field(prompt, key, samples_path)
@@ -552,7 +550,8 @@ def build_report(
     """Build one run under out/runs/<run-id>/ and rewrite out/index.html (see module doc)."""
     variants = [load_variant(name, inputs) for name in params["train"]["variants"]]
     _check_same_prompts(variants)
-    baselines = _read_json(inputs.metrics / "baselines.json", "run `midigen baselines`")
+    baselines_path = inputs.metrics / "baselines.json"
+    baselines = read_json(baselines_path, _missing(baselines_path, "run `midigen baselines`"))
     summary = summarize(variants, baselines)
     headline, details = memory_verdict(summary["variants"])
     summary["memory"] = {"headline": headline, "details": details}

@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 
 from midigen.corpus import load_vocab
-from midigen.errors import MidigenError
 from midigen.evaluate import load_model
 from midigen.generate import GenerateConfig, write_samples
 
@@ -23,8 +22,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, params: dict) -> str:
-    if not (args.shards / "vocab.json").exists():
-        raise MidigenError(f"{args.shards}: no shards here (run midigen shard first)")
     path = args.model or Path("models") / args.variant / "model.pt"
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(path, load_vocab(args.shards), device, args.variant)
