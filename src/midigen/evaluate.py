@@ -31,7 +31,7 @@ from midigen.corpus import Shard
 from midigen.encoding import DecodeError, Vocab, decode_tokens
 from midigen.errors import MidigenError, read_json
 from midigen.midi import Notes
-from midigen.model import ModelConfig, MusicTransformer, variant_memory
+from midigen.model import MusicTransformer
 
 KIND_NAMES = ("eos", "note", "duration", "separator", "program")  # by Vocab.kinds() code; the
 # only special token ever predicted is <eos> (<sos> starts every song, <pad> is never a target)
@@ -103,31 +103,6 @@ def loss_by_type(scores: TokenScores, vocab: Vocab) -> dict[str, float]:
 
 
 # ---- scoring a model -----------------------------------------------------------------------
-
-
-def load_model(
-    path: Path, vocab: Vocab, device: str | torch.device = "cpu", variant: str | None = None
-) -> MusicTransformer:
-    """A trained model from its model.pt, checked against the shards' vocabulary and, given a
-    variant, against that variant's memory."""
-    memory = None if variant is None else variant_memory(variant)
-    path = Path(path)
-    if not path.exists():
-        raise MidigenError(f"{path}: model not found (run midigen train first)")
-    saved = torch.load(path, map_location=device, weights_only=True)
-    config = ModelConfig(**saved["model_config"])
-    if config.vocab_size != len(vocab):
-        raise MidigenError(
-            f"{path}: the model predicts {config.vocab_size} tokens but the shards' vocabulary "
-            f"has {len(vocab)} (retrain the model after changing the encoding)"
-        )
-    if memory is not None and config.memory != memory:
-        raise MidigenError(
-            f"{path}: a model with memory '{config.memory}', not the {variant} variant"
-        )
-    model = MusicTransformer(config)
-    model.load_state_dict(saved["model"])
-    return model.to(device).eval()
 
 
 @torch.no_grad()

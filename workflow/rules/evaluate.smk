@@ -8,7 +8,6 @@ rule generate:
         "data/raw",
         "src/midigen/stages/generate.py",
         "src/midigen/generate.py",
-        "src/midigen/evaluate.py",
         "src/midigen/encoding.py",
         "src/midigen/media.py",
         "src/midigen/model.py",

@@ -17,12 +17,11 @@ from midigen.errors import MidigenError
 from midigen.evaluate import (
     compare_music,
     evaluate_model,
-    load_model,
     load_samples,
     write_metrics,
     write_plots,
 )
-from midigen.model import variant_memory
+from midigen.model import load_model, variant_memory
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +49,7 @@ def run(args: argparse.Namespace, params: dict) -> str:
     test = load_shard(args.shards, "test")
     vocab = load_vocab(args.shards)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(model_path, vocab, device, args.variant)
+    model = load_model(model_path, len(vocab), device, args.variant)
     for source, value in (
         (f"{model_path} was trained with", model.config.steps_per_beat),
         (f"{samples_dir}/samples.json has", samples["steps_per_beat"]),

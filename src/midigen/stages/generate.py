@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from midigen.corpus import load_vocab
-from midigen.evaluate import load_model
 from midigen.generate import GenerateConfig, write_samples
+from midigen.model import load_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, params: dict) -> str:
     path = args.model or Path("models") / args.variant / "model.pt"
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(path, load_vocab(args.shards), device, args.variant)
+    model = load_model(path, len(load_vocab(args.shards)), device, args.variant)
     config = GenerateConfig.from_params(params["generate"])
     out = args.out or Path("samples") / args.variant
     samples = write_samples(
