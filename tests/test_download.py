@@ -435,3 +435,8 @@ def test_cli_bad_params(tmp_path: Path) -> None:
     ) in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_a_missing_manifest_is_one_clear_error(tmp_path):
+    with pytest.raises(MidigenError, match=r"manifest\.csv: not found \(run midigen download"):
+        read_manifest(tmp_path / "manifest.csv")

@@ -89,6 +89,8 @@ def split_of(sha256_hex: str, val_fraction: float, test_fraction: float) -> str:
 
 def read_manifest(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a manifest.csv, `size` as int, in file order (sorted by sha256)."""
+    if not Path(path).exists():
+        raise MidigenError(f"{path}: not found (run midigen download first)")
     with open(path, newline="") as f:
         return [dict(row, size=int(row["size"])) for row in csv.DictReader(f)]
 

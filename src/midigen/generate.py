@@ -459,10 +459,7 @@ def write_samples(
             f"generate.prompts is {config.prompts} but the test split has only "
             f"{len(shard.songs)} songs (lower generate.prompts)"
         )
-    manifest = raw / "manifest.csv"
-    if not manifest.exists():
-        raise MidigenError(f"{manifest}: not found (run midigen download first)")
-    files = {row["sha256"]: raw / row["path"] for row in read_manifest(manifest)}
+    files = {row["sha256"]: raw / row["path"] for row in read_manifest(raw / "manifest.csv")}
     samples: dict = {"variant": variant, "renderer": None, "steps_per_beat": steps_per_beat}
     samples["prompts"] = []
     with atomic_dir(out) as tmp:
