@@ -1,7 +1,7 @@
 """Training throughput of the three variants against a minimal reference transformer.
 
     python bench/train.py                          # default model size, batch 8 x 256, CPU
-    python bench/train.py --steps 10 --repeats 3   # more timed steps
+    python bench/train.py --steps 16 --repeats 5   # more timed steps
     python bench/train.py --shards data/shards     # real songs (default if the folder exists)
 
 Every side does the same work per step: forward, cross entropy, backward, AdamW step, on the
@@ -132,8 +132,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--segment", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per side per repeat")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per side per repeat")
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--shards", type=Path, default=Path("data/shards"))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")

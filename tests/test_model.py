@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from midigen.errors import MidigenError
 from midigen.memory import KNNMemory, MemoryState, retrieve_bruteforce
-from midigen.model import ModelConfig, MusicTransformer
+from midigen.model import MASKED, BiasedAttention, ModelConfig, MusicTransformer
 
 T = 8  # segment length
 V = 40  # vocabulary
@@ -267,6 +267,28 @@ def test_knn_memory_changes_the_output():
         without, _ = run(model, tokens, bar_pos, doc)
     torch.testing.assert_close(with_knn[:, :T], without[:, :T])  # segment 1: memory empty
     assert not torch.allclose(with_knn[:, T:], without[:, T:], atol=1e-4)
+
+
+@pytest.mark.parametrize("mask_rows", [1, 3])
+def test_biased_attention_equals_sdpa(mask_rows):
+    """The CPU training path (learned bias): SDPA's output and gradients, in fewer passes."""
+    g = torch.Generator().manual_seed(0)
+    b, h, t, m, d = 3, 2, 5, 4, 8
+    q, k, v = (torch.randn(b, h, t, d, generator=g, requires_grad=True) for _ in range(3))
+    keys = torch.cat([torch.randn(b, h, m, d, generator=g), k], dim=2)  # memory, then own
+    values = torch.cat([torch.randn(b, h, m, d, generator=g), v], dim=2)
+    bias = torch.randn(h, t, m + t, generator=g, requires_grad=True)
+    hidden = torch.rand(mask_rows, 1, t, m + t, generator=g) < 0.3
+    mask = torch.zeros(hidden.shape).masked_fill(hidden, MASKED) + bias
+    grad_out = torch.randn(b, h, t, d, generator=g)
+
+    expected = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+    want = torch.autograd.grad(expected, [q, k, v, bias], grad_out)
+    out = BiasedAttention.apply(q, k, v, keys.detach(), values.detach(), mask.detach(), bias)
+    got = torch.autograd.grad(out, [q, k, v, bias], grad_out)
+    torch.testing.assert_close(out, expected)
+    for name, a, e in zip(["q", "k", "v", "bias"], got, want, strict=True):
+        torch.testing.assert_close(a, e, msg=lambda m, name=name: f"grad {name}: {m}")
 
 
 # ---- 4. no gradient reaches memory --------------------------------------------------------------

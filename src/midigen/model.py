@@ -174,12 +174,51 @@ class Context:
     """What every attention layer of one forward shares."""
 
     mask: Tensor | None  # additive (B|1, H|1, T, S) float mask; None = plain causal
+    bias: Tensor | None  # (H, T, S) position bias, already in `mask`, apart for its gradient
     doc: Tensor  # (B, T) song ids of the queries
     knn: KNNMemory | None = None
 
 
+class BiasedAttention(torch.autograd.Function):
+    """softmax(q kᵀ / √d + mask) v, where the mask holds a bias that learns, on the CPU.
+
+    scaled_dot_product_attention computes the same, but a mask that needs a gradient sends it
+    to its unfused math path on the CPU, which also scans every row for being fully masked,
+    computes gradients for the XL memory's keys and values (detached: they are dropped) and
+    hands a (B, H, T, S) gradient per layer back to the mask. This does the same arithmetic in
+    fewer passes over the scores, and its gradients go only to the queries, the segment's own
+    keys/values and the (H, T, S) bias. Speed: bench/train.py; equality with SDPA: test_model.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, keys, values, mask, bias):
+        """q, k, v: this segment's (B, H, T, Dh); keys, values: (B, H, S, Dh), detached, the
+        memory's then k and v again; mask: (B|1, H, T, S) detached, added to the scores, and
+        `bias` the part of it that receives the gradient (it broadcasts to the mask)."""
+        q = q / math.sqrt(q.shape[-1])
+        probs = torch.matmul(q, keys.transpose(-1, -2)).add_(mask).softmax(dim=-1)
+        out = probs @ values
+        ctx.save_for_backward(q, keys, values, probs, out)
+        ctx.own, ctx.bias_shape = k.shape[2], bias.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, keys, values, probs, out = ctx.saved_tensors
+        own = slice(keys.shape[2] - ctx.own, None)  # the segment's own keys: the last T
+        # softmax backward: dS = P * (dP - rowsum(dP * P)), and rowsum(dP * P) = rowsum(dO * O)
+        grad_scores = (grad_out @ values.transpose(-1, -2)).sub_((grad_out * out).sum(-1, True))
+        grad_scores.mul_(probs)
+        grad_q = (grad_scores @ keys) / math.sqrt(q.shape[-1])
+        grad_k = grad_scores[..., own].transpose(-1, -2) @ q
+        grad_v = probs[..., own].transpose(-1, -2) @ grad_out
+        grad_bias = grad_scores.sum_to_size(ctx.bias_shape)
+        return grad_q, grad_k, grad_v, None, None, None, grad_bias
+
+
 class Attention(nn.Module):
-    """Causal self-attention over [XL memory; segment] with scaled_dot_product_attention."""
+    """Causal self-attention over [XL memory; segment]: scaled_dot_product_attention, except
+    when training on the CPU with a learned bias, where BiasedAttention is faster."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -199,14 +238,16 @@ class Attention(nn.Module):
             keys = torch.cat([past[0].to(k.dtype), k], dim=2)
             values = torch.cat([past[1].to(v.dtype), v], dim=2)
         mask = None if ctx.mask is None else ctx.mask.to(q.dtype)
-        y = F.scaled_dot_product_attention(
-            q,
-            keys,
-            values,
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=mask is None,
-        )
+        dropout = self.dropout if self.training else 0.0
+        bias = ctx.bias
+        if bias is not None and bias.requires_grad and not q.is_cuda and not dropout:
+            y = BiasedAttention.apply(
+                q, k, v, keys.detach(), values.detach(), mask.detach(), bias.to(q.dtype)
+            )
+        else:
+            y = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=mask, dropout_p=dropout, is_causal=mask is None
+            )
         y = self.mix(q, y, ctx)
         y = rearrange(y, "b h t d -> b t (h d)")
         return self.resid_drop(self.proj(y)), (keys.detach(), values.detach())
@@ -380,7 +421,7 @@ class MusicTransformer(nn.Module):
             x = x + self.pos_emb(song_pos.clamp(max=self.config.max_distance - 1))
         x = self.drop(x)
 
-        ctx = Context(self._attention_mask(positions, doc, state.xl), doc, state.knn)
+        ctx = Context(*self._attention_mask(positions, doc, state.xl), doc, state.knn)
         presents = []
         for i, block in enumerate(self.blocks):
             x, present = block(x, ctx, None if state.xl is None else state.xl.layer(i))
@@ -408,26 +449,30 @@ class MusicTransformer(nn.Module):
         starts = torch.where(starts < 0, state.song_start[:, None], starts)
         return positions - starts, starts[:, -1]
 
-    def _attention_mask(self, positions: Tensor, doc: Tensor, xl: XLMemory | None) -> Tensor | None:
-        """Position bias + causal + same-song mask, built once and shared by all layers.
+    def _attention_mask(
+        self, positions: Tensor, doc: Tensor, xl: XLMemory | None
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Position bias + causal + same-song mask, built once and shared by all layers, and
+        the position bias alone (None without one).
 
-        Query i may see key j only if j is not later and both are of the same song. Returns
-        None when plain causal attention is exact (no bias, no memory, one song per row).
+        Query i may see key j only if j is not later and both are of the same song. The mask
+        is None when plain causal attention is exact (no bias, no memory, one song per row).
         """
         key_pos, key_doc = positions, doc
         if xl is not None:
             key_pos, key_doc = torch.cat([xl.pos, positions]), torch.cat([xl.doc, doc], dim=1)
         one_song = bool((key_doc == key_doc[:, -1:]).all())  # in every row, keys included
         if self.position_bias is None and one_song and xl is None:
-            return None
+            return None, None
         allowed = (key_pos[None, :] <= positions[:, None])[None]  # (1, T, S)
         if not one_song:
             allowed = allowed & (doc[:, :, None] == key_doc[:, None, :])  # (B, T, S)
         mask = torch.zeros(allowed.shape, device=doc.device).masked_fill(~allowed, MASKED)
         mask = mask[:, None]  # (B|1, 1, T, S)
-        if self.position_bias is not None:
-            mask = mask + self.position_bias(positions[:, None] - key_pos[None, :])
-        return mask
+        if self.position_bias is None:
+            return mask, None
+        bias = self.position_bias(positions[:, None] - key_pos[None, :])
+        return mask + bias, bias
 
     def _next_state(
         self,
