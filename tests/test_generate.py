@@ -497,7 +497,8 @@ def test_beam_memories_follow_their_hypotheses(memory):
     expected = score(model, prompt, generation.tokens, min_length=40)
     assert generation.log_prob == pytest.approx(expected, rel=1e-6)
     greedy = generate(model, prompt, VOCAB, dataclasses.replace(config, beams=1, top_k=1))
-    assert generation.log_prob >= greedy.log_prob - 1e-9
+    # greedy's sequence is among those beam search weighs (to float32 rounding: batch 4 vs 1)
+    assert generation.log_prob >= greedy.log_prob - 1e-6 * abs(greedy.log_prob)
 
 
 # ---- 5. the stage on real chorales ---------------------------------------------------------------

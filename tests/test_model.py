@@ -3,6 +3,7 @@ brute force finds, songs never see each other, no gradient reaches memory, bad c
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 
@@ -152,6 +153,31 @@ def test_one_token_at_a_time_with_a_cache_equals_one_pass(memory):
         cached, _ = run(model, tokens, bar_pos, doc, seg=1, mem_len=3 * T)
         full, _, _ = model(tokens, bar_pos, doc)
     torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_with_room_is_written_in_place():
+    """Generation's cache in preallocated buffers: the logits of the copying path, token by
+    token across a song boundary, and the buffers are reused while they have room."""
+    model = tiny(memory="xl")
+    tokens, bar_pos = stream(2, 2 * T, seed=16)
+    doc = torch.zeros_like(tokens)
+    doc[1, T + 3 :] = 1
+    with torch.no_grad():
+        _, _, copied = model(tokens[:, :T], bar_pos[:, :T], doc[:, :T])
+        roomy = dataclasses.replace(copied, xl=copied.xl.with_room(2 * T))
+        buffer = roomy.xl.buffers[0][1]
+        for i in range(T, 2 * T):
+            step = slice(i, i + 1)
+            a, _, copied = model(
+                tokens[:, step], bar_pos[:, step], doc[:, step], copied, mem_len=i + 1
+            )
+            b, _, roomy = model(
+                tokens[:, step], bar_pos[:, step], doc[:, step], roomy, mem_len=i + 1
+            )
+            torch.testing.assert_close(b, a)
+    assert copied.xl.buffers is None and roomy.xl.buffers[0][1] is buffer
+    assert roomy.xl.keys[1].data_ptr() == buffer.data_ptr()
+    torch.testing.assert_close(roomy.xl.keys[1], copied.xl.keys[1])
 
 
 # ---- 2. kNN retrieval ---------------------------------------------------------------------------

@@ -246,6 +246,11 @@ class KVCache:
     def _forward(self, tokens: Tensor, bar_pos: Tensor) -> Tensor:
         filled = self.fed % self.segment + tokens.shape[1]  # of the current segment, after this
         keep = self.mem_len + filled if self.memory else self.segment - 1
+        if self.memory and self.state is not None and self.state.xl is not None:
+            # room for the rest of the segment: tokens are then written into it, not copied
+            xl = self.state.xl.with_room(self.mem_len + self.segment)
+            if xl is not self.state.xl:
+                self.state = dataclasses.replace(self.state, xl=xl)
         logits, _, self.state = self.model(
             tokens, bar_pos, state=self.state, mem_len=keep, write_knn=False
         )
@@ -313,12 +318,20 @@ def sample(logits: Tensor, allowed: Tensor, config: GenerateConfig, generator: t
     if config.top_k:
         kth = logits.topk(min(config.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if config.top_p < 1:
-        ranked, order = logits.sort(dim=-1, descending=True)
-        probs = ranked.softmax(-1)
-        beyond = probs.cumsum(-1) - probs >= config.top_p  # the nucleus was full before them
-        logits = logits.scatter(-1, order, ranked.masked_fill(beyond, float("-inf")))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+    probs = logits.softmax(-1)
+    if config.top_p == 1:
+        return _draw(probs, generator)
+    ranked, order = probs.sort(dim=-1, descending=True)
+    ranked = ranked.masked_fill(ranked.cumsum(-1) - ranked >= config.top_p, 0)  # nucleus full
+    return order.gather(-1, _draw(ranked, generator)[:, None])[:, 0]
+
+
+def _draw(weights: Tensor, generator: torch.Generator) -> Tensor:
+    """One index per row, in proportion to its (unnormalised) weights: the exponential race,
+    argmax of w / Exp(1), which is multinomial's own method for one draw, without its per-call
+    input checks (they cost a tenth of a cached generation step)."""
+    noise = torch.empty_like(weights).exponential_(generator=generator).clamp_min_(1e-30)
+    return (weights / noise).argmax(-1)
 
 
 @dataclass

@@ -30,15 +30,47 @@ class XLMemory:
     `doc` and `pos` describe those tokens for every layer at once: their song id (B, M) and
     their absolute stream position (M,), shared by all rows because segments advance in step.
     The relative distance of a memory key is then simply query position - key position.
+
+    `buffers` (generation's key/value cache only, see `with_room`): per layer, key and value
+    buffers with room beyond the M positions, whose first M are `keys`/`values`, so that a new
+    token is written in place instead of copying the whole cache for every token. Only the
+    newest memory made from such buffers may be used: appending writes into their room.
     """
 
     keys: list[Tensor]  # per layer (B, H, M, Dh)
     values: list[Tensor]  # per layer (B, H, M, Dh)
     doc: Tensor  # (B, M) int64
     pos: Tensor  # (M,) int64
+    buffers: tuple[list[Tensor], list[Tensor]] | None = None  # per layer (B, H, capacity, Dh)
 
-    def layer(self, i: int) -> tuple[Tensor, Tensor]:
-        return self.keys[i], self.values[i]
+    def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """What layer `layer` attends to: its memory, then the segment's own k, v (B, H, T, Dh)."""
+        used, total = len(self.pos), len(self.pos) + k.shape[2]
+        if self.buffers is not None and total <= self.buffers[0][layer].shape[2]:
+            keys, values = (side[layer][:, :, :total] for side in self.buffers)
+            keys[:, :, used:], values[:, :, used:] = k, v
+            return keys, values
+        keys = torch.cat([self.keys[layer].to(k.dtype), k], dim=2)
+        return keys, torch.cat([self.values[layer].to(v.dtype), v], dim=2)
+
+    def with_room(self, capacity: int) -> XLMemory:
+        """The same memory in buffers of `capacity` positions, so that `append` writes in place
+        (inference only: what is written there carries no gradient). Self if it has them."""
+        if self.buffers is not None and self.buffers[0][0].shape[2] >= capacity:
+            return self
+        used = len(self.pos)
+
+        def buffer(memory: Tensor) -> Tensor:
+            room = memory.new_empty(*memory.shape[:2], capacity, memory.shape[3])
+            room[:, :, :used] = memory
+            return room
+
+        buffers = ([buffer(k) for k in self.keys], [buffer(v) for v in self.values])
+        return XLMemory(*self._used(buffers, used), self.doc, self.pos, buffers)
+
+    @staticmethod
+    def _used(buffers: tuple[list[Tensor], list[Tensor]], used: int) -> list[list[Tensor]]:
+        return [[b[:, :, :used] for b in side] for side in buffers]
 
     def last(self, length: int) -> XLMemory:
         """The newest `length` positions: generation's cache shrinks back to xl_mem_len when
@@ -52,9 +84,11 @@ class XLMemory:
 
     def select(self, rows: Tensor) -> XLMemory:
         """Row r of the result is row rows[r] (beam search reorders and copies hypotheses)."""
-        return XLMemory(
-            [k[rows] for k in self.keys], [v[rows] for v in self.values], self.doc[rows], self.pos
-        )
+        if self.buffers is None:
+            keys, values = [k[rows] for k in self.keys], [v[rows] for v in self.values]
+            return XLMemory(keys, values, self.doc[rows], self.pos)
+        buffers = ([b[rows] for b in self.buffers[0]], [b[rows] for b in self.buffers[1]])
+        return XLMemory(*self._used(buffers, len(self.pos)), self.doc[rows], self.pos, buffers)
 
     @staticmethod
     def extend(
@@ -65,17 +99,18 @@ class XLMemory:
         pos: Tensor,
         length: int,
     ) -> XLMemory:
-        """Add one segment and keep the newest `length` positions (all detached). `keys` and
-        `values` are per layer what the segment attended to: `previous`'s, then its own."""
+        """Add one segment and keep the newest `length` positions. `keys` and `values` are per
+        layer what the segment attended to, detached: `previous.append`'s results."""
         if previous is not None:
             doc = torch.cat([previous.doc, doc], dim=1)
             pos = torch.cat([previous.pos, pos])
-        return XLMemory(
-            [k[:, :, -length:].detach() for k in keys],
-            [v[:, :, -length:].detach() for v in values],
-            doc[:, -length:],
-            pos[-length:],
-        )
+        if len(pos) > length:  # drop the oldest
+            keys, values = [k[:, :, -length:] for k in keys], [v[:, :, -length:] for v in values]
+            return XLMemory(keys, values, doc[:, -length:], pos[-length:])
+        buffers = None if previous is None else previous.buffers
+        if buffers is not None and len(pos) > buffers[0][0].shape[2]:
+            buffers = None  # `append` had no room: it copied
+        return XLMemory(keys, values, doc, pos, buffers)
 
 
 # ---- kNN: every key/value of the current song, searched by Faiss -------------------------------

@@ -150,7 +150,7 @@ class RelativeBias(nn.Module):
 
     def forward(self, distance: Tensor) -> Tensor:
         """(T, S) distances -> (H, T, S) bias."""
-        return rearrange(self.table(distance.clamp(0, self.max_distance)), "t s h -> h t s")
+        return self.table(distance.clamp(0, self.max_distance)).permute(2, 0, 1)
 
 
 class ALiBi(nn.Module):
@@ -228,15 +228,13 @@ class Attention(nn.Module):
         self.resid_drop = nn.Dropout(config.dropout)
 
     def forward(
-        self, x: Tensor, ctx: Context, past: tuple[Tensor, Tensor] | None = None
+        self, x: Tensor, ctx: Context, memory: XLMemory | None = None, layer: int = 0
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """(B, T, D) -> (B, T, D), plus the detached keys/values it attended to, [past; this
-        segment's], for the memories (handing them all on saves copying the past again)."""
-        q, k, v = rearrange(self.qkv(x), "b t (n h d) -> n b h t d", n=3, h=self.n_head)
-        keys, values = k, v
-        if past is not None:
-            keys = torch.cat([past[0].to(k.dtype), k], dim=2)
-            values = torch.cat([past[1].to(v.dtype), v], dim=2)
+        """(B, T, D) -> (B, T, D), plus the detached keys/values it attended to, [memory of this
+        layer; this segment's], for the memories (handing them on saves copying them again)."""
+        batch, length, _ = x.shape  # plain views, not einops: generation calls this per token
+        q, k, v = self.qkv(x).view(batch, length, 3, self.n_head, -1).permute(2, 0, 3, 1, 4)
+        keys, values = (k, v) if memory is None else memory.append(layer, k, v)
         mask = None if ctx.mask is None else ctx.mask.to(q.dtype)
         dropout = self.dropout if self.training else 0.0
         bias = ctx.bias
@@ -249,7 +247,7 @@ class Attention(nn.Module):
                 q, keys, values, attn_mask=mask, dropout_p=dropout, is_causal=mask is None
             )
         y = self.mix(q, y, ctx)
-        y = rearrange(y, "b h t d -> b t (h d)")
+        y = y.transpose(1, 2).reshape(batch, length, -1)
         return self.resid_drop(self.proj(y)), (keys.detach(), values.detach())
 
     def mix(self, q: Tensor, local: Tensor, ctx: Context) -> Tensor:
@@ -289,7 +287,7 @@ class MLP(nn.Module):
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.down(F.gelu(self.up(x))))
+        return self.drop(self.down(F.gelu(self.up(x), approximate="tanh")))
 
 
 class Block(nn.Module):
@@ -303,9 +301,9 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: Tensor, ctx: Context, past: tuple[Tensor, Tensor] | None = None
+        self, x: Tensor, ctx: Context, memory: XLMemory | None = None, layer: int = 0
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        a, present = self.attn(self.ln1(x), ctx, past)
+        a, present = self.attn(self.ln1(x), ctx, memory, layer)
         x = x + a
         return x + self.mlp(self.ln2(x)), present
 
@@ -424,7 +422,7 @@ class MusicTransformer(nn.Module):
         ctx = Context(*self._attention_mask(positions, doc, state.xl), doc, state.knn)
         presents = []
         for i, block in enumerate(self.blocks):
-            x, present = block(x, ctx, None if state.xl is None else state.xl.layer(i))
+            x, present = block(x, ctx, state.xl, i)
             presents.append(present)
         logits = self.head(self.ln_f(x))
 
@@ -467,8 +465,7 @@ class MusicTransformer(nn.Module):
         allowed = (key_pos[None, :] <= positions[:, None])[None]  # (1, T, S)
         if not one_song:
             allowed = allowed & (doc[:, :, None] == key_doc[:, None, :])  # (B, T, S)
-        mask = torch.zeros(allowed.shape, device=doc.device).masked_fill(~allowed, MASKED)
-        mask = mask[:, None]  # (B|1, 1, T, S)
+        mask = torch.where(allowed, 0.0, MASKED)[:, None]  # (B|1, 1, T, S)
         if self.position_bias is None:
             return mask, None
         bias = self.position_bias(positions[:, None] - key_pos[None, :])
