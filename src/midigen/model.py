@@ -248,7 +248,9 @@ class Attention(nn.Module):
             )
         y = self.mix(q, y, ctx)
         y = y.transpose(1, 2).reshape(batch, length, -1)
-        return self.resid_drop(self.proj(y)), (keys.detach(), values.detach())
+        if keys.requires_grad:  # the memories keep values, not the graph that made them
+            keys, values = keys.detach(), values.detach()
+        return self.resid_drop(self.proj(y)), (keys, values)
 
     def mix(self, q: Tensor, local: Tensor, ctx: Context) -> Tensor:
         """Where a memory joins in; plain attention has none."""
