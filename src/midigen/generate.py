@@ -16,10 +16,11 @@ current context again for every token, without a cache: the reference for tests 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -343,7 +344,20 @@ class Generation:
     log_prob: float
 
 
+@contextlib.contextmanager
+def _without_onednn() -> Iterator[None]:
+    """The exact GELU goes through oneDNN on the CPU, whose set-up per call (~7 us) is most of
+    the cost of one token's GELU: a tenth of a cached step (bench/generate.py)."""
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = enabled
+
+
 @torch.inference_mode()
+@_without_onednn()
 def generate(
     model: MusicTransformer,
     prompt: Prompt,

@@ -289,7 +289,7 @@ class MLP(nn.Module):
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.down(F.gelu(self.up(x), approximate="tanh")))
+        return self.drop(self.down(F.gelu(self.up(x))))
 
 
 class Block(nn.Module):
