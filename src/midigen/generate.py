@@ -315,7 +315,9 @@ class Recompute:
 
 def sample(logits: Tensor, allowed: Tensor, config: GenerateConfig, generator: torch.Generator):
     """One token per row (B,), drawn from the allowed tokens after temperature, top-k, top-p."""
-    logits = (logits.float() / config.temperature).masked_fill(~allowed, float("-inf"))
+    if config.temperature != 1:
+        logits = logits / config.temperature
+    logits = logits.float().masked_fill(~allowed, float("-inf"))
     if config.top_k:
         kth = logits.topk(min(config.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -380,12 +382,12 @@ def generate(
     if config.beams > 1:
         return _beam_search(context, logits, cursor, grammar, prompt, config)
     generator = torch.Generator(device=device).manual_seed(config.seed if seed is None else seed)
-    tokens, log_prob = [], 0.0
+    tokens, drawn_from = [], []  # the tokens, and the (logits, allowed) each was drawn from
     for _ in range(config.length):
         allowed = grammar.allowed([cursor], eos=len(tokens) >= config.min_length).to(device)
         token = int(sample(logits, allowed, config, generator)[0])
-        log_prob += float(_log_probs(logits, allowed)[0, token])
         tokens.append(token)
+        drawn_from.append((logits, allowed))
         if token == vocab.eos or len(tokens) == config.length:
             break
         bar = prompt.bar_position(cursor.step)  # a token sounds at its row's step
@@ -393,7 +395,10 @@ def generate(
         logits = context.feed(
             torch.tensor([[token]], device=device), torch.tensor([[bar]], device=device)
         )
-    return Generation(tokens, log_prob)
+    # scored once at the end, all steps together: per token it would cost a twentieth of a step
+    log_probs = _log_probs(*(torch.cat(column) for column in zip(*drawn_from, strict=True)))
+    chosen = torch.tensor(tokens, device=device)[:, None]
+    return Generation(tokens, float(log_probs.gather(1, chosen).sum()))
 
 
 def _log_probs(logits: Tensor, allowed: Tensor) -> Tensor:
