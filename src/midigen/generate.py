@@ -85,8 +85,8 @@ class Grammar:
     program token has opened the run), <sep>, a program token, or <eos>; after a note or <sep>:
     a duration; after a program: a note. <pad> and <sos> never."""
 
-    def __init__(self, vocab: Vocab):
-        self.vocab = vocab
+    def __init__(self, vocab: Vocab, device: torch.device | str = "cpu"):
+        self.vocab, self.device = vocab, device
         ids = torch.arange(len(vocab))
         notes = (ids >= vocab.note_base) & (ids < vocab.duration_base)
         durations = (ids >= vocab.duration_base) & (ids < vocab.program_base)
@@ -94,6 +94,7 @@ class Grammar:
         others = programs | (ids == vocab.sep) | (ids == vocab.eos)  # may open a row, or end
         self._row_start = {True: others | notes, False: others}  # by Cursor.program
         self._masks = {DURATION: durations, NOTE: notes}
+        self._rows: dict[tuple, Tensor] = {}  # what `allowed` hands out, made once per kind
 
     def start(self) -> Cursor:
         """Right after <sos>."""
@@ -108,10 +109,18 @@ class Grammar:
         return self._masks[cursor.expect]
 
     def allowed(self, cursors: list[Cursor], eos: bool = True) -> Tensor:
-        """(B, V) bool, one row per cursor; `eos=False` holds <eos> back (minimum length)."""
-        allowed = torch.stack([self.mask(c) for c in cursors])
-        allowed[:, self.vocab.eos] &= eos
-        return allowed
+        """(B, V) bool on the grammar's device, one row per cursor; `eos=False` holds <eos> back
+        (minimum length). Read-only: rows are shared (generation asks once per token)."""
+        rows = [self._row(cursor, eos) for cursor in cursors]
+        return rows[0] if len(rows) == 1 else torch.cat(rows)
+
+    def _row(self, cursor: Cursor, eos: bool) -> Tensor:
+        key = (cursor.expect, cursor.program, eos)
+        if key not in self._rows:
+            row = self.mask(cursor).clone()
+            row[self.vocab.eos] &= eos
+            self._rows[key] = row[None].to(self.device)
+        return self._rows[key]
 
     def advance(self, cursor: Cursor, token: int) -> Cursor:
         """The cursor after `token`; DecodeError if the grammar does not allow it there."""
@@ -372,7 +381,7 @@ def generate(
     config.beams > 1. `context=Recompute` runs the whole context again for every token."""
     model.eval()
     device = model.tok_emb.weight.device
-    grammar = Grammar(vocab)
+    grammar = Grammar(vocab, device)
     cursor = grammar.parse([int(t) for t in prompt.tokens])
     context = context(model)
     logits = context.feed(
@@ -384,7 +393,7 @@ def generate(
     generator = torch.Generator(device=device).manual_seed(config.seed if seed is None else seed)
     tokens, drawn_from = [], []  # the tokens, and the (logits, allowed) each was drawn from
     for _ in range(config.length):
-        allowed = grammar.allowed([cursor], eos=len(tokens) >= config.min_length).to(device)
+        allowed = grammar.allowed([cursor], eos=len(tokens) >= config.min_length)
         token = int(sample(logits, allowed, config, generator)[0])
         tokens.append(token)
         drawn_from.append((logits, allowed))
@@ -427,7 +436,7 @@ def _beam_search(
     finished: list[tuple[float, list[int]]] = []  # (score, sequence) ended by <eos>
     full_length: list[tuple[float, list[int]]] = []
     for step in range(config.length):
-        allowed = grammar.allowed(cursors, eos=step >= config.min_length).to(device)
+        allowed = grammar.allowed(cursors, eos=step >= config.min_length)
         totals = scores[:, None] + _log_probs(logits, allowed)
         best, flat = totals.flatten().topk(min(2 * beams, totals.numel()))
         live = []  # (score, row, token) of the extensions kept
