@@ -99,11 +99,9 @@ class XLMemory:
         pos: Tensor,
         length: int,
     ) -> XLMemory:
-        """Add one segment and keep the newest `length` positions. `keys` and `values` are per
-        layer what the segment attended to, detached: `previous.append`'s results."""
-        if previous is not None:
-            doc = torch.cat([previous.doc, doc], dim=1)
-            pos = torch.cat([previous.pos, pos])
+        """The memory after a segment: the newest `length` of the positions it attended to.
+        `keys` and `values` (per layer, detached: `previous.append`'s results), `doc` (B, S)
+        and `pos` (S,) describe all of those: `previous`'s, then the segment's own."""
         if len(pos) > length:  # drop the oldest
             keys, values = [k[:, :, -length:] for k in keys], [v[:, :, -length:] for v in values]
             return XLMemory(keys, values, doc[:, -length:], pos[-length:])

@@ -431,7 +431,11 @@ class MusicTransformer(nn.Module):
             x = x + self.pos_emb(song_pos.clamp(max=self.config.max_distance - 1))
         x = self.drop(x)
 
-        ctx = Context(*self._attention_mask(positions, doc, state.xl), doc, state.knn)
+        key_pos, key_doc = positions, doc  # of every key: the XL memory's, then the segment's
+        if state.xl is not None:
+            key_pos = torch.cat([state.xl.pos, positions])
+            key_doc = torch.cat([state.xl.doc, doc], dim=1)
+        ctx = Context(*self._attention_mask(positions, doc, key_pos, key_doc), doc, state.knn)
         presents = []
         for i, block in enumerate(self.blocks):
             x, present = block(x, ctx, state.xl, i)
@@ -445,7 +449,7 @@ class MusicTransformer(nn.Module):
         if mem_len is None:
             mem_len = self.config.xl_mem_len if self.config.memory != "none" else 0
         next_state = self._next_state(
-            state, presents, positions, doc, song_start, mem_len, write_knn
+            state, presents, key_pos, key_doc, doc, song_start, mem_len, write_knn
         )
         return logits, loss, next_state
 
@@ -460,7 +464,7 @@ class MusicTransformer(nn.Module):
         return positions - starts, starts[:, -1]
 
     def _attention_mask(
-        self, positions: Tensor, doc: Tensor, xl: XLMemory | None
+        self, positions: Tensor, doc: Tensor, key_pos: Tensor, key_doc: Tensor
     ) -> tuple[Tensor | None, Tensor | None]:
         """Position bias + causal + same-song mask, built once and shared by all layers, and
         the position bias alone (None without one).
@@ -468,26 +472,25 @@ class MusicTransformer(nn.Module):
         Query i may see key j only if j is not later and both are of the same song. The mask
         is None when plain causal attention is exact (no bias, no memory, one song per row).
         """
-        key_pos, key_doc = positions, doc
-        if xl is not None:
-            key_pos, key_doc = torch.cat([xl.pos, positions]), torch.cat([xl.doc, doc], dim=1)
+        distance = positions[:, None] - key_pos[None, :]  # (T, S)
         one_song = bool((key_doc == key_doc[:, -1:]).all())  # in every row, keys included
-        if self.position_bias is None and one_song and xl is None:
+        if self.position_bias is None and one_song and len(key_pos) == len(positions):
             return None, None
-        allowed = (key_pos[None, :] <= positions[:, None])[None]  # (1, T, S)
+        allowed = (distance >= 0)[None]  # (1, T, S): no key later than its query
         if not one_song:
             allowed = allowed & (doc[:, :, None] == key_doc[:, None, :])  # (B, T, S)
         mask = torch.where(allowed, 0.0, MASKED)[:, None]  # (B|1, 1, T, S)
         if self.position_bias is None:
             return mask, None
-        bias = self.position_bias(positions[:, None] - key_pos[None, :])
+        bias = self.position_bias(distance)
         return mask + bias, bias
 
     def _next_state(
         self,
         state: MemoryState,
         presents: list[tuple[Tensor, Tensor]],
-        positions: Tensor,
+        key_pos: Tensor,
+        key_doc: Tensor,
         doc: Tensor,
         song_start: Tensor,
         mem_len: int,
@@ -495,25 +498,19 @@ class MusicTransformer(nn.Module):
     ) -> MemoryState:
         """Hand this segment's keys/values to the memories (detached: no gradient crosses).
 
-        `presents` holds per layer the keys/values the segment attended to: the XL memory's,
-        then the segment's own (the last len(positions))."""
+        `presents` holds per layer the keys/values the segment attended to, at stream
+        positions `key_pos` of songs `key_doc`: the XL memory's, then the segment's own (the
+        last T, whose songs are `doc`)."""
         xl = None
         if mem_len > 0:
-            xl = XLMemory.extend(
-                state.xl,
-                [k for k, _ in presents],
-                [v for _, v in presents],
-                doc,
-                positions,
-                mem_len,
-            )
+            keys, values = [k for k, _ in presents], [v for _, v in presents]
+            xl = XLMemory.extend(state.xl, keys, values, key_doc, key_pos, mem_len)
+        length = doc.shape[1]
         if state.knn is not None and write_knn:
             keys, values = presents[self.knn_layer]
-            own = slice(-len(positions), None)
+            own = slice(-length, None)
             state.knn.write(keys[:, :, own], values[:, :, own], doc)
-        return MemoryState(
-            state.offset + len(positions), doc[:, -1].clone(), song_start, xl, state.knn
-        )
+        return MemoryState(state.offset + length, doc[:, -1].clone(), song_start, xl, state.knn)
 
 
 def load_model(
