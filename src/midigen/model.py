@@ -243,24 +243,22 @@ class Attention(nn.Module):
         batch, length, _ = x.shape  # plain views, not einops: generation calls this per token
         q, k, v = self.qkv(x).view(batch, length, 3, self.n_head, -1).permute(2, 0, 3, 1, 4)
         keys, values = (k, v) if memory is None else memory.append(layer, k, v)
+        # handed on to the memories, which keep values, not the graph that made them
+        present = (keys.detach(), values.detach()) if keys.requires_grad else (keys, values)
         mask = ctx.mask
         if mask is not None and mask.dtype != q.dtype:  # autocast
             mask = mask.to(q.dtype)
         dropout = self.dropout if self.training else 0.0
         bias = ctx.bias
         if bias is not None and bias.requires_grad and not q.is_cuda and not dropout:
-            y = BiasedAttention.apply(
-                q, k, v, keys.detach(), values.detach(), mask.detach(), bias.to(q.dtype)
-            )
+            y = BiasedAttention.apply(q, k, v, *present, mask.detach(), bias.to(q.dtype))
         else:
             y = F.scaled_dot_product_attention(
                 q, keys, values, attn_mask=mask, dropout_p=dropout, is_causal=mask is None
             )
         y = self.mix(q, y, ctx)
         y = y.transpose(1, 2).reshape(batch, length, -1)
-        if keys.requires_grad:  # the memories keep values, not the graph that made them
-            keys, values = keys.detach(), values.detach()
-        return self.resid_drop(self.proj(y)), (keys, values)
+        return self.resid_drop(self.proj(y)), present
 
     def mix(self, q: Tensor, local: Tensor, ctx: Context) -> Tensor:
         """Where a memory joins in; plain attention has none."""
