@@ -436,6 +436,11 @@ def test_a_seed_fixes_the_sample():
     assert generate(model, prompt, VOCAB, config, seed=2).tokens != first
 
 
+def test_zero_length_draws_nothing():
+    generation = generate(tiny("xl"), random_prompt(6, rows=4), VOCAB, GenerateConfig(length=0))
+    assert generation.tokens == [] and generation.log_prob == 0.0
+
+
 @pytest.mark.parametrize("memory", MEMORIES)
 def test_sampled_log_prob_is_the_models(memory):
     """(Within one segment, where vanilla's window is training's context too.)"""

@@ -404,6 +404,8 @@ def generate(
         logits = context.feed(
             torch.tensor([[token]], device=device), torch.tensor([[bar]], device=device)
         )
+    if not tokens:  # length 0
+        return Generation(tokens, 0.0)
     # scored once at the end, all steps together: per token it would cost a twentieth of a step
     log_probs = _log_probs(*(torch.cat(column) for column in zip(*drawn_from, strict=True)))
     chosen = torch.tensor(tokens, device=device)[:, None]
