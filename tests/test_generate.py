@@ -64,17 +64,13 @@ def tiny(
     """A small random model whose choices matter: token embeddings (and so the tied head) large
     enough for peaked distributions, a random position bias, an even kNN mix."""
     settings = dict(
+        TINY_MODEL,
         vocab_size=len(vocab),
-        n_layer=2,
-        n_head=2,
-        d_model=32,
-        d_ff=64,
         dropout=0.0,
         segment_len=8,
         xl_mem_len=8,
         max_distance=64,
         bar_pos_size=BAR,
-        knn_k=4,
         memory=memory,
     )
     torch.manual_seed(seed)

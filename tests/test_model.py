@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from builders import TINY_MODEL
 
 from midigen.errors import MidigenError
 from midigen.memory import KNNMemory, MemoryState, retrieve_bruteforce
@@ -21,18 +22,14 @@ V = 40  # vocabulary
 
 def tiny(**overrides) -> MusicTransformer:
     settings = dict(
+        TINY_MODEL,
         vocab_size=V,
-        n_layer=2,
-        n_head=2,
-        d_model=32,
-        d_ff=64,
         dropout=0.0,
         segment_len=T,
         max_distance=64,
         bar_pos_size=16,
         steps_per_beat=4,
         xl_mem_len=T,
-        knn_k=4,
     )
     torch.manual_seed(0)
     model = MusicTransformer(ModelConfig(**{**settings, **overrides})).eval()
