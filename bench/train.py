@@ -32,6 +32,7 @@ from torch import nn
 
 from midigen.model import IGNORE, ModelConfig, MusicTransformer
 from midigen.params import load_params
+from midigen.train import keep_freed_memory
 
 
 class Reference(nn.Module):
@@ -143,6 +144,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # tiny gradients otherwise make CPU matmuls ~30x slower
+    keep_freed_memory()  # as training does on the CPU
 
     # the pipeline's model (params.yaml), so the ratios hold for what `train` actually runs
     settings = {**load_params(args.params)["model"], "segment_len": args.segment}

@@ -199,3 +199,42 @@ def test_an_empty_split_is_one_clear_error(shards):
     empty = Shard(*(np.zeros(0, np.int64) for _ in range(3)), np.zeros(1, np.int64), [])
     with pytest.raises(MidigenError, match="the val split has no songs"):
         ContiguousBatches(empty, load_vocab(shards), 2, 16, split="val")
+
+
+PAGE_FAULTS_PER_STEP = """
+import itertools, resource, sys
+from pathlib import Path
+import midigen.train as train
+from midigen.model import ModelConfig
+if sys.argv[1] == "default":
+    train.keep_freed_memory = lambda: False  # leave glibc as it is, for comparison
+model = ModelConfig(
+    vocab_size=int(sys.argv[4]), n_layer=2, d_model=64, d_ff=128, segment_len=256, xl_mem_len=128,
+    memory="xl",
+)
+shards, out = Path(sys.argv[2]), Path(sys.argv[3])
+trainer = train.Trainer(model, train.TrainConfig(batch_size=8), shards, out)
+segments = itertools.cycle(trainer.train_batches.epoch(0))
+for _ in range(30):  # until the heap has grown to what a step needs
+    trainer.train_step(next(segments))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    trainer.train_step(next(segments))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 10)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
+def test_cpu_training_steps_reuse_freed_memory(shards, tmp_path):
+    """Training on the CPU keeps freed memory for the next step (keep_freed_memory): by
+    default glibc hands the attention's MB-sized tensors back and every step faults their
+    pages in again, zero-filled (~7% of an xl step, bench/train.py)."""
+    faults = {}
+    for setting in ("default", "training"):
+        run = [sys.executable, "-c", PAGE_FAULTS_PER_STEP, setting, str(shards)]
+        run += [str(tmp_path / setting), str(len(load_vocab(shards)))]
+        faults[setting] = int(
+            subprocess.run(run, capture_output=True, text=True, check=True).stdout
+        )
+    assert faults["default"] > 1000, faults  # pages (4 KiB) faulted in per step
+    assert faults["training"] < faults["default"] // 10, faults

@@ -8,10 +8,12 @@ DistributedDataParallel under torchrun (each process trains its share of the bat
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import math
 import os
+import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,6 +61,26 @@ def lr_at(step: int, config: TrainConfig) -> float:
     return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for reuse instead of handing it back at once.
+
+    A CPU training step allocates and frees tensors of several MB, several per layer (the
+    attention scores above all). By default glibc maps the largest of them fresh, or trims its
+    heap when they are freed, and every page of the next one faults in again, zero-filled by
+    the kernel: ~7% of an xl step at the default model (bench/train.py, bench/RESULTS.md).
+    32 MiB is the largest mmap threshold glibc accepts. Returns whether it took (glibc only).
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    return bool(
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+    )
+
+
 @dataclass
 class Distributed:
     """This process's place under torchrun (rank 0 of 1 when run plainly)."""
@@ -72,6 +94,7 @@ class Distributed:
         cuda = torch.cuda.is_available()
         if not cuda:  # denormal floats slow CPU backward passes by an order of magnitude
             torch.set_flush_denormal(True)
+            keep_freed_memory()
         if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
             return cls(device=torch.device("cuda" if cuda else "cpu"))
         dist.init_process_group("nccl" if cuda else "gloo")
