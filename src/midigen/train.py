@@ -64,21 +64,19 @@ def lr_at(step: int, config: TrainConfig) -> float:
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
-def keep_freed_memory() -> bool:
+def keep_freed_memory() -> None:
     """Have glibc's malloc keep freed memory for reuse instead of handing it back at once.
 
     A CPU training step allocates and frees tensors of several MB, several per layer (the
     attention scores above all). By default glibc maps the largest of them fresh, or trims its
     heap when they are freed, and every page of the next one faults in again, zero-filled by
     the kernel: ~7% of an xl step at the default model (bench/train.py, bench/RESULTS.md).
-    32 MiB is the largest mmap threshold glibc accepts. Returns whether it took (glibc only).
+    32 MiB is the largest mmap threshold glibc accepts. Other C libraries are left as they are.
     """
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(None)
-    return bool(
-        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
-    )
+    if platform.libc_ver()[0] == "glibc":
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
 @dataclass
