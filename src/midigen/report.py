@@ -100,6 +100,10 @@ def _existing(path: Path, why: str) -> Path:
     return path
 
 
+def _read_json(path: Path, why: str) -> Any:
+    return read_json(path, _missing(path, why))
+
+
 def _field(data: dict, dotted: str, source: Path) -> Any:
     """data['a']['b'] for 'a.b', or one clear error naming the file and the key."""
     value: Any = data
@@ -133,15 +137,14 @@ def load_variant(name: str, inputs: ReportInputs) -> Variant:
     evaluated = f"run `midigen evaluate --variant {name}`"
     generated = f"run `midigen generate --variant {name}`"
     train_dir = inputs.metrics / "train" / name
-    train_path = train_dir / "metrics.json"
-    train = read_json(train_path, _missing(train_path, trained))
+    train = _read_json(train_dir / "metrics.json", trained)
     curves = {}
     for column in ("train_loss", "val_loss"):
         tsv = train_dir / "plots" / "metrics" / f"{column}.tsv"
         if column == "train_loss" or tsv.exists():  # no val_loss.tsv when it never validated
             curves[column] = _read_curve(_existing(tsv, trained), column)
     eval_path = inputs.metrics / "eval" / f"{name}.json"
-    metrics = read_json(eval_path, _missing(eval_path, evaluated))
+    metrics = _read_json(eval_path, evaluated)
     for key in EVAL_KEYS:
         _field(metrics, key, eval_path)
     plots = inputs.plots / "eval" / name
@@ -149,7 +152,7 @@ def load_variant(name: str, inputs: ReportInputs) -> Variant:
         _existing(plots / png, evaluated)
     samples_dir = inputs.samples / name
     samples_path = samples_dir / "samples.json"
-    samples = read_json(samples_path, _missing(samples_path, generated))
+    samples = _read_json(samples_path, generated)
     for prompt in _field(samples, "prompts", samples_path):
         for key in ("id", "song", "source", "title", "prompt_steps"):
             _field(prompt, key, samples_path)
@@ -550,8 +553,7 @@ def build_report(
     """Build one run under out/runs/<run-id>/ and rewrite out/index.html (see module doc)."""
     variants = [load_variant(name, inputs) for name in params["train"]["variants"]]
     _check_same_prompts(variants)
-    baselines_path = inputs.metrics / "baselines.json"
-    baselines = read_json(baselines_path, _missing(baselines_path, "run `midigen baselines`"))
+    baselines = _read_json(inputs.metrics / "baselines.json", "run `midigen baselines`")
     summary = summarize(variants, baselines)
     headline, details = memory_verdict(summary["variants"])
     summary["memory"] = {"headline": headline, "details": details}
