@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import csv
 import functools
 import hashlib
 import http.server
 import io
+import json
 import random
 import re
 import subprocess
@@ -17,12 +20,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import mido
+import numpy as np
 import pytest
 import yaml
 
 from midigen import download as dl
-from midigen.download import SPLITS, download, read_manifest, split_of
+from midigen.download import (
+    SPLITS,
+    download,
+    music21_ids,
+    read_manifest,
+    split_of,
+    top_voice,
+    tune_of,
+)
 from midigen.errors import MidigenError
+from midigen.midi import Notes
 from midigen.params import validate_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +57,28 @@ def midi_bytes(*pitches: int) -> bytes:
     buffer = io.BytesIO()
     song.save(file=buffer)
     return buffer.getvalue()
+
+
+def song(*voices: list[tuple[int, int]]) -> bytes:
+    """A MIDI file with one track per voice, each a run of (pitch, beats) notes."""
+    file = mido.MidiFile(ticks_per_beat=480)
+    for voice in voices:
+        track = mido.MidiTrack()
+        for pitch, beats in voice:
+            track.append(mido.Message("note_on", note=pitch, velocity=64, time=0))
+            track.append(mido.Message("note_off", note=pitch, velocity=0, time=480 * beats))
+        file.tracks.append(track)
+    buffer = io.BytesIO()
+    file.save(file=buffer)
+    return buffer.getvalue()
+
+
+TUNE = [67, 67, 69, 71, 71, 69, 67, 66, 64, 66, 67, 67, 66, 64]  # 14 notes, 13 intervals
+
+
+def chorale(shift: int, bass: int, tune: list[int] = TUNE) -> bytes:
+    """The tune in quarters over a moving bass: another shift or bass is another harmonisation."""
+    return song([(p + shift, 1) for p in tune], [(bass + i % 3, 1) for i in range(len(tune))])
 
 
 A, B, C = midi_bytes(60, 62), midi_bytes(64, 65, 67), midi_bytes(48)
@@ -110,6 +145,8 @@ def check_output(out: Path) -> list[dict]:
         assert row["path"] == f"midi/{row['sha256'][:16]}.mid"
         assert sha(data) == row["sha256"] and len(data) == row["size"]
         assert row["split"] in SPLITS
+        assert row["group"] == (tune_of(data) or row["sha256"])[:16]
+    assert (out / "skipped.csv").read_text().startswith("source,reason\n")
     return rows
 
 
@@ -150,24 +187,64 @@ def test_split_of_is_deterministic_and_proportional() -> None:
 
 
 def test_split_is_stable_when_files_are_added(tmp_path: Path) -> None:
+    """Old files never move; a new file joins an old group only by sharing its tune."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for i in range(20):
         (corpus / f"{i:02}.mid").write_bytes(midi_bytes(30 + i))
-    run_download(
-        {"source": "dir", "dir": str(corpus), "val_fraction": 0.3, "test_fraction": 0.3},
-        tmp_path / "out",
-    )
+    (corpus / "tune.mid").write_bytes(chorale(0, 48))
+    params = {"source": "dir", "dir": str(corpus), "val_fraction": 0.3, "test_fraction": 0.3}
+    run_download(params, tmp_path / "out")
     before = {r["sha256"]: r["split"] for r in read_manifest(tmp_path / "out/manifest.csv")}
     for i in range(20, 40):
         (corpus / f"{i:02}.mid").write_bytes(midi_bytes(30 + i))
-    run_download(
-        {"source": "dir", "dir": str(corpus), "val_fraction": 0.3, "test_fraction": 0.3},
-        tmp_path / "out",
-    )
+    (corpus / "tune-in-d.mid").write_bytes(chorale(-5, 40))
+    summary = run_download(params, tmp_path / "out")
     after = {r["sha256"]: r["split"] for r in read_manifest(tmp_path / "out/manifest.csv")}
-    assert len(after) == 40 and set(before.values()) == set(SPLITS)
+    assert len(after) == 42 and set(before.values()) == set(SPLITS)
     assert {h: after[h] for h in before} == before
+    assert after[sha(chorale(-5, 40))] == before[sha(chorale(0, 48))]
+    assert (summary.shared, summary.groups) == (2, 1)
+
+
+def test_one_tune_in_two_keys_shares_a_split(tmp_path: Path) -> None:
+    """Two harmonisations whose content hashes alone would split them apart share one split."""
+    first = chorale(0, 48)
+    apart = [chorale(shift, 43) for shift in range(-6, 7)]
+    second = next(d for d in apart if split_of(sha(d), 0.3, 0.3) != split_of(sha(first), 0.3, 0.3))
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name, data in {"first.mid": first, "second.mid": second, "a.mid": A, "b.mid": B}.items():
+        (corpus / name).write_bytes(data)
+    params = {"source": "dir", "dir": str(corpus), "val_fraction": 0.3, "test_fraction": 0.3}
+    summary = run_download(params, tmp_path / "out")
+    rows = {r["source"]: r for r in check_output(tmp_path / "out")}
+    tune = tune_of(first)
+    assert rows["first.mid"]["group"] == rows["second.mid"]["group"] == tune[:16]
+    assert rows["first.mid"]["split"] == rows["second.mid"]["split"] == split_of(tune, 0.3, 0.3)
+    assert rows["a.mid"]["group"] == sha(A)[:16]  # too short for a tune: its own group
+    assert rows["a.mid"]["split"] == split_of(sha(A), 0.3, 0.3)
+    assert "4 files (" in str(summary) and ", 2 in 1 shared-tune groups, " in str(summary)
+
+
+def test_a_tune_is_the_top_voices_intervals() -> None:
+    tune = tune_of(chorale(0, 48))
+    assert tune is not None and tune == tune_of(chorale(7, 36))  # another key, another bass
+    # The soprano holds its first note while an inner voice moves: still the same tune.
+    held = song([(67, 2), *[(p, 1) for p in TUNE[1:]]], [(60, 1), (62, 1)], [(48, 15)])
+    assert tune_of(held) == tune
+    assert tune_of(chorale(0, 48, [*TUNE[:5], 70, *TUNE[6:]])) != tune
+    assert tune_of(chorale(0, 48, TUNE[:12])) is None  # 11 intervals: no tune
+    assert tune_of(chorale(0, 48, [60, 62] * 7)) is None  # two pitches: an accompaniment
+    assert tune_of(b"not midi") is None
+
+
+def test_top_voice_is_the_skyline() -> None:
+    # onset, pitch, duration: a soprano holding over a moving alto, then both moving.
+    notes = [(0, 72, 8), (0, 64, 4), (4, 65, 4), (8, 71, 4), (8, 62, 4), (12, 60, 4)]
+    onset, pitch, duration = (np.array(column) for column in zip(*notes, strict=True))
+    melody = top_voice(Notes(onset, np.zeros_like(onset), pitch, duration), 10)
+    assert melody == [72, 71, 60]
 
 
 # --- source: url -------------------------------------------------------------------------------
@@ -367,8 +444,8 @@ def test_dir_source_errors(tmp_path: Path) -> None:
 
 def test_bach_source_is_deterministic(tmp_path: Path) -> None:
     params = {"source": "bach", "max_files": 6, "val_fraction": 0.1, "test_fraction": 0.1}
-    first = run_download(params, tmp_path / "one")
-    run_download(params, tmp_path / "two")
+    first = run_download(dict(params, cache=str(tmp_path / "cache1")), tmp_path / "one")
+    run_download(dict(params, cache=str(tmp_path / "cache2")), tmp_path / "two")
     rows = check_output(tmp_path / "one")
     assert len(rows) + first.duplicates + first.skipped == 6 and len(rows) >= 4
     assert all(r["source"].startswith("bach/bwv") for r in rows)
@@ -378,6 +455,82 @@ def test_bach_source_is_deterministic(tmp_path: Path) -> None:
         (tmp_path / "one" / p).read_bytes() == (tmp_path / "two" / p).read_bytes()
         for p in tree(tmp_path / "one")
     )
+
+
+# --- source: music21 ----------------------------------------------------------------------------
+
+
+def test_music21_lists_each_work_once_in_order() -> None:
+    ids, duplicates = music21_ids(["beethoven", "mozart", "bach"])
+    groups = [i.split("/")[0] for i in ids]
+    assert groups == sorted(groups, key=["beethoven", "mozart", "bach"].index)
+    beethoven = [i for i in ids if i.startswith("beethoven/")]
+    assert beethoven == sorted(beethoven) and "beethoven/opus18no1/movement1.mxl" in beethoven
+    assert not any(i.endswith(".krn") for i in beethoven) and duplicates > 0  # .krn of op. 18/1
+    assert "bach/bwv26.6" in ids and not any(i.endswith(".rntxt") for i in ids)
+    with pytest.raises(MidigenError, match=r"no collection 'schumann' \(it has .*schumann_robert"):
+        music21_ids(["schumann"])
+
+
+def test_music21_source_expands_repeats_and_caches(tmp_path: Path) -> None:
+    from music21 import corpus
+
+    params = {
+        "source": "music21",
+        "collections": ["mozart"],
+        "max_files": 2,
+        "cache": str(tmp_path / "cache"),
+    }
+    run_download(params, tmp_path / "one")
+    rows = {r["source"]: r for r in check_output(tmp_path / "one")}
+    assert sorted(rows) == ["mozart/k155/movement1.mxl", "mozart/k155/movement2.mxl"]
+    # movement 2 has repeat marks: played, it lasts longer than written
+    played = mido.MidiFile(tmp_path / "one" / rows["mozart/k155/movement2.mxl"]["path"])
+    beats = sum(m.time for m in mido.merge_tracks(played.tracks)) / played.ticks_per_beat
+    assert beats > corpus.parse("mozart/k155/movement2.mxl").highestTime + 20
+
+    cached = sorted((tmp_path / "cache").rglob("*.json"))
+    assert [p.relative_to(cached[0].parents[2]).as_posix() for p in cached] == [
+        "mozart/k155/movement1.mxl.json",
+        "mozart/k155/movement2.mxl.json",
+    ]
+    # A second run reads the cache, not music21: a changed cache entry shows in its output.
+    entry = json.loads(cached[1].read_text())
+    entry["works"][0]["midi"] = base64.b64encode(A).decode()
+    cached[1].write_text(json.dumps(entry))
+    run_download(params, tmp_path / "two")
+    rows = {r["source"]: r for r in check_output(tmp_path / "two")}
+    assert rows["mozart/k155/movement2.mxl"]["sha256"] == sha(A)
+
+
+@pytest.mark.parametrize("times, as_written", [(2, 0), (4, 0), (5, 1)])
+def test_a_repeat_past_four_times_is_played_as_written(times: int, as_written: int) -> None:
+    """No bar plays more than 4 times in a correct expansion; beyond that the marks are wrong."""
+    from music21 import bar, converter, stream
+
+    score = converter.parse("tinynotation: 4/4 c4 d e f g a b c' d' e' f' g'")
+    score.makeMeasures(inPlace=True)
+    measures = score.getElementsByClass(stream.Measure)
+    measures[0].leftBarline = bar.Repeat(direction="start")
+    measures[-1].rightBarline = bar.Repeat(direction="end", times=times)
+    data, flag = dl._score_midi(score)
+    played = mido.MidiFile(file=io.BytesIO(data))
+    beats = sum(m.time for m in mido.merge_tracks(played.tracks)) / played.ticks_per_beat
+    assert flag == as_written
+    assert beats == pytest.approx(12 * (1 if as_written else times), abs=1.5)
+
+
+def test_a_work_that_fails_is_skipped_with_its_reason(tmp_path: Path, monkeypatch) -> None:
+    ids = ["bach/bwv277", "bach/no-such-work"]  # bwv277's repeat marks cannot be expanded
+    monkeypatch.setattr(dl, "music21_ids", lambda collections: (ids, 0))
+    params = {"source": "music21", "cache": str(tmp_path / "cache")}
+    summary = run_download(params, tmp_path / "out")
+    assert [r["source"] for r in check_output(tmp_path / "out")] == ["bach/bwv277"]
+    assert "1 unreadable skipped, 1 played as written" in str(summary)
+    with open(tmp_path / "out" / "skipped.csv", newline="") as f:
+        [skipped] = list(csv.DictReader(f))
+    assert skipped["source"] == "bach/no-such-work" and "no-such-work" in skipped["reason"]
+    assert [p.name for p in (tmp_path / "cache").rglob("*.json")] == ["bwv277.json"]
 
 
 # --- the CLI ------------------------------------------------------------------------------------
@@ -431,7 +584,7 @@ def test_cli_bad_params(tmp_path: Path) -> None:
     assert result.returncode == 2 and result.stdout == ""
     assert (
         "midigen download: error: params.yaml: 'download.source' must be one of 'bach', "
-        "'url', 'dir', got 'ftp'"
+        "'music21', 'url', 'dir', got 'ftp'"
     ) in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "data").exists()

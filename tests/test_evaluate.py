@@ -1,4 +1,5 @@
-"""Evaluate: likelihood metrics over the streamed test split, the repeat probe, and the stage."""
+"""Evaluate: likelihood metrics over the streamed test split, the repeat probe, repeats by reach,
+the per-song table, and the stage."""
 
 from __future__ import annotations
 
@@ -20,14 +21,22 @@ from midigen.download import download
 from midigen.encoding import Vocab
 from midigen.errors import MidigenError
 from midigen.evaluate import (
+    TokenScores,
     compare_music,
     continuation_notes,
     evaluate_model,
+    reach_buckets,
+    repeat_distance,
     repeat_probe,
+    repeat_scores,
     repeated,
     score_model,
+    second_copy,
+    song_table,
+    with_reach,
 )
 from midigen.model import ModelConfig, MusicTransformer, token_loss
+from midigen.paired import CELLS, REACH, read_song_cells
 from midigen.params import load_params, validate_params
 from midigen.stages import evaluate as stage
 
@@ -79,6 +88,18 @@ def tiny_model(vocab: Vocab, memory: str, seed: int = 0) -> MusicTransformer:
     return MusicTransformer(config).eval()
 
 
+def evaluate(model: MusicTransformer, shard: Shard, vocab: Vocab, starts=(0, 128), batch_size=2):
+    """evaluate_model with 4-token contexts and the tiny model's XL reach."""
+    return evaluate_model(model, shard, vocab, starts, batch_size, 4, TINY_MODEL["xl_mem_len"])
+
+
+def hand_scores(song, position, nll=None, **fields) -> TokenScores:
+    """TokenScores written out by hand (targets all 0)."""
+    song, position = np.array(song), np.array(position)
+    nll = np.zeros(len(song)) if nll is None else np.array(nll, dtype=np.float64)
+    return TokenScores(nll, np.zeros(len(song), dtype=np.int64), position, song, **fields)
+
+
 @pytest.mark.parametrize("memory", MEMORIES)
 def test_nll_is_the_mean_token_loss_over_the_same_stream(chorales, memory):
     vocab, shard = load_vocab(chorales), first_songs(load_shard(chorales, "train"), 3, 200)
@@ -92,7 +113,7 @@ def test_nll_is_the_mean_token_loss_over_the_same_stream(chorales, memory):
             hits += int((logits.argmax(-1) == segment.targets).sum())
     assert count == len(shard.tokens) - len(shard.songs)  # every token after each <sos>
 
-    metrics = evaluate_model(model, shard, vocab, [0, 128], batch_size=2)
+    metrics, _ = evaluate(model, shard, vocab)
     assert metrics["nll"] == pytest.approx(total / count, rel=1e-6)
     assert metrics["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-6)
     assert metrics["accuracy"] == pytest.approx(hits / count)
@@ -114,7 +135,7 @@ def test_positions_and_buckets_partition_the_targets(chorales):
         assert scores.target[mine][order].tolist() == song[1:].tolist()
 
     starts = [0, 50, 100]
-    metrics = evaluate_model(model, shard, vocab, starts, batch_size=2)
+    metrics, table = evaluate(model, shard, vocab, starts)
     assert list(metrics["nll_by_position"]) == ["0-49", "50-99", "100+"]
     bucket = np.searchsorted(starts, scores.position, side="right") - 1
     weights = np.bincount(bucket, minlength=3)
@@ -131,13 +152,35 @@ def test_positions_and_buckets_partition_the_targets(chorales):
     late = scores.position >= 32  # segment_len: only memory reaches the song's start
     assert metrics["late_from"] == 32
     assert metrics["late_nll"] == pytest.approx(scores.nll[late].mean())
+    assert metrics["early_nll"] == pytest.approx(scores.nll[~late].mean())
+
+    # Each row streams its songs back to back: offsets step by one, modulo the segment.
+    for i in range(len(shard.songs)):
+        offset = scores.offset[scores.song == i][np.argsort(scores.position[scores.song == i])]
+        assert ((offset[1:] - offset[:-1]) % 32 == 1).all() and offset.max() < 32
+
+    # The per-song table holds the same numbers, song by song.
+    assert table.songs == tuple(song["sha256"] for song in shard.songs)
+    assert table.mean("all") == pytest.approx(metrics["nll"])
+    assert table.mean("late") == pytest.approx(metrics["late_nll"])
+    lengths = np.diff(shard.offsets) - 1
+    for cell in ("all", "repeat_first", "repeat_second"):
+        assert table.cell(cell).tokens.tolist() == lengths.tolist()
+    assert table.mean("repeat_second") == pytest.approx(metrics["repeat"]["second"])
+    reach = metrics["repeat_by_reach"]
+    assert list(reach) == list(REACH)
+    assert sum(r["tokens"] for r in reach.values()) == len(scores.nll)
+    assert np.average(
+        [r["nll"] for r in reach.values() if r["tokens"]],
+        weights=[r["tokens"] for r in reach.values() if r["tokens"]],
+    ) == pytest.approx(metrics["nll"])
 
 
 def test_bad_position_buckets_are_one_clear_error(chorales):
     vocab, shard = load_vocab(chorales), first_songs(load_shard(chorales, "train"), 1)
     for starts in ([], [10, 20], [0, 64, 64]):
         with pytest.raises(MidigenError, match="evaluate.position_buckets"):
-            evaluate_model(tiny_model(vocab, "none"), shard, vocab, starts, 1)
+            evaluate(tiny_model(vocab, "none"), shard, vocab, starts, 1)
 
 
 # ---- the repeat probe ----------------------------------------------------------------------
@@ -169,9 +212,93 @@ def test_repeat_probe_first_copy_is_the_plain_evaluation(chorales, memory):
     never reaches ahead into the second copy."""
     vocab, shard = load_vocab(chorales), first_songs(load_shard(chorales, "train"), 3, 160)
     model = tiny_model(vocab, memory)
+    scores, second = repeat_scores(model, shard, vocab, batch_size=3)
+    alone = score_model(model, shard, vocab, 3).nll
+    assert scores.nll[~second].mean() == pytest.approx(alone.mean(), rel=1e-5)
+    assert second.sum() == (~second).sum() == len(alone)
     probe = repeat_probe(model, shard, vocab, batch_size=3)
-    assert probe["first"] == pytest.approx(score_model(model, shard, vocab, 3).nll.mean(), rel=1e-5)
-    assert math.isfinite(probe["second"]) and probe["second"] != probe["first"]
+    assert probe == {"first": scores.nll[~second].mean(), "second": scores.nll[second].mean()}
+
+
+def test_second_copy_and_its_per_song_sums_have_known_answers():
+    """Songs of 4 and 3 tokens played twice: 3 + 3 and 2 + 2 predictions."""
+    probe = hand_scores(
+        song=[0] * 6 + [1] * 4,
+        position=[0, 1, 2, 3, 4, 5, 0, 1, 2, 3],
+        nll=[1, 1, 1, 0.5, 0.5, 0.25, 2, 2, 1, 3],
+    )
+    second = second_copy(probe, np.array([4, 3]))
+    assert second.tolist() == [False] * 3 + [True] * 3 + [False] * 2 + [True] * 2
+    scores = hand_scores(  # the songs alone: 3 and 2 predictions
+        song=[0, 0, 0, 1, 1],
+        position=[0, 1, 2, 0, 1],
+        nll=[1, 2, 4, 8, 16],
+        reach=np.array([0, 1, 3, 0, 2]),
+    )
+    table = song_table(scores, probe, second, 2, ["a", "b"])
+    expected = {  # per song (nll sum, tokens)
+        "all": [(7, 3), (24, 2)],
+        "early": [(3, 2), (24, 2)],
+        "late": [(4, 1), (0, 0)],
+        "repeat_first": [(3, 3), (4, 2)],
+        "repeat_second": [(1.25, 3), (4, 2)],
+        "reach_none": [(1, 1), (8, 1)],
+        "reach_segment": [(2, 1), (0, 0)],
+        "reach_xl": [(0, 0), (16, 1)],
+        "reach_beyond": [(4, 1), (0, 0)],
+    }
+    assert list(expected) == list(CELLS)
+    for cell, songs in expected.items():
+        nll_sum, tokens = table.cell(cell)
+        assert list(zip(nll_sum.tolist(), tokens.tolist(), strict=True)) == songs, cell
+    assert table.mean("repeat_first") == 7 / 5 and table.mean("repeat_second") == 5.25 / 5
+
+
+# ---- repeats by reach -----------------------------------------------------------------------
+
+# position:     0  1  2  3  4  5  6  7  8  9 10 11 12
+SONG = np.array([5, 1, 2, 3, 1, 2, 3, 9, 1, 2, 3, 1, 2])
+# The pair ending at each position last ended this many tokens before (0: never); pairs (1, 2)
+# end at 2, 5, 9, 12; (2, 3) at 3, 6, 10; (3, 1) at 4, 11.
+DISTANCE = [0, 0, 0, 0, 0, 3, 3, 0, 0, 4, 4, 7, 3]
+
+
+def test_repeat_distance_and_reach_by_hand():
+    assert repeat_distance(SONG, 2).tolist() == DISTANCE
+    assert repeat_distance(SONG, 3).tolist() == [0] * 6 + [3, 0, 0, 0, 4, 7, 7]
+    assert repeat_distance(SONG[:2], 3).tolist() == [0, 0]
+    # segments of 8 tokens from position 0, XL memory of 2: a distance up to the offset is in
+    # the segment, up to the offset + 2 within XL's reach
+    offset = np.arange(len(SONG)) % 8
+    reach = reach_buckets(np.array(DISTANCE), offset, 2)
+    assert [REACH[r] for r in reach] == [
+        *["none"] * 5,
+        "segment",  # 5: distance 3 <= offset 5
+        "segment",  # 6: 3 <= 6
+        "none",
+        "none",
+        "beyond",  # 9: 4 > offset 1 + 2
+        "xl",  # 10: 4 <= offset 2 + 2
+        "beyond",  # 11: 7 > 3 + 2
+        "segment",  # 12: 3 <= 4
+    ]
+
+
+def test_reach_is_looked_up_in_each_predictions_own_song():
+    shard = Shard(
+        tokens=np.concatenate([SONG, [7, 7, 7, 7]]),
+        times=np.zeros(17),
+        bar_pos=np.zeros(17),
+        offsets=np.array([0, 13, 17]),
+        songs=[{}, {}],
+    )
+    # both songs in one row: the second one's positions 0, 1, 2 sit at offsets 5, 6, 7
+    position = np.concatenate([np.arange(12), np.arange(3)])
+    offset = np.concatenate([np.arange(12) % 8, [5, 6, 7]])
+    scores = hand_scores(song=[0] * 12 + [1] * 3, position=position, offset=offset)
+    reach = with_reach(scores, shard, 2, 2).reach
+    assert reach[:12].tolist() == reach_buckets(np.array(DISTANCE[:12]), offset[:12], 2).tolist()
+    assert [REACH[r] for r in reach[12:]] == ["none", "none", "segment"]  # (7, 7) at 1, 2
 
 
 # ---- generated against real music, and the stage ------------------------------------------
@@ -247,7 +374,12 @@ def stage_args(tmp_path: Path, chorales: Path, model: Path, variant: str) -> arg
 
 
 PARAMS = validate_params(
-    {"evaluate": {"batch_size": 4}, "encode": {"steps_per_beat": 4}}, partial=True
+    {
+        "evaluate": {"batch_size": 4},
+        "encode": {"steps_per_beat": 4},
+        "model": {"xl_mem_len": TINY_MODEL["xl_mem_len"]},
+    },
+    partial=True,
 )
 
 
@@ -260,9 +392,12 @@ def test_stage_writes_metrics_and_plots(chorales, tmp_path):
 
     metrics = json.loads((tmp_path / "metrics" / "xl_knn.json").read_text())
     assert set(metrics) >= {"nll", "perplexity", "bits_per_note", "accuracy", "loss_by_type"}
-    assert set(metrics) >= {"nll_by_position", "late_nll", "repeat", "music"}
+    assert set(metrics) >= {"nll_by_position", "early_nll", "late_nll", "repeat", "music"}
     assert list(metrics["nll_by_position"])[0] == "0-127"
+    assert metrics["repeat_ngram"] == 8 and metrics["xl_mem_len"] == TINY_MODEL["xl_mem_len"]
+    assert list(metrics["repeat_by_reach"]) == ["none", "segment", "xl", "beyond"]
     music = metrics["music"]
+    assert music["prompts"] == 2
     for kind in ("generated", "real"):
         assert list(music[kind]) == [
             "pitch_class_entropy",
@@ -271,9 +406,19 @@ def test_stage_writes_metrics_and_plots(chorales, tmp_path):
             "empty_beat_rate",
             "pitch_range",
         ]
-        assert 0.9 <= music[kind]["scale_consistency"] <= 1  # Bach: tonal
+        scale = music[kind]["scale_consistency"]
+        assert 0.9 <= scale["low"] <= scale["mean"] <= scale["high"] <= 1  # Bach: tonal
     assert music["generated"] != music["real"]  # "generated" is another chorale
-    assert all(0 < v < 1 for v in music["overlap"].values()), music["overlap"]
+    for overlap in music["overlap"].values():
+        assert 0 < overlap["low"] <= overlap["mean"] <= overlap["high"] < 1, music["overlap"]
+
+    songs = read_song_cells(tmp_path / "plots" / "songs.csv")
+    test = load_shard(chorales, "test")
+    assert songs.songs == tuple(song["sha256"] for song in test.songs)
+    assert songs.mean("all") == pytest.approx(metrics["nll"])
+    assert songs.mean("repeat_second") == pytest.approx(metrics["repeat"]["second"])
+    for name, reach in metrics["repeat_by_reach"].items():
+        assert songs.cell(f"reach_{name}").tokens.sum() == reach["tokens"]
 
     plots = tmp_path / "plots"
     with open(plots / "nll_by_position.csv") as f:
@@ -294,7 +439,9 @@ def test_identical_continuations_overlap_fully(chorales, tmp_path):
     write_samples(tmp_path / "samples", load_shard(chorales, "test"), "vanilla", False)
     stage.run(stage_args(tmp_path, chorales, model, "vanilla"), PARAMS)
     music = json.loads((tmp_path / "metrics" / "vanilla.json").read_text())["music"]
-    assert music["overlap"] == {"pitch": 1.0, "duration": 1.0, "ioi": 1.0, "polyphony": 1.0}
+    assert list(music["overlap"]) == ["pitch", "duration", "ioi", "polyphony"]
+    for overlap in music["overlap"].values():
+        assert overlap == pytest.approx({"mean": 1.0, "low": 1.0, "high": 1.0})
     assert music["generated"] == music["real"]
 
 
@@ -321,9 +468,12 @@ def test_stage_errors_are_one_clear_message(chorales, tmp_path):
         MidigenError, match="predicts 292 tokens but the shards' vocabulary has 164"
     ):
         stage.run(stage_args(tmp_path, chorales, wrong, "vanilla"), PARAMS)
-    eighths = validate_params({"evaluate": {}, "encode": {"steps_per_beat": 8}}, partial=True)
+    eighths = validate_params({**PARAMS, "encode": {"steps_per_beat": 8}}, partial=True)
     with pytest.raises(MidigenError, match="steps_per_beat 4 but encode.steps_per_beat is 8"):
         stage.run(args, eighths)
+    longer = validate_params({**PARAMS, "model": {"xl_mem_len": 64}}, partial=True)
+    with pytest.raises(MidigenError, match="trained with xl_mem_len 32 but model.xl_mem_len is 64"):
+        stage.run(args, longer)
 
     (tmp_path / "samples" / "samples.json").write_text('{"steps_per_beat": 4, "prompts": [{}]}')
     with pytest.raises(MidigenError, match="prompt 0 has no id, prompt_steps"):

@@ -70,6 +70,11 @@ def reference(model: MusicTransformer, tokens, bar_pos, allowed: torch.Tensor) -
     c = model.config
     x = model.tok_emb(tokens) + model.bar_emb(bar_pos) + model.beat_emb(bar_pos // c.steps_per_beat)
     i = torch.arange(tokens.shape[1])
+    if c.previous_token:
+        previous = torch.full_like(tokens, c.vocab_size)  # a song's first token: none before
+        same_song = allowed[:, i[1:], i[:-1]]  # token i - 1 is visible from i: the same song
+        previous[:, 1:] = torch.where(same_song, tokens[:, :-1], c.vocab_size)
+        x = x + model.prev_emb(previous)
     bias = model.position_bias.table.weight[(i[:, None] - i[None, :]).clamp(0, c.max_distance)]
     bias = bias.permute(2, 0, 1)  # (H, L, L)
     for block in model.blocks:
@@ -123,11 +128,13 @@ def test_xl_with_long_memory_is_a_kv_cache():
     torch.testing.assert_close(xl, full, atol=1e-5, rtol=1e-5)
 
 
-def test_xl_multilayer_matches_hand_written_reference():
+@pytest.mark.parametrize("previous_token", [False, True])
+def test_xl_multilayer_matches_hand_written_reference(previous_token):
     """xl_mem_len = T, two layers, four segments: each segment sees itself and the previous one
     at every layer, and the previous one's states saw *their* previous one (the XL recurrence).
-    Written out as attention over the whole stream with a banded mask."""
-    model = tiny(memory="xl")
+    Written out as attention over the whole stream with a banded mask; with token shift, the
+    previous token crosses segments within a song and never crosses songs."""
+    model = tiny(memory="xl", previous_token=previous_token)
     tokens, bar_pos = stream(2, 4 * T, seed=2)
     doc = torch.zeros_like(tokens)
     doc[1, T + 3 :] = 1
@@ -140,9 +147,10 @@ def test_xl_multilayer_matches_hand_written_reference():
 
 
 @pytest.mark.parametrize("memory", ["none", "xl"])
-def test_one_token_at_a_time_with_a_cache_equals_one_pass(memory):
+@pytest.mark.parametrize("previous_token", [False, True])
+def test_one_token_at_a_time_with_a_cache_equals_one_pass(memory, previous_token):
     """Generation's key/value cache: a mem_len covering the context, fed token by token."""
-    model = tiny(memory=memory)
+    model = tiny(memory=memory, previous_token=previous_token)
     tokens, bar_pos = stream(2, 3 * T, seed=15)
     doc = torch.zeros_like(tokens)
     doc[1, 5:] = 1
@@ -286,7 +294,7 @@ def test_knn_memory_changes_the_output():
     doc = torch.zeros_like(tokens)
     with torch.no_grad():
         with_knn, _ = run(model, tokens, bar_pos, doc)
-        model.blocks[-1].attn.gate.fill_(-100.0)  # sigmoid ~ 0: local attention only
+        model.blocks[model.knn_layer].attn.gate.fill_(-100.0)  # sigmoid ~ 0: local attention only
         without, _ = run(model, tokens, bar_pos, doc)
     torch.testing.assert_close(with_knn[:, :T], without[:, :T])  # segment 1: memory empty
     assert not torch.allclose(with_knn[:, T:], without[:, T:], atol=1e-4)
@@ -338,7 +346,7 @@ def test_gradients_stop_at_memory(memory):
     assert grads[1] is not None and grads[1].abs().sum() > 0
     loss.backward()
     if memory == "xl_knn":
-        assert model.blocks[-1].attn.gate.grad.abs().sum() > 0  # the gate does learn
+        assert model.blocks[model.knn_layer].attn.gate.grad.abs().sum() > 0  # the gate does learn
 
 
 # ---- 5. bad configs -----------------------------------------------------------------------------
@@ -445,3 +453,17 @@ def test_relative_bias_starts_local():
     torch.testing.assert_close(learned, fixed)
     assert (learned[:, 0, 1:65].diff(dim=-1) < 0).all()  # strictly decreasing up to the clamp
     assert model.position_bias.table.weight.requires_grad
+
+
+def test_memory_steering_parameters_learn_fast_without_decay():
+    """The position table and the kNN gate and temperature: their own group, no weight decay,
+    a learning rate scaled up (Adam moves each by about lr per step); every parameter once."""
+    model = tiny(memory="xl_knn")
+    decay, plain, steering = model.optimizer_groups(weight_decay=0.1, memory_lr_scale=10.0)
+    knn = model.blocks[model.knn_layer].attn
+    want = {id(model.position_bias.table.weight), id(knn.gate), id(knn.log_temperature)}
+    assert {id(p) for p in steering["params"]} == want
+    assert steering["weight_decay"] == 0.0 and steering["lr_scale"] == 10.0
+    assert decay["weight_decay"] == 0.1 and "lr_scale" not in decay
+    everything = [id(p) for g in (decay, plain, steering) for p in g["params"]]
+    assert sorted(everything) == sorted(id(p) for p in model.parameters())

@@ -50,9 +50,10 @@ def test_default_params_are_valid():
         (
             "download.source",
             "ftp",
-            "'download.source' must be one of 'bach', 'url', 'dir', got 'ftp'",
+            "'download.source' must be one of 'bach', 'music21', 'url', 'dir', got 'ftp'",
         ),
         ("download.sha256", "abc", "'download.sha256' must be a string matching"),
+        ("download.collections", [], "'download.collections': [] should be non-empty"),
         ("encode.chunks", [0, 2], "encode.chunks must list the ids 0..1 once each"),
         ("download.source", "url", "download.url or download.sha256 is not set"),
         ("trian", {}, "unknown key 'trian'"),

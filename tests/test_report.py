@@ -27,8 +27,9 @@ from midigen.corpus import EncodeConfig
 from midigen.errors import MidigenError
 from midigen.media import piano_roll, render_audio
 from midigen.midi import Notes, write_midi
+from midigen.paired import CELLS, CONTRASTS, REACH, SongCells, memory_effect, write_song_cells
 from midigen.params import load_params
-from midigen.report import floor_verdict, memory_verdict
+from midigen.report import floor_verdict, format_interval, memory_verdict
 from midigen.stages import report as report_stage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,11 +37,15 @@ VARIANTS = ("vanilla", "xl", "xl_knn")
 CHORALES = ("bach/bwv269", "bach/bwv347")
 XSS = "<script>alert(1)</script>"
 PROMPT_BARS, SONG_BARS = 2, 6
-# Test inputs in which both memory variants beat vanilla late in songs and on the repeat probe.
-EVAL = {
-    "vanilla": {"nll": 1.90, "late_nll": 2.00, "repeat_first": 2.05, "repeat_second": 2.10},
-    "xl": {"nll": 1.80, "late_nll": 1.80, "repeat_first": 2.00, "repeat_second": 1.20},
-    "xl_knn": {"nll": 1.75, "late_nll": 1.70, "repeat_first": 2.00, "repeat_second": 0.90},
+TEST_SONGS = 12
+# Test inputs in which both memory variants are a little better everywhere (their level) and
+# much better on the second copy of the repeat probe; xl_knn also on far repeats. Nats/token
+# added to vanilla's NLL per cell.
+LEVEL = {"vanilla": 0.0, "xl": -0.05, "xl_knn": -0.1}
+MEMORY = {
+    "vanilla": {},
+    "xl": {"repeat_second": -0.8, "reach_xl": -0.4},
+    "xl_knn": {"repeat_second": -1.1, "reach_xl": -0.4, "reach_beyond": -0.9},
 }
 
 PAGE_FACTS = """(async () => {
@@ -177,23 +182,50 @@ def _write_train_metrics(metrics: Path) -> None:
         live.end()
 
 
+def song_cells(variant: str) -> SongCells:
+    """plots/eval/V/songs.csv: vanilla's per-song NLL varies by song; a variant adds its level
+    and memory gains to every token of a cell, plus a little per-song noise."""
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 300, (TEST_SONGS, len(CELLS)))
+    vanilla = rng.normal(2.0, 0.2, tokens.shape)
+    noise = np.random.default_rng(len(variant)).normal(0, 0.02, tokens.shape)
+    gain = np.array([MEMORY[variant].get(cell, 0.0) for cell in CELLS])
+    per_token = vanilla + (LEVEL[variant] + gain + noise if variant != "vanilla" else 0)
+    songs = tuple(hashlib.sha256(bytes([i])).hexdigest() for i in range(TEST_SONGS))
+    return SongCells(songs, per_token * tokens, tokens)
+
+
 def eval_metrics(variant: str) -> dict:
-    """metrics/eval/V.json in the agreed layout."""
-    e = EVAL[variant]
+    """metrics/eval/V.json in the agreed layout, its NLLs summed from songs.csv as evaluate's."""
+    table = song_cells(variant)
+    nll = table.mean("all")
     buckets = ["0-127", "128-255", "256-511", "512-1023", "1024+"]
+    music = {"mean": 0.9, "low": 0.8, "high": 0.95}
     return {
-        "nll": e["nll"],
-        "perplexity": math.exp(e["nll"]),
-        "bits_per_note": e["nll"] * 2 / math.log(2),
+        "nll": nll,
+        "perplexity": math.exp(nll),
+        "bits_per_note": nll * 2 / math.log(2),
         "accuracy": 0.45,
         "loss_by_type": {"note": 2.3, "duration": 1.1, "separator": 0.9, "eos": 0.2},
-        "nll_by_position": {b: e["nll"] + 0.3 - 0.1 * j for j, b in enumerate(buckets)},
-        "late_nll": e["late_nll"],
-        "repeat": {"first": e["repeat_first"], "second": e["repeat_second"]},
+        "nll_by_position": {b: nll + 0.3 - 0.1 * j for j, b in enumerate(buckets)},
+        "early_nll": table.mean("early"),
+        "late_nll": table.mean("late"),
+        "late_from": 256,
+        "repeat": {"first": table.mean("repeat_first"), "second": table.mean("repeat_second")},
+        "repeat_ngram": 8,
+        "xl_mem_len": 128,
+        "repeat_by_reach": {
+            r: {
+                "nll": table.mean(f"reach_{r}"),
+                "tokens": int(table.cell(f"reach_{r}").tokens.sum()),
+            }
+            for r in REACH
+        },
         "music": {
-            "generated": {"pitch_class_entropy": 2.9, "scale_consistency": 0.95, "pitch_range": 30},
-            "real": {"pitch_class_entropy": 2.8, "scale_consistency": 0.97, "pitch_range": 31},
-            "overlap": {"pitch": 0.8, "duration": 0.9, "ioi": 0.85, "polyphony": 0.7},
+            "prompts": 2,
+            "generated": {"pitch_class_entropy": music, "scale_consistency": music},
+            "real": {"pitch_class_entropy": music, "scale_consistency": music},
+            "overlap": {"pitch": music, "duration": music, "ioi": music, "polyphony": music},
         },
     }
 
@@ -204,9 +236,10 @@ def _write_eval(metrics: Path, plots: Path) -> None:
         data = eval_metrics(variant)
         (metrics / "eval" / f"{variant}.json").write_text(json.dumps(data))
         (plots / "eval" / variant).mkdir(parents=True)
+        write_song_cells(plots / "eval" / variant / "songs.csv", song_cells(variant))
         for png, values in (
             ("nll_by_position.png", list(data["nll_by_position"].values())),
-            ("histograms.png", list(data["music"]["overlap"].values())),
+            ("histograms.png", [o["mean"] for o in data["music"]["overlap"].values()]),
         ):
             fig = Figure(figsize=(4, 3), dpi=60)
             fig.add_subplot().plot(values, "o-")
@@ -307,14 +340,27 @@ def test_report_loads_in_chromium_with_working_media(browser_page, inputs):
 
 def test_report_states_plainly_whether_memory_helped(browser_page, inputs):
     summary = build(inputs, _params())
-    assert "Yes: memory helped" in summary
+    helped = "xl on repeat probe, xl_knn on repeat probe, xl_knn on far repeats, "
+    helped += "xl on XL-reach repeats, xl_knn on XL-reach repeats"
+    assert f"Yes: memory helped where it can reach ({helped})." in summary
     page_text = check_page(browser_page, inputs / "reports" / "index.html", inputs)["text"]
-    assert "Yes: memory helped" in page_text
+    assert "Yes: memory helped where it can reach" in page_text
+    vanilla = song_cells("vanilla")
     for variant in ("xl", "xl_knn"):
-        late = EVAL[variant]["late_nll"] - EVAL["vanilla"]["late_nll"]
-        repeat = EVAL[variant]["repeat_second"] - EVAL["vanilla"]["repeat_second"]
-        assert f"{variant} {EVAL[variant]['late_nll']:.3f} ({late:+.3f}, lower)" in page_text
-        assert f"{variant} {EVAL[variant]['repeat_second']:.3f} ({repeat:+.3f}, lower)" in page_text
+        effect = memory_effect(song_cells(variant), vanilla, "second_vs_first").as_dict()
+        assert effect["high"] < 0
+        assert f"{variant} {format_interval(effect)} (" in page_text
+        far = memory_effect(song_cells(variant), vanilla, "beyond_vs_none").as_dict()
+        outcome = "helped" if variant == "xl_knn" else "no detectable effect"
+        assert f"{variant} {format_interval(far)} (" in page_text
+        assert (far["high"] < 0) == (variant == "xl_knn")
+        assert f"{format_interval(far)}\n{outcome}" in page_text  # the memory-effect table
+    # Repeat by reach: token counts and every variant's NLL per bucket.
+    for r in REACH:
+        tokens = int(vanilla.cell(f"reach_{r}").tokens.sum())
+        nlls = "\t".join(f"{song_cells(v).mean(f'reach_{r}'):.3f}" for v in VARIANTS)
+        assert f"\t{tokens}\t{nlls}" in page_text
+    assert "0.900 [0.800, 0.950]" in page_text  # musical metrics with their interval
 
 
 def test_midi_track_name_is_shown_as_text(browser_page, inputs):
@@ -360,6 +406,7 @@ def test_second_run_is_kept_beside_the_first_and_the_index_lists_both(browser_pa
     changed = copy.deepcopy(params)
     changed["generate"]["temperature"] = 0.7
     xl = eval_metrics("xl") | {"nll": 1.65}
+    xl_before = eval_metrics("xl")["nll"]
     (inputs / "metrics" / "eval" / "xl.json").write_text(json.dumps(xl))
     build(inputs, changed)
 
@@ -375,7 +422,7 @@ def test_second_run_is_kept_beside_the_first_and_the_index_lists_both(browser_pa
     newest, oldest = facts["runs"]
     assert newest.startswith(second.name) and oldest.startswith(first.name)
     assert "generate.temperature: 1.0 \u2192 0.7" in newest
-    assert "xl: NLL 1.800 \u2192 1.650 (-0.150)" in newest
+    assert f"xl: NLL {xl_before:.3f} \u2192 1.650 ({1.65 - xl_before:+.3f})" in newest
     assert "vanilla: unchanged" in newest
     assert "first run" in oldest
     # The second run's own page tells what changed since the first.
@@ -398,6 +445,12 @@ def _other_song(prompt: dict) -> None:
     prompt["song"] = "0" * 64
 
 
+def _other_songs(inputs: Path, variant: str) -> None:
+    table = song_cells(variant)
+    other = SongCells(("0" * 64, *table.songs[1:]), table.nll_sum, table.tokens)
+    write_song_cells(inputs / "plots" / "eval" / variant / "songs.csv", other)
+
+
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [
@@ -412,8 +465,10 @@ def _other_song(prompt: dict) -> None:
         (lambda i: (i / "samples/xl/01_real.wav").unlink(), r"missing .*samples/xl/01_real\.wav"),
         (lambda i: _edit_samples(i, "xl", _rename_media), r"bad media file name '\.\./"),
         (lambda i: _edit_samples(i, "xl", _other_song), r"samples/xl/samples.json continues other"),
+        (lambda i: (i / "plots/eval/xl/songs.csv").unlink(), r"missing .*plots/eval/xl/songs\.csv"),
+        (lambda i: _other_songs(i, "xl_knn"), r"eval/xl_knn/songs.csv scores other songs than"),
     ],
-    ids=["eval", "train", "audio", "media-name", "prompts"],
+    ids=["eval", "train", "audio", "media-name", "prompts", "songs", "other-songs"],
 )
 def test_bad_inputs_are_named_and_nothing_is_written(inputs, breakage, message):
     breakage(inputs)
@@ -422,29 +477,59 @@ def test_bad_inputs_are_named_and_nothing_is_written(inputs, breakage, message):
     assert not (inputs / "reports").exists()
 
 
+def interval(mean: float, low: float, high: float) -> dict[str, float]:
+    return {"mean": mean, "low": low, "high": high}
+
+
+def compared(effects: dict[str, dict], level: dict | None = None) -> dict:
+    """A summary's vs_vanilla entry: the given memory effects (others 0 [-0.01, +0.01]) and a
+    paired difference `level` on every cell."""
+    level = level or interval(0.0, -0.01, 0.01)
+    none = interval(0.0, -0.01, 0.01)
+    return {
+        "cells": {cell: level for cell in CELLS},
+        "effects": {c: effects.get(c, none) for c in CONTRASTS},
+    }
+
+
+def summary_with(**variants) -> dict:
+    return {"variants": {"vanilla": {}, **{n: {} for n in variants}}, "vs_vanilla": variants}
+
+
+HELPED, HURT = interval(-0.4, -0.6, -0.2), interval(0.05, 0.01, 0.09)
+
+
 @pytest.mark.parametrize(
     ("xl", "xl_knn", "headline"),
     [
-        ((1.8, 1.2), (1.7, 0.9), "Yes"),  # both lower on both probes
-        ((2.1, 2.1), (2.005, 2.3), "No"),  # higher, or within 0.01 nats of vanilla
-        ((2.1, 1.2), (2.0, 2.1), "Partly"),
+        ({"second_vs_first": HELPED}, {}, "Yes: memory helped where it can reach (xl on repeat"),
+        ({}, {"late_vs_early": HURT}, "No: memory hurt where it can reach (xl_knn on late"),
+        ({"beyond_vs_none": HELPED}, {"xl_vs_none": HURT}, "Mixed: memory helped (xl on far"),
+        ({}, {}, "No detectable effect of memory"),
+        ({"second_vs_first": interval(-0.3, -0.6, 0.0)}, {}, "No detectable effect"),  # touches 0
     ],
 )
-def test_memory_verdict_compares_memory_variants_with_vanilla(xl, xl_knn, headline):
-    vanilla = (2.0, 2.1)  # (late_nll, repeat_second)
-    results = {
-        name: {"late_nll": late, "repeat_second": repeat}
-        for name, (late, repeat) in (("vanilla", vanilla), ("xl", xl), ("xl_knn", xl_knn))
-    }
-    said, details = memory_verdict(results)
+def test_memory_verdict_follows_the_memory_effect_intervals(xl, xl_knn, headline):
+    said, details = memory_verdict(summary_with(xl=compared(xl), xl_knn=compared(xl_knn)))
     assert said.startswith(headline)
-    assert f"vanilla {vanilla[0]:.3f}" in details[0]
-    assert f"xl_knn {xl_knn[1]:.3f}" in details[1]
+    assert "xl +0.000 [-0.010, +0.010]" in details[0]  # the level, all tokens
+    repeat = next(d for d in details if "repeat probe" in d)
+    effect = format_interval(xl.get("second_vs_first", interval(0.0, -0.01, 0.01)))
+    assert f"xl {effect} (+0.000 [-0.010, +0.010] minus +0.000 [-0.010, +0.010])" in repeat
+
+
+def test_a_variant_better_everywhere_is_no_evidence_for_memory():
+    """Lower on the first copy as much as on the second: a level, not memory."""
+    lower = interval(-0.02, -0.03, -0.01)
+    said, details = memory_verdict(summary_with(xl=compared({}, level=lower)))
+    assert said.startswith("No detectable effect")
+    assert "xl -0.020 [-0.030, -0.010]" in details[0]
 
 
 def test_memory_verdict_without_vanilla_says_it_cannot_tell():
-    said, details = memory_verdict({"xl": {"late_nll": 1.0, "repeat_second": 1.0}})
+    said, details = memory_verdict({"variants": {"xl": {}}, "vs_vanilla": {}})
     assert said.startswith("Cannot tell") and details == []
+    assert "this run has xl" in said
 
 
 def test_floor_verdict_names_the_best_baseline_and_who_beats_it():

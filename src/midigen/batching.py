@@ -63,12 +63,21 @@ def pitch_shift(
     return shifted
 
 
+def played_twice(song: np.ndarray) -> np.ndarray:
+    """A song's array followed by itself again without its first entry (the `<sos>`): one
+    song, so memories survive into the second copy (the repeat curriculum and probe)."""
+    return np.concatenate([song, song[1:]])
+
+
 class ContiguousBatches:
     """Segments of `batch_size` rows x `segment_len` tokens over one split, epoch by epoch.
 
     Songs are shuffled per epoch (seeded) and dealt to the currently shortest row, so rows end
     at about the same time; the shorter rows are padded at the end. Song ids are unique across
     epochs, so no memory survives from one epoch to the next either.
+
+    `repeat_fraction` is a curriculum for memory: that share of the songs (drawn per epoch) is
+    played twice in a row, so copying from far back pays during training; 0 leaves songs alone.
     """
 
     def __init__(
@@ -81,10 +90,12 @@ class ContiguousBatches:
         shuffle: bool = True,
         pitch_range: tuple[int, int] = (0, 0),
         split: str = "train",
+        repeat_fraction: float = 0.0,
     ):
         self.shard, self.vocab = shard, vocab
         self.batch_size, self.segment_len = batch_size, segment_len
         self.seed, self.shuffle, self.pitch_range = seed, shuffle, pitch_range
+        self.repeat_fraction = repeat_fraction
         self.n_songs = len(shard.offsets) - 1
         if self.n_songs == 0:
             raise MidigenError(
@@ -95,27 +106,35 @@ class ContiguousBatches:
         """All segments of one epoch, in order (each row's songs in sequence)."""
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(self.n_songs) if self.shuffle else np.arange(self.n_songs)
+        twice = np.zeros(self.n_songs, dtype=bool)
+        if self.repeat_fraction > 0:  # drawn only when asked: other runs keep their batches
+            twice = rng.random(self.n_songs) < self.repeat_fraction
         rows: list[list[int]] = [[] for _ in range(self.batch_size)]
         lengths = np.zeros(self.batch_size, dtype=np.int64)
         for song in order:
             r = int(np.argmin(lengths))
             rows[r].append(int(song))
-            lengths[r] += self.shard.offsets[song + 1] - self.shard.offsets[song]
-        streams = [self._row(songs, epoch, rng) for songs in rows]
+            length = self.shard.offsets[song + 1] - self.shard.offsets[song]
+            lengths[r] += 2 * length - 1 if twice[song] else length
+        streams = [self._row(songs, twice, epoch, rng) for songs in rows]
         n_segments = -(-int(lengths.max()) // self.segment_len)
         width = n_segments * self.segment_len
         batch = np.stack([self._pad(stream, width) for stream in streams])  # (B, 4, width)
         return [self._segment(batch, i) for i in range(n_segments)]
 
-    def _row(self, songs: list[int], epoch: int, rng: np.random.Generator) -> np.ndarray:
+    def _row(
+        self, songs: list[int], twice: np.ndarray, epoch: int, rng: np.random.Generator
+    ) -> np.ndarray:
         """One row's stream as 4 parallel arrays: tokens, targets, bar positions, song ids."""
         parts = []
         for song in songs:
             span = self.shard.song(song)
             tokens = np.asarray(self.shard.tokens[span], dtype=np.int64)
             tokens = pitch_shift(tokens, self.vocab, *self.pitch_range, rng)
-            targets = np.append(tokens[1:], IGNORE)  # no target across the song boundary
             bar_pos = np.asarray(self.shard.bar_pos[span], dtype=np.int64)
+            if twice[song]:
+                tokens, bar_pos = played_twice(tokens), played_twice(bar_pos)
+            targets = np.append(tokens[1:], IGNORE)  # no target across the song boundary
             doc = np.full(len(tokens), epoch * self.n_songs + song, dtype=np.int64)
             parts.append(np.stack([tokens, targets, bar_pos, doc]))
         return np.concatenate(parts, axis=1) if parts else np.zeros((4, 0), dtype=np.int64)

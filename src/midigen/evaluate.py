@@ -7,7 +7,11 @@ from one table of per-target scores (`TokenScores`), which the n-gram baselines 
 
 The position of a prediction is the index, within its song, of the token it is made from
 (0 = `<sos>`, predicting the first note): a prediction at position >= segment_len is made in a
-later segment than its song's start, so only a memory can reach the song's beginning.
+later segment than its song's start, so only a memory can reach the song's beginning. Its offset
+is that token's index inside its segment (what local attention sees of the past), and its reach
+says how far back the n tokens ending there last occurred in the song: nowhere, inside the
+segment, inside XL's memory, or beyond. Per song and probe cell the NLL sums go to songs.csv
+(`midigen.paired`), the material of every paired comparison between variants.
 """
 
 from __future__ import annotations
@@ -16,22 +20,24 @@ import csv
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
+from numpy.lib.stride_tricks import sliding_window_view
 
 from midigen import musical
 from midigen.atomic import atomic_file
-from midigen.batching import IGNORE, ContiguousBatches
+from midigen.batching import IGNORE, ContiguousBatches, played_twice
 from midigen.corpus import Shard
 from midigen.encoding import DecodeError, Vocab, decode_tokens
 from midigen.errors import MidigenError, read_json
 from midigen.midi import Notes
 from midigen.model import MusicTransformer
+from midigen.paired import CELLS, REACH, SongCells, mean_interval
 
 KIND_NAMES = ("eos", "note", "duration", "separator", "program")  # by Vocab.kinds() code; the
 # only special token ever predicted is <eos> (<sos> starts every song, <pad> is never a target)
@@ -46,6 +52,8 @@ class TokenScores:
     position: np.ndarray  # index in its song of the token the prediction is made from
     song: np.ndarray  # index of the song in its shard
     correct: np.ndarray | None = None  # the model's most likely token was the target
+    offset: np.ndarray | None = None  # models: index in its segment of the token predicted from
+    reach: np.ndarray | None = None  # models: index into REACH (`with_reach`)
 
 
 # ---- metrics from scores -------------------------------------------------------------------
@@ -109,7 +117,8 @@ def loss_by_type(scores: TokenScores, vocab: Vocab) -> dict[str, float]:
 def score_model(
     model: MusicTransformer, shard: Shard, vocab: Vocab, batch_size: int
 ) -> TokenScores:
-    """Per-target NLL and top-1 hit of every token of `shard`, streamed as in validation."""
+    """Per-target NLL, top-1 hit and segment offset of every token of `shard`, streamed as in
+    validation."""
     device = next(model.parameters()).device
     batches = ContiguousBatches(
         shard,
@@ -136,12 +145,14 @@ def score_model(
         torch.cat(x, dim=1).cpu().numpy() for x in (nll, correct, targets, docs)
     )
     keep = targets != IGNORE
+    column = np.broadcast_to(np.arange(doc.shape[1]), doc.shape)
     return TokenScores(
         nll[keep].astype(np.float64),
         targets[keep],
         _song_positions(doc)[keep],
         doc[keep],
         correct[keep],
+        (column % model.config.segment_len)[keep],
     )
 
 
@@ -151,6 +162,46 @@ def _song_positions(doc: np.ndarray) -> np.ndarray:
     starts = np.ones(doc.shape, dtype=bool)
     starts[:, 1:] = doc[:, 1:] != doc[:, :-1]
     return index - np.maximum.accumulate(np.where(starts, index, 0), axis=1)
+
+
+# ---- where memory must show: repeated contexts, by how far back ----------------------------
+
+
+def repeat_distance(tokens: np.ndarray, n: int) -> np.ndarray:
+    """Per token p: p - q for the latest q < p where the n tokens ending at q equal those ending
+    at p, else 0. A model that copies what followed them must look back that far."""
+    tokens = np.asarray(tokens)
+    distance = np.zeros(len(tokens), dtype=np.int64)
+    if len(tokens) < n:
+        return distance
+    _, gram = np.unique(sliding_window_view(tokens, n), axis=0, return_inverse=True)
+    gram = gram.reshape(-1)  # n-gram id by its first token's index
+    order = np.argsort(gram, kind="stable")  # each n-gram's occurrences, in song order
+    again = gram[order[1:]] == gram[order[:-1]]
+    distance[order[1:][again] + n - 1] = np.diff(order)[again]
+    return distance
+
+
+def reach_buckets(distance: np.ndarray, offset: np.ndarray, xl_mem_len: int) -> np.ndarray:
+    """Index into REACH: no earlier occurrence (distance 0), inside the segment (local
+    attention sees it), inside the segment plus xl_mem_len (XL's memory sees it), beyond."""
+    inside = [distance == 0, distance <= offset, distance <= offset + xl_mem_len]
+    return np.select(inside, [0, 1, 2], default=3)
+
+
+def with_reach(scores: TokenScores, shard: Shard, n: int, xl_mem_len: int) -> TokenScores:
+    """`scores` of `shard` (with offsets) plus the reach of each prediction's n-token context.
+
+    `xl_mem_len` is passed in, the same for every variant, so that vanilla's buckets are
+    xl's: what differs between variants is then only whether they use what lies there."""
+    distance = np.concatenate(
+        [repeat_distance(shard.tokens[shard.song(i)], n) for i in range(len(shard.offsets) - 1)]
+    )
+    context = distance[shard.offsets[scores.song] + scores.position]
+    return replace(scores, reach=reach_buckets(context, scores.offset, xl_mem_len))
+
+
+# ---- the repeat probe ----------------------------------------------------------------------
 
 
 def repeated(shard: Shard) -> Shard:
@@ -164,9 +215,9 @@ def repeated(shard: Shard) -> Shard:
     for i in range(len(shard.songs)):
         span = shard.song(i)
         song_times = np.asarray(shard.times[span])
-        tokens += [shard.tokens[span], shard.tokens[span][1:]]
+        tokens.append(played_twice(shard.tokens[span]))
         times += [song_times, song_times[1:] + song_times[-1]]
-        bar_pos += [shard.bar_pos[span], shard.bar_pos[span][1:]]
+        bar_pos.append(played_twice(shard.bar_pos[span]))
     lengths = 2 * np.diff(shard.offsets) - 1
     return Shard(
         tokens=np.concatenate(tokens),
@@ -177,32 +228,99 @@ def repeated(shard: Shard) -> Shard:
     )
 
 
-def repeat_probe(model: MusicTransformer, shard: Shard, vocab: Vocab, batch_size: int) -> dict:
-    """Mean NLL of the first and of the second copy of every song played twice (`repeated`).
+def second_copy(scores: TokenScores, lengths: np.ndarray) -> np.ndarray:
+    """Which targets of `repeated` songs (song i first `lengths[i]` tokens long) belong to the
+    second copy: each copy predicts lengths[i] - 1 targets."""
+    return scores.position >= lengths[scores.song] - 1
+
+
+def repeat_scores(
+    model: MusicTransformer, shard: Shard, vocab: Vocab, batch_size: int
+) -> tuple[TokenScores, np.ndarray]:
+    """Scores of every song played twice (`repeated`) and which belong to the second copy."""
+    scores = score_model(model, repeated(shard), vocab, batch_size)
+    return scores, second_copy(scores, np.diff(shard.offsets))
+
+
+def repeat_probe(
+    model: MusicTransformer, shard: Shard, vocab: Vocab, batch_size: int
+) -> dict[str, float]:
+    """Mean NLL of the first and of the second copy of every song played twice.
 
     A model that can look back at the first copy predicts the second one far better; a model
     whose memory is shorter than the song cannot.
     """
-    scores = score_model(model, repeated(shard), vocab, batch_size)
-    second = scores.position >= np.diff(shard.offsets)[scores.song] - 1
+    scores, second = repeat_scores(model, shard, vocab, batch_size)
     return {"first": float(scores.nll[~second].mean()), "second": float(scores.nll[second].mean())}
 
 
+# ---- per song and probe cell ---------------------------------------------------------------
+
+
+def song_table(
+    scores: TokenScores,
+    probe: TokenScores,
+    second: np.ndarray,
+    segment_len: int,
+    songs: Sequence[str],
+) -> SongCells:
+    """Per song the NLL sum and token count of each of CELLS, from `scores` (with reach) and
+    the repeat probe's scores (`second`: its second-copy targets)."""
+    members = {
+        "all": (scores, np.ones(len(scores.nll), dtype=bool)),
+        "early": (scores, scores.position < segment_len),
+        "late": (scores, scores.position >= segment_len),
+        "repeat_first": (probe, ~second),
+        "repeat_second": (probe, second),
+        **{f"reach_{name}": (scores, scores.reach == code) for code, name in enumerate(REACH)},
+    }
+    columns = [members[cell] for cell in CELLS]
+    n = len(songs)
+    return SongCells(
+        tuple(songs),
+        np.stack(
+            [np.bincount(s.song[m], weights=s.nll[m], minlength=n) for s, m in columns], axis=1
+        ),
+        np.stack([np.bincount(s.song[m], minlength=n) for s, m in columns], axis=1),
+    )
+
+
 def evaluate_model(
-    model: MusicTransformer, shard: Shard, vocab: Vocab, starts: Sequence[int], batch_size: int
-) -> dict:
-    """Every likelihood metric of a model on one split (see the module docstring)."""
+    model: MusicTransformer,
+    shard: Shard,
+    vocab: Vocab,
+    starts: Sequence[int],
+    batch_size: int,
+    repeat_ngram: int,
+    xl_mem_len: int,
+) -> tuple[dict, SongCells]:
+    """Every likelihood metric of a model on one split (see the module docstring), and the
+    per-song table they are summed from."""
     check_buckets(starts)
+    segment_len = model.config.segment_len
     scores = score_model(model, shard, vocab, batch_size)
-    late = scores.position >= model.config.segment_len
-    return {
+    scores = with_reach(scores, shard, repeat_ngram, xl_mem_len)
+    probe, second = repeat_scores(model, shard, vocab, batch_size)
+    table = song_table(scores, probe, second, segment_len, [s["sha256"] for s in shard.songs])
+    metrics = {
         **likelihood_metrics(scores, vocab, starts),
         "accuracy": float(scores.correct.mean()),
         "loss_by_type": loss_by_type(scores, vocab),
-        "late_nll": float(scores.nll[late].mean()) if late.any() else math.nan,
-        "late_from": model.config.segment_len,
-        "repeat": repeat_probe(model, shard, vocab, batch_size),
+        "early_nll": table.mean("early"),
+        "late_nll": table.mean("late"),
+        "late_from": segment_len,
+        "repeat": {"first": table.mean("repeat_first"), "second": table.mean("repeat_second")},
+        "repeat_ngram": repeat_ngram,
+        "xl_mem_len": xl_mem_len,
+        "repeat_by_reach": {
+            name: {
+                "nll": table.mean(f"reach_{name}"),
+                "tokens": int(table.cell(f"reach_{name}").tokens.sum()),
+            }
+            for name in REACH
+        },
     }
+    return metrics, table
 
 
 # ---- generated against real music ----------------------------------------------------------
@@ -248,10 +366,8 @@ def continuation_notes(
     return Notes(notes.onset[keep], notes.program[keep], notes.pitch[keep], notes.duration[keep])
 
 
-def compare_music(samples: dict, vocab: Vocab) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
-    """Statistics of the generated and the real continuations, the overlap of their
-    histograms, and the histograms themselves ({"real"|"generated": {feature: counts}})."""
-    steps_per_beat = samples["steps_per_beat"]
+def _continuations(samples: dict, vocab: Vocab) -> dict[str, list[Notes]]:
+    """The real and the generated continuation of every prompt, as notes."""
     pieces: dict[str, list[Notes]] = {"real": [], "generated": []}
     for prompt in samples["prompts"]:
         for kind, notes in pieces.items():
@@ -268,14 +384,54 @@ def compare_music(samples: dict, vocab: Vocab) -> tuple[dict, dict[str, dict[str
                 raise MidigenError(
                     f"samples.json prompt {prompt['id']}: the {kind} tokens do not decode ({e})"
                 ) from None
-    bar_steps = [prompt["bar_steps"] for prompt in samples["prompts"]]
+    return pieces
+
+
+def prompt_music(
+    real: Notes, generated: Notes, steps_per_beat: int, bar_steps: int
+) -> dict[str, dict[str, float]]:
+    """One prompt's statistics of its real and generated continuations and the overlap of their
+    histograms: the units resampled for the intervals over prompts."""
+    counts = {
+        kind: musical.histograms([n], steps_per_beat)
+        for kind, n in (("real", real), ("generated", generated))
+    }
+    return {
+        "real": musical.statistics(real, steps_per_beat, bar_steps),
+        "generated": musical.statistics(generated, steps_per_beat, bar_steps),
+        "overlap": {
+            f: musical.overlap(counts["real"][f], counts["generated"][f]) for f in musical.FEATURES
+        },
+    }
+
+
+def compare_music(samples: dict, vocab: Vocab) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
+    """Per statistic of the real and generated continuations and per histogram overlap: the mean
+    over prompts with its 95% bootstrap interval over prompts (a statistic undefined for a
+    prompt leaves it out); and the histograms pooled over prompts ({"real"|"generated":
+    {feature: counts}})."""
+    steps_per_beat = samples["steps_per_beat"]
+    pieces = _continuations(samples, vocab)
+    per_prompt = [
+        prompt_music(real, generated, steps_per_beat, prompt["bar_steps"])
+        for real, generated, prompt in zip(
+            pieces["real"], pieces["generated"], samples["prompts"], strict=True
+        )
+    ]
+    keys = {
+        "real": musical.STATISTICS,
+        "generated": musical.STATISTICS,
+        "overlap": musical.FEATURES,
+    }
+    metrics: dict = {"prompts": len(per_prompt)}
+    for group, names in keys.items():
+        metrics[group] = {
+            name: mean_interval(
+                np.array([p[group][name] for p in per_prompt], dtype=np.float64)
+            ).as_dict()
+            for name in names
+        }
     counts = {kind: musical.histograms(p, steps_per_beat) for kind, p in pieces.items()}
-    metrics: dict = {
-        kind: musical.mean_statistics(p, steps_per_beat, bar_steps) for kind, p in pieces.items()
-    }
-    metrics["overlap"] = {
-        f: musical.overlap(counts["real"][f], counts["generated"][f]) for f in musical.FEATURES
-    }
     return metrics, counts
 
 

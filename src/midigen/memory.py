@@ -325,9 +325,10 @@ class KNNMemory:
 class MemoryState:
     """Where every row's stream stands after a segment, and the memories it left.
 
-    `offset` is the stream position of the next token (the same for all rows); `last_doc` and
-    `song_start` let the next segment know whether its first tokens continue a song and where
-    that song began. A vanilla model carries only these; `xl` and `knn` are None for it.
+    `offset` is the stream position of the next token (the same for all rows); `last_doc`,
+    `song_start` and `last_token` let the next segment know whether its first tokens continue a
+    song, where that song began and which token came just before. A vanilla model carries only
+    these; `xl` and `knn` are None for it.
     The kNN memory is updated in place (an index is too big to copy every segment).
     """
 
@@ -336,6 +337,7 @@ class MemoryState:
     song_start: Tensor  # (B,) stream position where that song began
     xl: XLMemory | None = None
     knn: KNNMemory | None = None
+    last_token: Tensor | None = None  # (B,) each row's previous token
 
     @property
     def batch(self) -> int:
@@ -349,6 +351,7 @@ class MemoryState:
             self.song_start[rows],
             None if self.xl is None else self.xl.select(rows),
             None if self.knn is None else self.knn.select(rows.tolist()),
+            self.last_token[rows],
         )
 
     def state_dict(self) -> dict:
@@ -368,6 +371,7 @@ class MemoryState:
             "song_start": self.song_start.cpu(),
             "xl": xl,
             "knn": None if self.knn is None else self.knn.state_dict(),
+            "last_token": self.last_token.cpu(),
         }
 
     @classmethod
@@ -391,4 +395,5 @@ class MemoryState:
             state["song_start"].to(device),
             xl,
             knn,
+            state["last_token"].to(device),
         )

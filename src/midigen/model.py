@@ -62,9 +62,10 @@ class ModelConfig:
     beat_size: int = 32  # beat embedding rows (larger beats clamp)
     memory: str = "none"  # none | xl | xl_knn
     xl_mem_len: int = 256
-    knn_layer: int = -1  # python index into the layers; -1 = last (near the output)
+    knn_layer: int = -2  # python index into the layers; -2: near the top, with one above it
     knn_k: int = 32
     knn_max_memories: int = 65536  # per batch row; the oldest are dropped beyond this
+    previous_token: bool = False  # each position also embeds the token before it (token shift)
 
     @property
     def head_dim(self) -> int:
@@ -90,6 +91,10 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise MidigenError(f"model.{name} must be a positive integer (got {value!r})")
+        if not isinstance(self.previous_token, bool):
+            raise MidigenError(
+                f"model.previous_token must be true or false (got {self.previous_token!r})"
+            )
         for name in ("dropout", "attn_dropout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
@@ -106,7 +111,7 @@ class ModelConfig:
             raise MidigenError(
                 f"model.n_head ({self.n_head}) must divide model.d_model ({self.d_model})"
             )
-        if (
+        if self.memory == "xl_knn" and (  # the other models have no kNN layer to place
             isinstance(self.knn_layer, bool)
             or not isinstance(self.knn_layer, int)
             or not (-self.n_layer <= self.knn_layer < self.n_layer)
@@ -268,25 +273,46 @@ class Attention(nn.Module):
 class KNNAttention(Attention):
     """Local attention plus a top-k look-up in the kNN memory, mixed per head by a learned gate.
 
-    Memory hits are attended with a softmax over the k hits (no positions: they may be from
-    anywhere earlier in the song). Gradients reach the queries and the gate, never the memory.
-    A query whose song has nothing in memory uses local attention alone.
+    As in Memorizing Transformers: retrieval and attention over the k hits both use
+    L2-normalised queries and keys, scaled by a learned per-head temperature (cosine scores
+    are in [-1, 1]: without it the softmax over hits could never be sharp enough to copy one).
+    Hits carry no position (they may be from anywhere earlier in the song). The gate starts
+    mostly closed, so an untrained memory costs the model almost nothing; it opens only where
+    the memory pays. Gradients reach the queries, the gate and the temperature, never the
+    memory. A query whose song has nothing in memory uses local attention alone.
     """
+
+    GATE_START = -3.0  # sigmoid(-3) = 0.047: the memory starts with a twentieth of the say
+    TEMPERATURE_START = 10.0  # cosine 1 vs 0.5 then weigh e^5 = 148 : 1
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
         self.k = config.knn_k
-        self.gate = nn.Parameter(torch.zeros(config.n_head))  # sigmoid(0) = an even mix
+        self.gate = nn.Parameter(torch.full((config.n_head,), self.GATE_START))
+        self.log_temperature = nn.Parameter(
+            torch.full((config.n_head,), math.log(self.TEMPERATURE_START))
+        )
 
     def mix(self, q: Tensor, local: Tensor, ctx: Context) -> Tensor:
         if ctx.knn is None:
             return local
         keys, values, found = ctx.knn.search(q, ctx.doc, self.k)
-        scores = einsum(q, keys.to(q.dtype), "b h t d, b h t k d -> b h t k")
-        scores = (scores / math.sqrt(q.shape[-1])).masked_fill(~found, torch.finfo(q.dtype).min)
-        memory = einsum(scores.softmax(-1), values.to(q.dtype), "b h t k, b h t k d -> b h t d")
+        memory = knn_attention(q, keys.to(q.dtype), values.to(q.dtype), found, self.log_temperature)
         g = rearrange(self.gate.sigmoid(), "h -> h 1 1").to(q.dtype)
         return torch.where(found.any(-1, keepdim=True), g * memory + (1 - g) * local, local)
+
+
+def knn_attention(
+    q: Tensor, keys: Tensor, values: Tensor, found: Tensor, log_temperature: Tensor
+) -> Tensor:
+    """Softmax attention of each query (B, H, T, Dh) over its own k hits (B, H, T, k, Dh):
+    cosine scores times the head's temperature; hits that are not `found` get no weight."""
+    cosine = einsum(
+        F.normalize(q, dim=-1), F.normalize(keys, dim=-1), "b h t d, b h t k d -> b h t k"
+    )
+    scores = cosine * rearrange(log_temperature.exp(), "h -> h 1 1").to(q.dtype)
+    scores = scores.masked_fill(~found, torch.finfo(q.dtype).min)
+    return einsum(scores.softmax(-1), values, "b h t k, b h t k d -> b h t d")
 
 
 class MLP(nn.Module):
@@ -332,6 +358,8 @@ class MusicTransformer(nn.Module):
         self.tok_emb = nn.Embedding(config.vocab_size, d)
         self.bar_emb = nn.Embedding(config.bar_pos_size, d)
         self.beat_emb = nn.Embedding(config.beat_size, d)
+        # one more row: "no token before this one" (a song's first token)
+        self.prev_emb = nn.Embedding(config.vocab_size + 1, d) if config.previous_token else None
         absolute = config.position == "absolute"
         self.pos_emb = nn.Embedding(config.max_distance, d) if absolute else None  # song position
         bias = {"relative": RelativeBias, "alibi": ALiBi}.get(config.position)
@@ -361,6 +389,37 @@ class MusicTransformer(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def optimizer_groups(self, weight_decay: float, memory_lr_scale: float) -> list[dict]:
+        """AdamW parameter groups: matrices decay, vectors (biases, norms) do not, and the few
+        scalar-like parameters that decide how memory is used (the relative position table,
+        the kNN gate and temperature) neither decay nor crawl. Adam moves a parameter by about
+        the learning rate per step, and a whole run's learning rates add up to about one: too
+        little for a gate to open or shut, or for a distance bias to leave its ALiBi start.
+        `lr_scale` multiplies the scheduled learning rate of a group."""
+        steering = {id(p) for p in self._memory_steering()}
+        rest = [p for p in self.parameters() if id(p) not in steering]
+        return [
+            {"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
+            {
+                "params": self._memory_steering(),
+                "weight_decay": 0.0,
+                "lr_scale": memory_lr_scale,
+            },
+        ]
+
+    def _memory_steering(self) -> list[nn.Parameter]:
+        """The relative position table and every kNN layer's gate and temperature."""
+        found = (
+            []
+            if not isinstance(self.position_bias, RelativeBias)
+            else [self.position_bias.table.weight]
+        )
+        for block in self.blocks:
+            if isinstance(block.attn, KNNAttention):
+                found += [block.attn.gate, block.attn.log_temperature]
+        return found
+
     # -- state --
 
     def initial_state(self, batch: int, device: torch.device | str) -> MemoryState:
@@ -380,6 +439,7 @@ class MusicTransformer(nn.Module):
             torch.zeros(batch, dtype=torch.int64, device=device),
             None,
             knn,
+            torch.zeros(batch, dtype=torch.int64, device=device),
         )
 
     def memory_state_from(self, state: dict) -> MemoryState:
@@ -425,6 +485,8 @@ class MusicTransformer(nn.Module):
         x = x + self.beat_emb(
             (bar_pos // self.config.steps_per_beat).clamp(0, self.config.beat_size - 1)
         )
+        if self.prev_emb is not None:
+            x = x + self.prev_emb(self._previous_tokens(tokens, song_pos, state))
         if self.pos_emb is not None:
             x = x + self.pos_emb(song_pos.clamp(max=self.config.max_distance - 1))
         x = self.drop(x)
@@ -447,9 +509,22 @@ class MusicTransformer(nn.Module):
         if mem_len is None:
             mem_len = self.config.xl_mem_len if self.config.memory != "none" else 0
         next_state = self._next_state(
-            state, presents, key_pos, key_doc, doc, song_start, mem_len, write_knn
+            state, presents, key_pos, key_doc, doc, song_start, mem_len, tokens, write_knn
         )
         return logits, loss, next_state
+
+    def _previous_tokens(self, tokens: Tensor, song_pos: Tensor, state: MemoryState) -> Tensor:
+        """The token before each one in its song (B, T), or vocab_size at a song's start.
+
+        Token shift (`model.previous_token`): with the previous token in its own embedding,
+        every key already says what came before it, so one attention layer can look up "where
+        did my token come before, and what followed" (an induction head, the circuit that
+        copies) without first growing a previous-token head in the layer below. An option for
+        the memory experiments, off by default: whether it makes copying learnable sooner is
+        not settled yet (bench/RESULTS.md, "Copy demonstration").
+        """
+        previous = torch.cat([state.last_token[:, None], tokens[:, :-1]], dim=1)
+        return torch.where(song_pos == 0, self.config.vocab_size, previous)
 
     @staticmethod
     def _song_positions(
@@ -492,6 +567,7 @@ class MusicTransformer(nn.Module):
         doc: Tensor,
         song_start: Tensor,
         mem_len: int,
+        tokens: Tensor,
         write_knn: bool = True,
     ) -> MemoryState:
         """Hand this segment's keys/values to the memories (detached: no gradient crosses).
@@ -508,7 +584,14 @@ class MusicTransformer(nn.Module):
             keys, values = presents[self.knn_layer]
             own = slice(-length, None)
             state.knn.write(keys[:, :, own], values[:, :, own], doc)
-        return MemoryState(state.offset + length, doc[:, -1].clone(), song_start, xl, state.knn)
+        return MemoryState(
+            state.offset + length,
+            doc[:, -1].clone(),
+            song_start,
+            xl,
+            state.knn,
+            tokens[:, -1].clone(),
+        )
 
 
 def load_model(

@@ -138,15 +138,3 @@ def statistics(notes: Notes, steps_per_beat: int, bar_steps: int) -> dict[str, f
         "empty_beat_rate": empty_beat_rate(notes, steps_per_beat),
         "pitch_range": pitch_range(notes),
     }
-
-
-def mean_statistics(
-    pieces: Sequence[Notes], steps_per_beat: int, bar_steps: Sequence[int]
-) -> dict[str, float]:
-    """Each statistic averaged over the pieces where it is defined (NaN where it never is)."""
-    table = [statistics(n, steps_per_beat, b) for n, b in zip(pieces, bar_steps, strict=True)]
-    means = {}
-    for name in STATISTICS:
-        values = np.array([row[name] for row in table], dtype=np.float64)
-        means[name] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
-    return means

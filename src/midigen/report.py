@@ -28,6 +28,16 @@ from matplotlib.figure import Figure
 import midigen
 from midigen.atomic import atomic_dir, atomic_file
 from midigen.errors import MidigenError, read_json
+from midigen.paired import (
+    CELLS,
+    CONTRASTS,
+    REACH,
+    SONGS_CSV,
+    SongCells,
+    memory_effect,
+    paired_difference,
+    read_song_cells,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +49,40 @@ EVAL_KEYS = (  # what the report reads from metrics/eval/V.json
     "bits_per_note",
     "accuracy",
     "nll_by_position",
+    "early_nll",
     "late_nll",
+    "late_from",
     "repeat.first",
     "repeat.second",
+    "repeat_ngram",
+    "xl_mem_len",
+    *(f"repeat_by_reach.{r}.nll" for r in REACH),
 )
-MEMORY_VARIANTS = ("xl", "xl_knn")
-TIE_NATS = 0.01  # differences smaller than this (nats/token) count as "about the same"
 # Metrics summarized per variant in run.json and compared between runs: (key, label).
 MAIN_METRICS = (
     ("nll", "NLL"),
     ("bits_per_note", "bits/note"),
     ("late_nll", "late NLL"),
     ("repeat_second", "repeat 2nd"),
+    ("reach_beyond_nll", "NLL beyond XL's reach"),
 )
+CELL_LABELS = {  # the probe cells of songs.csv, as the report names them
+    "all": "all tokens",
+    "early": "early positions (in the song's first segment)",
+    "late": "late positions (after the song's first segment)",
+    "repeat_first": "repeat probe: first copy",
+    "repeat_second": "repeat probe: second copy",
+    "reach_none": "context never occurred before in the song",
+    "reach_segment": "context occurred inside the segment",
+    "reach_xl": "context occurred within XL's reach, before the segment",
+    "reach_beyond": "context occurred only beyond XL's reach",
+}
+CONTRAST_LABELS = {  # memory effects: (what memory can reach against what it cannot, short name)
+    "late_vs_early": ("late positions against early ones", "late positions"),
+    "second_vs_first": ("repeat probe: second copy against first", "repeat probe"),
+    "beyond_vs_none": ("context beyond XL's reach against no earlier context", "far repeats"),
+    "xl_vs_none": ("context within XL's reach against no earlier context", "XL-reach repeats"),
+}
 
 
 @dataclass(frozen=True)
@@ -71,6 +102,7 @@ class Variant:
     train: dict[str, Any]  # DVCLive metrics.json (last values)
     curves: dict[str, tuple[list[float], list[float]]]  # train_loss / val_loss: (steps, values)
     eval: dict[str, Any]  # metrics/eval/V.json
+    songs: SongCells  # plots/eval/V/songs.csv
     plots: Path  # plots/eval/V
     samples: dict[str, Any]  # samples/V/samples.json
     samples_dir: Path
@@ -150,6 +182,7 @@ def load_variant(name: str, inputs: ReportInputs) -> Variant:
     plots = inputs.plots / "eval" / name
     for png in EVAL_PLOTS:
         _existing(plots / png, evaluated)
+    songs = read_song_cells(plots / SONGS_CSV)
     samples_dir = inputs.samples / name
     samples_path = samples_dir / "samples.json"
     samples = _read_json(samples_path, generated)
@@ -163,7 +196,7 @@ def load_variant(name: str, inputs: ReportInputs) -> Variant:
                 names.append(wav)
             for file_name in names:
                 _existing(samples_dir / _plain_name(file_name, samples_path), generated)
-    return Variant(name, train, curves, metrics, plots, samples, samples_dir)
+    return Variant(name, train, curves, metrics, songs, plots, samples, samples_dir)
 
 
 def _check_same_prompts(variants: list[Variant]) -> None:
@@ -192,9 +225,11 @@ def summarize(variants: list[Variant], baselines: dict[str, Any]) -> dict[str, A
             "perplexity": v.eval["perplexity"],
             "bits_per_note": v.eval["bits_per_note"],
             "accuracy": v.eval["accuracy"],
+            "early_nll": v.eval["early_nll"],
             "late_nll": v.eval["late_nll"],
             "repeat_first": v.eval["repeat"]["first"],
             "repeat_second": v.eval["repeat"]["second"],
+            **{f"reach_{r}_nll": v.eval["repeat_by_reach"][r]["nll"] for r in REACH},
             "val_loss": v.train.get("val_loss"),
             "tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
         }
@@ -202,45 +237,100 @@ def summarize(variants: list[Variant], baselines: dict[str, Any]) -> dict[str, A
         summary["baselines"][name] = {
             key: entry.get(key) for key in ("nll", "perplexity", "bits_per_note")
         }
+    summary["songs"] = len(variants[0].songs.songs)
+    summary["tokens"] = {c: int(variants[0].songs.cell(c).tokens.sum()) for c in CELLS}
+    summary["vs_vanilla"] = compare_with_vanilla(variants)
     return summary
 
 
-def memory_verdict(results: dict[str, dict[str, float]]) -> tuple[str, list[str]]:
-    """(headline, sentences with the numbers): did xl / xl_knn beat vanilla where memory matters?
+def compare_with_vanilla(variants: list[Variant]) -> dict[str, dict[str, Any]]:
+    """Per variant against vanilla on the same test songs: the paired difference on every cell
+    and every memory effect (`midigen.paired`), each {"mean", "low", "high"}."""
+    base = next((v for v in variants if v.name == "vanilla"), None)
+    compared = {}
+    for v in variants:
+        if base is None or v is base:
+            continue
+        if v.songs.songs != base.songs.songs:
+            raise MidigenError(
+                f"{v.plots / SONGS_CSV} scores other songs than {base.plots / SONGS_CSV}: "
+                "re-run evaluate for both"
+            )
+        compared[v.name] = {
+            "cells": {
+                c: paired_difference(v.songs.cell(c), base.songs.cell(c)).as_dict() for c in CELLS
+            },
+            "effects": {c: memory_effect(v.songs, base.songs, c).as_dict() for c in CONTRASTS},
+        }
+    return compared
 
-    Two places: late positions in the song (`late_nll`, beyond the local context) and the
-    second copy of a song played twice (`repeat_second`, which memory can copy from).
+
+def format_interval(value: dict[str, float | None] | None, signed: bool = True) -> str:
+    """'+0.012 [-0.003, +0.027]': a value and its 95% interval ('\u2014' where undefined)."""
+    if not value or value["mean"] is None:
+        return "\u2014"
+    sign = "+" if signed else ""
+    bounds = (
+        "" if value["low"] is None else f" [{value['low']:{sign}.3f}, {value['high']:{sign}.3f}]"
+    )
+    return f"{value['mean']:{sign}.3f}{bounds}"
+
+
+def effect_outcome(effect: dict[str, float | None]) -> str:
+    """What a memory-effect interval says: only one that excludes zero is an effect."""
+    if effect["low"] is None or effect["high"] is None:
+        return "not measurable (no tokens)"
+    if effect["high"] < 0:
+        return "helped"
+    if effect["low"] > 0:
+        return "hurt"
+    return "no detectable effect"
+
+
+def memory_verdict(summary: dict[str, Any]) -> tuple[str, list[str]]:
+    """(headline, sentences with the numbers): did memory help where it can reach?
+
+    Only memory effects count (`midigen.paired.CONTRASTS`: a variant's difference from vanilla
+    where memory can reach minus where it cannot), and only where their 95% interval over
+    songs excludes zero; a variant that is better or worse everywhere has no memory effect.
     """
-    memory = [v for v in MEMORY_VARIANTS if v in results]
-    if "vanilla" not in results or not memory:
+    compared = summary["vs_vanilla"]
+    if not compared:
+        names = ", ".join(summary["variants"]) or "no variants"
         return (
             "Cannot tell whether memory helped: the comparison needs vanilla and xl or xl_knn "
-            f"(this run has {', '.join(results) or 'no variants'}).",
+            f"(this run has {names}).",
             [],
         )
-    probes = (
-        ("late_nll", "On late positions (NLL of tokens beyond the first segment of a song)"),
-        ("repeat_second", "On the repeat probe (NLL of the second copy of each song)"),
-    )
-    sentences, outcomes = [], []
-    for key, where in probes:
-        base = results["vanilla"][key]
+    level = "; ".join(f"{n} {format_interval(c['cells']['all'])}" for n, c in compared.items())
+    sentences = [
+        f"All tokens, variant \u2212 vanilla: {level} nats/token. A variant's overall level says "
+        "nothing about memory; the memory effects below compare it where memory can reach "
+        "against where it cannot (negative: memory helped; 95% intervals over songs)."
+    ]
+    found: dict[str, list[str]] = {"helped": [], "hurt": []}
+    for contrast, (reach, out_of_reach) in CONTRASTS.items():
+        label, short = CONTRAST_LABELS[contrast]
         parts = []
-        for name in memory:
-            delta = results[name][key] - base
-            outcome = "better" if delta < -TIE_NATS else "worse" if delta > TIE_NATS else "same"
-            outcomes.append(outcome)
-            word = {"better": "lower", "worse": "higher", "same": "about the same"}[outcome]
-            parts.append(f"{name} {results[name][key]:.3f} ({delta:+.3f}, {word})")
-        sentences.append(
-            f"{where}: vanilla {base:.3f} nats/token; {'; '.join(parts)}. Lower is better."
-        )
-    if all(o == "better" for o in outcomes):
-        headline = "Yes: memory helped. Every memory variant beat vanilla on both probes."
-    elif "better" not in outcomes:
-        headline = "No: memory did not help. No memory variant beat vanilla on either probe."
+        for name, c in compared.items():
+            outcome = effect_outcome(c["effects"][contrast])
+            if outcome in found:
+                found[outcome].append(f"{name} on {short}")
+            parts.append(
+                f"{name} {format_interval(c['effects'][contrast])} "
+                f"({format_interval(c['cells'][reach])} minus "
+                f"{format_interval(c['cells'][out_of_reach])}): {outcome}"
+            )
+        sentences.append(f"Memory effect, {label}: {'; '.join(parts)}.")
+    helped, hurt = ", ".join(found["helped"]), ", ".join(found["hurt"])
+    if helped and hurt:
+        headline = f"Mixed: memory helped ({helped}) and hurt ({hurt})."
+    elif helped:
+        headline = f"Yes: memory helped where it can reach ({helped})."
+    elif hurt:
+        headline = f"No: memory hurt where it can reach ({hurt}) and helped nowhere."
     else:
-        headline = "Partly: memory helped in some places and not in others (details below)."
+        headline = "No detectable effect of memory: every memory-effect interval includes zero."
     return headline, sentences
 
 
@@ -425,6 +515,7 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["num"] = lambda x, digits=3: "\u2014" if x is None else f"{x:.{digits}f}"
+    env.filters["interval"] = format_interval
     return env
 
 
@@ -480,6 +571,7 @@ METRIC_COLUMNS = (  # (key, label, decimals)
     ("perplexity", "perplexity", 2),
     ("bits_per_note", "bits/note", 3),
     ("accuracy", "top-1 accuracy", 3),
+    ("early_nll", "early NLL", 3),
     ("late_nll", "late NLL", 3),
     ("repeat_first", "repeat: 1st copy NLL", 3),
     ("repeat_second", "repeat: 2nd copy NLL", 3),
@@ -507,7 +599,8 @@ def _table(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def _music_tables(variants: list[Variant]) -> dict[str, Any]:
-    """Musical features of real vs generated continuations, and histogram overlaps."""
+    """Musical features of real vs generated continuations, and histogram overlaps: means over
+    prompts with their 95% intervals."""
     music = {v.name: v.eval.get("music") for v in variants if v.eval.get("music")}
     if not music:
         return {}
@@ -515,7 +608,48 @@ def _music_tables(variants: list[Variant]) -> dict[str, Any]:
     features = {"real": first.get("real", {})}
     features |= {f"{name} (generated)": m.get("generated", {}) for name, m in music.items()}
     overlap = {name: m.get("overlap", {}) for name, m in music.items()}
-    return {"features": _table(features), "overlap": _table(overlap)}
+    return {
+        "prompts": first.get("prompts"),
+        "features": _table(features),
+        "overlap": _table(overlap),
+    }
+
+
+def _memory_tables(summary: dict[str, Any], probe: dict[str, Any]) -> dict[str, Any]:
+    """Paired differences against vanilla per cell, the memory effects, and NLL by reach;
+    `probe` (one variant's eval metrics) gives the sizes the cells are cut at."""
+    compared, tokens = summary["vs_vanilla"], summary["tokens"]
+    return {
+        "variants": list(compared),
+        "songs": summary["songs"],
+        "segment_len": probe["late_from"],
+        "repeat_ngram": probe["repeat_ngram"],
+        "xl_mem_len": probe["xl_mem_len"],
+        "cells": [
+            {
+                "label": CELL_LABELS[c],
+                "tokens": tokens[c],
+                "values": {n: compared[n]["cells"][c] for n in compared},
+            }
+            for c in CELLS
+        ],
+        "effects": [
+            {
+                "label": CONTRAST_LABELS[c][0],
+                "values": {n: compared[n]["effects"][c] for n in compared},
+                "outcomes": {n: effect_outcome(compared[n]["effects"][c]) for n in compared},
+            }
+            for c in CONTRASTS
+        ],
+        "reach": [
+            {
+                "label": CELL_LABELS[f"reach_{r}"],
+                "tokens": tokens[f"reach_{r}"],
+                "values": {n: v[f"reach_{r}_nll"] for n, v in summary["variants"].items()},
+            }
+            for r in REACH
+        ],
+    }
 
 
 def _page(
@@ -539,6 +673,7 @@ def _page(
         "metric_columns": METRIC_COLUMNS,
         "metric_rows": _metric_rows(record["summary"], baselines),
         "loss_by_type": _table({v.name: v.eval.get("loss_by_type", {}) for v in variants}),
+        "paired": _memory_tables(record["summary"], variants[0].eval),
         "music": _music_tables(variants),
         "eval_plots": _eval_plots(variants, run_dir),
         "renderers": renderers,
@@ -555,7 +690,7 @@ def build_report(
     _check_same_prompts(variants)
     baselines = _read_json(inputs.metrics / "baselines.json", "run `midigen baselines`")
     summary = summarize(variants, baselines)
-    headline, details = memory_verdict(summary["variants"])
+    headline, details = memory_verdict(summary)
     summary["memory"] = {"headline": headline, "details": details}
     summary["floor"] = floor_verdict(summary)
     now = now or datetime.now(timezone.utc)

@@ -39,9 +39,11 @@ class TrainConfig:
     min_lr: float = 1e-4
     warmup_steps: int = 100
     weight_decay: float = 0.1
+    memory_lr_scale: float = 10.0  # learning-rate multiplier of the memory-steering parameters
     grad_clip: float = 1.0
     seed: int = 0
     pitch_shift: tuple[int, int] = (-5, 6)
+    repeat_fraction: float = 0.0  # curriculum: share of training songs played twice
     eval_every: int = 250
     checkpoint_every: int = 250
     location: str = "cpu"  # where the shards live while training: disk | cpu | gpu
@@ -141,6 +143,7 @@ class Trainer:
             model_config.segment_len,
             seed=config.seed,
             pitch_range=config.pitch_shift,
+            repeat_fraction=config.repeat_fraction,
         )
         self.val_batches = ContiguousBatches(
             load_shard(shards, "val", mmap),
@@ -154,13 +157,8 @@ class Trainer:
         self.module = self.model
         if self.env.world > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(self.module)
-        decay = [p for p in self.module.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.module.parameters() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": config.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
+            self.module.optimizer_groups(config.weight_decay, config.memory_lr_scale),
             lr=config.lr,
             betas=(0.9, 0.95),
         )
@@ -181,7 +179,7 @@ class Trainer:
     def train_step(self, segment: Segment) -> float:
         self.model.train()
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.step, self.config)
+            group["lr"] = lr_at(self.step, self.config) * group.get("lr_scale", 1.0)
         logits, self.state = self._forward(segment, self.state)
         loss_sum, count = token_loss(logits, segment.targets.to(self.env.device))
         total = self.env.sum(count.clone().float()).clamp(min=1)

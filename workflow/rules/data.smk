@@ -5,6 +5,7 @@ rule download:
     input:
         "src/midigen/stages/download.py",
         "src/midigen/download.py",
+        "src/midigen/midi.py",
     output:
         directory("data/raw"),
     params:

@@ -33,6 +33,7 @@ rule baselines:
         "src/midigen/stages/baselines.py",
         "src/midigen/baselines.py",
         "src/midigen/evaluate.py",
+        "src/midigen/paired.py",
         "src/midigen/musical.py",
     output:
         metrics="metrics/baselines.json",
@@ -55,6 +56,7 @@ rule evaluate:
         "samples/{variant}",
         "src/midigen/stages/evaluate.py",
         "src/midigen/evaluate.py",
+        "src/midigen/paired.py",
         "src/midigen/musical.py",
         "src/midigen/model.py",
         "src/midigen/memory.py",
@@ -63,7 +65,7 @@ rule evaluate:
         metrics="metrics/eval/{variant}.json",
         plots=directory("plots/eval/{variant}"),
     params:
-        cfg=stage_params(evaluate=None, encode=["steps_per_beat"]),
+        cfg=stage_params(evaluate=None, encode=["steps_per_beat"], model=["xl_mem_len"]),
     threads: workflow.cores
     log:
         "logs/evaluate-{variant}.log",

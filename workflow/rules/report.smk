@@ -10,6 +10,7 @@ rule report:
         "metrics/baselines.json",
         "src/midigen/stages/report.py",
         "src/midigen/report.py",
+        "src/midigen/paired.py",
         "src/midigen/templates/report.html.j2",
     output:
         "reports/index.html",

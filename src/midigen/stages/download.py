@@ -1,7 +1,8 @@
-"""Fetch the MIDI corpus (bundled Bach chorales, a URL or a folder) with a split manifest.
+"""Fetch the MIDI corpus (music21's chorales or collections, a URL or a folder) with a manifest.
 
-Writes OUT/midi/<hash>.mid (exact duplicates dropped) and OUT/manifest.csv (path, sha256, size,
-split, source); the split is a pure function of each file's content hash. The folder is
+Writes OUT/midi/<hash>.mid (exact duplicates dropped), OUT/manifest.csv (path, sha256, size,
+split, group, source) and OUT/skipped.csv (works that could not be rendered, with the reason);
+songs that share a tune share a split, a pure function of each file's content. The folder is
 replaced whole, only on success. Reads the `download` section of params.
 """
 

@@ -1,7 +1,8 @@
 """Score one trained variant on the test split and compare its samples with the real music.
 
-Writes --metrics (JSON: likelihood metrics, the repeat probe, musical statistics) and --plots
-(nll_by_position.csv/.png, histograms.csv/.png), each atomically.
+Writes --metrics (JSON: likelihood metrics, the repeat probe, NLL by repeat reach, musical
+statistics with intervals over prompts) and --plots (nll_by_position.csv/.png,
+histograms.csv/.png, songs.csv: NLL per song and probe cell), each atomically.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from midigen.evaluate import (
     write_plots,
 )
 from midigen.model import load_model, variant_memory
+from midigen.paired import SONGS_CSV, write_song_cells
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, params: dict) -> str:
     settings, steps_per_beat = params["evaluate"], params["encode"]["steps_per_beat"]
+    xl_mem_len = params["model"]["xl_mem_len"]  # the same reach buckets for every variant
     model_path = args.model or Path("models") / args.variant / "model.pt"
     samples_dir = args.samples or Path("samples") / args.variant
     metrics_path = args.metrics or Path("metrics/eval") / f"{args.variant}.json"
@@ -50,21 +53,29 @@ def run(args: argparse.Namespace, params: dict) -> str:
     vocab = load_vocab(args.shards)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(model_path, len(vocab), device, args.variant)
-    for source, value in (
-        (f"{model_path} was trained with", model.config.steps_per_beat),
-        (f"{samples_dir}/samples.json has", samples["steps_per_beat"]),
+    expected = {"encode.steps_per_beat": steps_per_beat, "model.xl_mem_len": xl_mem_len}
+    for source, key, value in (
+        (f"{model_path} was trained with", "encode.steps_per_beat", model.config.steps_per_beat),
+        (f"{samples_dir}/samples.json has", "encode.steps_per_beat", samples["steps_per_beat"]),
+        (f"{model_path} was trained with", "model.xl_mem_len", model.config.xl_mem_len),
     ):
-        if value != steps_per_beat:
-            raise MidigenError(
-                f"{source} steps_per_beat {value} but encode.steps_per_beat is {steps_per_beat}"
-            )
+        if value != expected[key]:
+            name = key.split(".")[1]
+            raise MidigenError(f"{source} {name} {value} but {key} is {expected[key]}")
 
-    metrics = evaluate_model(
-        model, test, vocab, settings["position_buckets"], settings["batch_size"]
+    metrics, songs = evaluate_model(
+        model,
+        test,
+        vocab,
+        settings["position_buckets"],
+        settings["batch_size"],
+        settings["repeat_ngram"],
+        xl_mem_len,
     )
     metrics["music"], histograms = compare_music(samples, vocab)
     with atomic_dir(plots_dir) as tmp:
         write_plots(tmp, args.variant, metrics["nll_by_position"], histograms)
+        write_song_cells(tmp / SONGS_CSV, songs)
     write_metrics(metrics_path, metrics)
     return (
         f"{args.variant}: {metrics['nll']:.3f} nats/token, {metrics['bits_per_note']:.2f} "
