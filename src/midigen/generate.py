@@ -48,7 +48,7 @@ PIECES = ("prompt", "real", "generated")
 class GenerateConfig:
     """The `generate` params: which prompts, how long, and how tokens are chosen."""
 
-    prompts: int = 4
+    prompts: int = 16
     prompt_bars: int = 4
     length: int = 512  # most tokens generated per prompt
     temperature: float = 1.0
