@@ -24,7 +24,7 @@ from midigen.corpus import load_shard, load_vocab
 from midigen.encoding import decode_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_FILES = 12
+TINY_FILES = 16  # with val and test at 0.25, every split gets songs (train 9 / val 3 / test 4)
 VARIANTS = ("vanilla", "xl", "xl_knn")
 # What a change of a train.* value must re-run: every variant's training and what follows it.
 AFTER_TRAIN = {"report"} | {f"{s}@{v}" for s in ("train", "generate", "evaluate") for v in VARIANTS}
@@ -68,6 +68,7 @@ def make_project(tmp: Path) -> Path:
         "segment_len": 32,
         "xl_mem_len": 32,
         "knn_k": 2,
+        "knn_layer": -1,  # one layer: the kNN memory sits on it
     }
     tiny_train = {
         "steps": 2,
