@@ -14,7 +14,7 @@ import functools
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from midigen.atomic import atomic_dir
-from midigen.download import read_manifest
+from midigen.download import read_manifest, write_csv
 from midigen.encoding import Vocab, decode_tokens, encode_notes
 from midigen.errors import MidigenError, read_json
 from midigen.midi import Limits, SkipSong, read_song, write_midi
@@ -155,8 +155,8 @@ def encode_chunk(
         )
     with atomic_dir(out) as tmp:
         _save_arrays(tmp, parts, [s["tokens"] for s in songs])
-        _write_csv(tmp / "songs.csv", SONG_FIELDS, songs)
-        _write_csv(tmp / "errors.csv", ERROR_FIELDS, errors)
+        write_csv(tmp / "songs.csv", SONG_FIELDS, songs)
+        write_csv(tmp / "errors.csv", ERROR_FIELDS, errors)
     return _summary(f"chunk {chunk}/{n_chunks}", songs, errors)
 
 
@@ -171,13 +171,6 @@ def _save_arrays(
         np.save(folder / f"{name}.npy", saved[name])
     np.save(folder / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
     return saved
-
-
-def _write_csv(path: Path, fields: tuple[str, ...], rows: Iterable[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -261,14 +254,14 @@ def build_shards(chunk_dirs: list[Path], config: EncodeConfig, out: Path) -> str
                 {n: [arrays[i][n] for i in chosen] for n in ARRAYS},
                 [int(songs[i]["tokens"]) for i in chosen],
             )["tokens"]
-            _write_csv(tmp / split / "songs.csv", SONG_FIELDS, [songs[i] for i in chosen])
+            write_csv(tmp / split / "songs.csv", SONG_FIELDS, [songs[i] for i in chosen])
             stats["splits"][split] = {
                 "songs": len(chosen),
                 "tokens": int(len(tokens)),
                 "notes": sum(int(songs[i]["notes"]) for i in chosen),
                 "unigram_entropy_bits": unigram_entropy(tokens, len(vocab)),
             }
-        _write_csv(tmp / "errors.csv", ERROR_FIELDS, errors)
+        write_csv(tmp / "errors.csv", ERROR_FIELDS, errors)
         vocab_meta = {
             "size": len(vocab),
             "max_duration": vocab.max_duration,

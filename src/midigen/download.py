@@ -200,8 +200,8 @@ def _build(
         rows = _write_files(entries, tmp, fractions, tally)
         if not rows:
             raise MidigenError("the source holds no MIDI files (.mid/.midi)")
-        _write_csv(tmp / "manifest.csv", MANIFEST_COLUMNS, rows)
-        _write_csv(
+        write_csv(tmp / "manifest.csv", MANIFEST_COLUMNS, rows)
+        write_csv(
             tmp / "skipped.csv",
             SKIPPED_COLUMNS,
             [dict(zip(SKIPPED_COLUMNS, s, strict=True)) for s in tally.skipped],
@@ -255,7 +255,7 @@ def _write_files(
     return rows
 
 
-def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+def write_csv(path: Path, columns: tuple[str, ...], rows: Iterable[dict[str, Any]]) -> None:
     """One CSV with a header, also when there are no rows (a reader needs no special case)."""
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")

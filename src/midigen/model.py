@@ -396,13 +396,14 @@ class MusicTransformer(nn.Module):
         the learning rate per step, and a whole run's learning rates add up to about one: too
         little for a gate to open or shut, or for a distance bias to leave its ALiBi start.
         `lr_scale` multiplies the scheduled learning rate of a group."""
-        steering = {id(p) for p in self._memory_steering()}
-        rest = [p for p in self.parameters() if id(p) not in steering]
+        steering = self._memory_steering()
+        chosen = {id(p) for p in steering}
+        rest = [p for p in self.parameters() if id(p) not in chosen]
         return [
             {"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
             {
-                "params": self._memory_steering(),
+                "params": steering,
                 "weight_decay": 0.0,
                 "lr_scale": memory_lr_scale,
             },
