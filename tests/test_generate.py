@@ -79,8 +79,8 @@ def tiny(
         torch.nn.init.normal_(model.tok_emb.weight, std=0.5)
         torch.nn.init.normal_(model.position_bias.table.weight)
         for block in model.blocks:
-            if hasattr(block.attn, "gate"):
-                block.attn.gate.fill_(1.0)
+            if hasattr(block.attn, "memory_bias"):
+                block.attn.memory_bias.fill_(1.0)
     return model
 
 

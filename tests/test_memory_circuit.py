@@ -59,8 +59,8 @@ def copy_circuit(memory: str, xl_mem_len: int) -> MusicTransformer:
         val[:v, :v] = torch.eye(v) / hot  # the value is the token
         attn.proj.weight[:v, :v] = 8 * torch.eye(v)
         if isinstance(attn, KNNAttention):
-            attn.gate.fill_(20.0)  # all memory
-            attn.log_temperature.fill_(math.log(100.0))
+            attn.memory_bias.fill_(0.0)  # a hit weighs as much as a local key
+            attn.log_temperature.fill_(math.log(100.0))  # cosine 1 scores 100, 0 scores 0
         model.ln_f.weight.fill_(1.0)
     return model
 
@@ -93,19 +93,21 @@ def test_copy_circuit_copies_exactly_where_memory_reaches(memory, xl_mem_len, co
 # ---- the kNN layer against a reference written out by hand ------------------------------------
 
 
-def knn_reference(q, stored_keys, stored_values, k, gate, log_temperature, local):
-    """One row, per head and query: the top-k stored keys by cosine, a softmax over cosine x
-    temperature, the weighted sum of their values, mixed with local as g * memory + (1 - g)."""
-    heads, length, _ = q.shape
+def knn_reference(q, local_keys, stored_keys, stored_values, k, memory_bias, local):
+    """One row, per head and query t: the top-k stored keys by q·key/√d; one softmax over the
+    local keys 0..t and those hits (+ the head's memory bias); its memory part, sum of weight x
+    value over the hits, plus `local` (the local part's output) times the local keys' weight."""
+    heads, length, dim = q.shape
     out = torch.empty_like(local)
     for h in range(heads):
-        g = 1 / (1 + math.exp(-float(gate[h].detach())))
+        b = float(memory_bias[h].detach())
         for t in range(length):
-            cos = torch.stack([F.cosine_similarity(q[h, t], key, dim=0) for key in stored_keys[h]])
-            top = cos.topk(k).indices
-            weights = torch.softmax(cos[top] * math.exp(float(log_temperature[h].detach())), 0)
-            memory = (weights[:, None] * stored_values[h, top]).sum(0)
-            out[h, t] = g * memory + (1 - g) * local[h, t]
+            stored = torch.stack([q[h, t] @ key for key in stored_keys[h]]) / math.sqrt(dim)
+            top = stored.topk(k).indices
+            here = torch.stack([q[h, t] @ key for key in local_keys[h, : t + 1]]) / math.sqrt(dim)
+            weights = torch.softmax(torch.cat([here, stored[top] + b]), 0)
+            memory = (weights[t + 1 :, None] * stored_values[h, top]).sum(0)
+            out[h, t] = memory + weights[: t + 1].sum() * local[h, t]
     return out
 
 
@@ -115,24 +117,37 @@ def test_knn_attention_equals_hand_written_reference():
     config = ModelConfig(n_head=heads, d_model=heads * dim, knn_k=k, memory="xl_knn")
     layer = KNNAttention(config)
     with torch.no_grad():
-        layer.gate.copy_(torch.tensor([1.5, -0.5]))
-        layer.log_temperature.copy_(torch.tensor([0.5, 2.0]))
+        layer.memory_bias.copy_(torch.tensor([1.5, -0.5]))
     stored_keys, stored_values = torch.randn(heads, 30, dim), torch.randn(heads, 30, dim)
     memory = KNNMemory(batch=2, n_head=heads, head_dim=dim, max_memories=100)
     memory.doc[0] = 3
     memory.add(0, stored_keys, stored_values)  # row 1 holds nothing: local attention alone
-    q, local = torch.randn(2, heads, length, dim), torch.randn(2, heads, length, dim)
+    q, local = 2 * torch.randn(2, heads, length, dim), torch.randn(2, heads, length, dim)
+    local_keys = torch.randn(2, heads, length, dim)
     doc = torch.full((2, length), 3)
     ctx = Context(mask=None, bias=None, doc=doc, knn=memory)
-    out = layer.mix(q, local, ctx)
+    out = layer.mix(q, local, local_keys, None, ctx)  # mask None: causal
     want = knn_reference(
-        q[0], stored_keys, stored_values, k, layer.gate, layer.log_temperature, local[0]
+        q[0], local_keys[0], stored_keys, stored_values, k, layer.memory_bias, local[0]
     )
     torch.testing.assert_close(out[0], want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out[1], local[1])
 
 
-def test_knn_gate_starts_mostly_closed():
-    """An untrained memory costs almost nothing: the gate gives it under a tenth of the say."""
+def test_knn_layer_compares_by_cosine_times_temperature():
+    """Locally as in memory: q·k/√d of what the layer hands on is cosine x temperature."""
+    layer = KNNAttention(ModelConfig(n_head=2, d_model=16, memory="xl_knn"))
+    with torch.no_grad():
+        layer.log_temperature.copy_(torch.tensor([0.0, math.log(7.0)]))
+    q, k = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
+    q_used, k_used = layer.similarity(q, k)
+    score = (q_used @ k_used.transpose(-1, -2)) / math.sqrt(8)
+    cosine = F.cosine_similarity(q[..., :, None, :], k[..., None, :, :], dim=-1)
+    torch.testing.assert_close(score, cosine * torch.tensor([1.0, 7.0])[:, None, None])
+
+
+def test_untrained_memory_gets_little_weight():
+    """An untrained memory costs almost nothing: a hit as good as every local key gets a
+    twentieth of a local key's weight."""
     layer = KNNAttention(ModelConfig(memory="xl_knn"))
-    assert (layer.gate.sigmoid() < 0.1).all()
+    assert (layer.memory_bias.exp() < 0.06).all()

@@ -36,8 +36,8 @@ def tiny(**overrides) -> MusicTransformer:
     if model.position_bias is not None and hasattr(model.position_bias, "table"):
         torch.nn.init.normal_(model.position_bias.table.weight)  # zeros would hide mistakes
     for block in model.blocks:  # so the kNN half of the mix is not negligible
-        if hasattr(block.attn, "gate"):
-            torch.nn.init.constant_(block.attn.gate, 1.0)
+        if hasattr(block.attn, "memory_bias"):
+            torch.nn.init.constant_(block.attn.memory_bias, 1.0)
     return model
 
 
@@ -294,7 +294,7 @@ def test_knn_memory_changes_the_output():
     doc = torch.zeros_like(tokens)
     with torch.no_grad():
         with_knn, _ = run(model, tokens, bar_pos, doc)
-        model.blocks[model.knn_layer].attn.gate.fill_(-100.0)  # sigmoid ~ 0: local attention only
+        model.blocks[model.knn_layer].attn.memory_bias.fill_(-100.0)  # hits weigh nothing
         without, _ = run(model, tokens, bar_pos, doc)
     torch.testing.assert_close(with_knn[:, :T], without[:, :T])  # segment 1: memory empty
     assert not torch.allclose(with_knn[:, T:], without[:, T:], atol=1e-4)
@@ -346,7 +346,8 @@ def test_gradients_stop_at_memory(memory):
     assert grads[1] is not None and grads[1].abs().sum() > 0
     loss.backward()
     if memory == "xl_knn":
-        assert model.blocks[model.knn_layer].attn.gate.grad.abs().sum() > 0  # the gate does learn
+        knn = model.blocks[model.knn_layer].attn
+        assert knn.memory_bias.grad.abs().sum() > 0  # the memory's weight does learn
 
 
 # ---- 5. bad configs -----------------------------------------------------------------------------
@@ -456,12 +457,13 @@ def test_relative_bias_starts_local():
 
 
 def test_memory_steering_parameters_learn_fast_without_decay():
-    """The position table and the kNN gate and temperature: their own group, no weight decay,
-    a learning rate scaled up (Adam moves each by about lr per step); every parameter once."""
+    """The position table and the kNN memory bias and temperature: their own group, no weight
+    decay, a learning rate scaled up (Adam moves each by about lr per step); every parameter
+    once."""
     model = tiny(memory="xl_knn")
     decay, plain, steering = model.optimizer_groups(weight_decay=0.1, memory_lr_scale=10.0)
     knn = model.blocks[model.knn_layer].attn
-    want = {id(model.position_bias.table.weight), id(knn.gate), id(knn.log_temperature)}
+    want = {id(model.position_bias.table.weight), id(knn.memory_bias), id(knn.log_temperature)}
     assert {id(p) for p in steering["params"]} == want
     assert steering["weight_decay"] == 0.0 and steering["lr_scale"] == 10.0
     assert decay["weight_decay"] == 0.1 and "lr_scale" not in decay

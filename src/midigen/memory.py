@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from midigen.errors import MidigenError
@@ -115,12 +114,13 @@ class XLMemory:
 
 
 def retrieve_bruteforce(queries: Tensor, keys: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Top-k keys by cosine similarity, in plain torch: the reference the Faiss path must match.
+    """Top-k keys by inner product, in plain torch: the reference the Faiss path must match.
 
     queries (..., T, Dh), keys (..., N, Dh) -> scores and ids, both (..., T, min(k, N)).
     """
-    q, m = F.normalize(queries.float(), dim=-1), F.normalize(keys.float(), dim=-1)
-    scores, ids = (q @ m.transpose(-1, -2)).topk(min(k, keys.shape[-2]), dim=-1)
+    scores, ids = (queries.float() @ keys.float().transpose(-1, -2)).topk(
+        min(k, keys.shape[-2]), dim=-1
+    )
     return scores, ids
 
 
@@ -138,9 +138,11 @@ def _faiss():
 class KNNMemory:
     """Per batch row, every past key/value of that row's current song (Memorizing Transformers).
 
-    The raw keys and values are kept as float32 tensors (the source of truth, and what a
-    checkpoint saves); a Faiss inner-product index per (row, head) holds the L2-normalised keys
-    and only finds them, so retrieval is per query and head by cosine similarity. Faiss runs on
+    The keys and values are kept as float32 tensors (the source of truth, and what a
+    checkpoint saves); a Faiss inner-product index per (row, head) holds the keys too and only
+    finds them: retrieval is per query and head by the inner product, the score attention
+    gives (the kNN layer hands over unit keys and temperature-scaled queries, so that is its
+    cosine similarity). Faiss runs on
     the GPU when the memory lives on CUDA and faiss-gpu is installed, on the CPU otherwise.
     A row holds one song: writing a different song resets it, and queries of any other song get
     nothing back. When a row exceeds `max_memories`, the oldest entries are dropped.
@@ -212,10 +214,9 @@ class KNNMemory:
         self._keys[row][:, count : count + n] = keys
         self._values[row][:, count : count + n] = values
         self.count[row] = count + n
-        fresh = self._keys[row][:, : count + n] if drop else keys
-        normed = F.normalize(fresh, dim=-1).cpu().numpy()
+        fresh = (self._keys[row][:, : count + n] if drop else keys).cpu().numpy()
         for h, index in enumerate(self.indexes[row]):
-            index.add(np.ascontiguousarray(normed[h]))
+            index.add(np.ascontiguousarray(fresh[h]))
 
     def write(self, keys: Tensor, values: Tensor, doc: Tensor) -> None:
         """Store a finished segment's (B, H, T, Dh) keys/values: per row, its last song only.
@@ -247,14 +248,14 @@ class KNNMemory:
     # -- reading --
 
     def lookup(self, queries: Tensor, doc: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        """Top-k cosine scores and ids (B, H, T, k) per query and head; -inf / -1 where none.
+        """Top-k inner products and ids (B, H, T, k) per query and head; -inf / -1 where none.
 
         Only queries of the song the row holds may retrieve; the others get nothing.
         """
         b_, h_, t_, _ = queries.shape
         scores = torch.full((b_, h_, t_, k), float("-inf"))
         ids = torch.full((b_, h_, t_, k), -1, dtype=torch.int64)
-        normed = F.normalize(queries.detach().float(), dim=-1).cpu().numpy()
+        asked = queries.detach().float().cpu().numpy()
         doc = doc.cpu()
         for row in range(b_):
             asking = (doc[row] == self.doc[row]).numpy()
@@ -263,7 +264,7 @@ class KNNMemory:
                 continue
             which = torch.from_numpy(asking)
             for h, index in enumerate(self.indexes[row]):
-                s, i = index.search(np.ascontiguousarray(normed[row, h, asking]), found)
+                s, i = index.search(np.ascontiguousarray(asked[row, h, asking]), found)
                 scores[row, h, which, :found] = torch.from_numpy(s)
                 ids[row, h, which, :found] = torch.from_numpy(i)
         return scores, ids

@@ -247,6 +247,7 @@ class Attention(nn.Module):
         layer; this segment's], for the memories (handing them on saves copying them again)."""
         batch, length, _ = x.shape  # plain views, not einops: generation calls this per token
         q, k, v = self.qkv(x).view(batch, length, 3, self.n_head, -1).permute(2, 0, 3, 1, 4)
+        q, k = self.similarity(q, k)
         keys, values = (k, v) if memory is None else memory.append(layer, k, v)
         # handed on to the memories, which keep values, not the graph that made them
         present = (keys.detach(), values.detach()) if keys.requires_grad else (keys, values)
@@ -261,58 +262,93 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(
                 q, keys, values, attn_mask=mask, dropout_p=dropout, is_causal=mask is None
             )
-        y = self.mix(q, y, ctx)
+        y = self.mix(q, y, keys, mask, ctx)
         y = y.transpose(1, 2).reshape(batch, length, -1)
         return self.resid_drop(self.proj(y)), present
 
-    def mix(self, q: Tensor, local: Tensor, ctx: Context) -> Tensor:
-        """Where a memory joins in; plain attention has none."""
+    def similarity(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """Queries and keys as attention compares them: plain dot products here."""
+        return q, k
+
+    def mix(self, q: Tensor, local: Tensor, keys: Tensor, mask: Tensor | None, ctx) -> Tensor:
+        """Where a memory joins in; plain attention has none. `local` is the attention over
+        `keys` (B, H, S, Dh) under `mask` (None: causal)."""
         return local
 
 
 class KNNAttention(Attention):
-    """Local attention plus a top-k look-up in the kNN memory, mixed per head by a learned gate.
+    """Local attention plus a top-k look-up in the kNN memory, in one softmax.
 
-    As in Memorizing Transformers: retrieval and attention over the k hits both use
-    L2-normalised queries and keys, scaled by a learned per-head temperature (cosine scores
-    are in [-1, 1]: without it the softmax over hits could never be sharp enough to copy one).
-    Hits carry no position (they may be from anywhere earlier in the song). The gate starts
-    mostly closed, so an untrained memory costs the model almost nothing; it opens only where
-    the memory pays. Gradients reach the queries, the gate and the temperature, never the
-    memory. A query whose song has nothing in memory uses local attention alone.
+    As in Memorizing Transformers, the layer compares queries and keys by cosine similarity
+    times a learned per-head temperature (cosine scores are in [-1, 1]: without it no softmax
+    could be sharp enough to copy one key), and it does so in its local attention too: one
+    similarity everywhere is what lets the memory pay, since a look-up circuit the layer learns
+    on the keys of its segment then finds the same keys in memory. (With plain dot products
+    locally, a trained copy head found its key by dot product 92% of the time and by cosine
+    45%: bench/RESULTS.md, "Copy demonstration".) The memory stores these keys and Faiss
+    ranks them by the same score, so the k hits are the keys of the whole song that would
+    weigh most were they all in the segment.
+
+    The hits join the local keys in one softmax (as in the Focused Transformer), each score
+    plus a learned per-head `memory_bias`, instead of Memorizing Transformers' per-head gate:
+    a gate weighs the memory the same for every query, so it shuts wherever most queries find
+    nothing (a piece's first hearing) and cannot open for the few that find their match; in one
+    softmax a hit that matches outweighs the local keys for that query alone. The bias starts
+    low, so an untrained memory gets almost no weight. Hits carry no position (they may be
+    from anywhere earlier in the song). Gradients reach the queries, the bias and the
+    temperature, never the memory. A query whose song has nothing in memory attends locally.
     """
 
-    GATE_START = -3.0  # sigmoid(-3) = 0.047: the memory starts with a twentieth of the say
+    MEMORY_BIAS_START = -3.0  # a hit starts worth e^-3 = 1/20 of a local key of equal score
     TEMPERATURE_START = 10.0  # cosine 1 vs 0.5 then weigh e^5 = 148 : 1
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
         self.k = config.knn_k
-        self.gate = nn.Parameter(torch.full((config.n_head,), self.GATE_START))
+        self.memory_bias = nn.Parameter(torch.full((config.n_head,), self.MEMORY_BIAS_START))
         self.log_temperature = nn.Parameter(
             torch.full((config.n_head,), math.log(self.TEMPERATURE_START))
         )
 
-    def mix(self, q: Tensor, local: Tensor, ctx: Context) -> Tensor:
+    def similarity(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """Unit keys and unit queries times temperature x √d: attention's q·k/√d is then the
+        cosine times the temperature. The memories keep these unit keys."""
+        scale = rearrange(self.log_temperature.exp(), "h -> h 1 1") * math.sqrt(q.shape[-1])
+        return F.normalize(q, dim=-1) * scale.to(q.dtype), F.normalize(k, dim=-1)
+
+    def mix(self, q: Tensor, local: Tensor, keys: Tensor, mask: Tensor | None, ctx) -> Tensor:
         if ctx.knn is None:
             return local
-        keys, values, found = ctx.knn.search(q, ctx.doc, self.k)
-        memory = knn_attention(q, keys.to(q.dtype), values.to(q.dtype), found, self.log_temperature)
-        g = rearrange(self.gate.sigmoid(), "h -> h 1 1").to(q.dtype)
-        return torch.where(found.any(-1, keepdim=True), g * memory + (1 - g) * local, local)
+        hit_keys, hit_values, found = ctx.knn.search(q, ctx.doc, self.k)
+        memory, memory_lse = knn_attention(
+            q, hit_keys.to(q.dtype), hit_values.to(q.dtype), found, self.memory_bias
+        )
+        # the memory's share of one softmax over [local keys; hits]
+        share = (memory_lse - local_logsumexp(q, keys, mask)).sigmoid()[..., None]
+        return torch.where(found.any(-1, keepdim=True), local + share * (memory - local), local)
+
+
+def local_logsumexp(q: Tensor, keys: Tensor, mask: Tensor | None) -> Tensor:
+    """log Σ exp(score) over the keys a query (B, H, T, Dh) may see (B, H, T): the local side
+    of a softmax that the memory's hits join. `mask` None means plain causal attention."""
+    scores = q @ keys.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if mask is None:
+        length = q.shape[2]
+        mask = torch.full((length, length), MASKED, dtype=q.dtype, device=q.device).triu(1)
+    return (scores + mask).logsumexp(-1)
 
 
 def knn_attention(
-    q: Tensor, keys: Tensor, values: Tensor, found: Tensor, log_temperature: Tensor
-) -> Tensor:
-    """Softmax attention of each query (B, H, T, Dh) over its own k hits (B, H, T, k, Dh):
-    cosine scores times the head's temperature; hits that are not `found` get no weight."""
-    cosine = einsum(
-        F.normalize(q, dim=-1), F.normalize(keys, dim=-1), "b h t d, b h t k d -> b h t k"
-    )
-    scores = cosine * rearrange(log_temperature.exp(), "h -> h 1 1").to(q.dtype)
-    scores = scores.masked_fill(~found, torch.finfo(q.dtype).min)
-    return einsum(scores.softmax(-1), values, "b h t k, b h t k d -> b h t d")
+    q: Tensor, keys: Tensor, values: Tensor, found: Tensor, memory_bias: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Softmax attention of each query (B, H, T, Dh) over its own k hits (B, H, T, k, Dh),
+    scored like local attention (q·k/√d) plus the head's memory bias; hits that are not
+    `found` get no weight. Returns the output (B, H, T, Dh) and the scores' log Σ exp."""
+    scores = einsum(q, keys, "b h t d, b h t k d -> b h t k") / math.sqrt(q.shape[-1])
+    scores = scores + rearrange(memory_bias, "h -> h 1 1").to(q.dtype)
+    scores = scores.masked_fill(~found, MASKED)
+    out = einsum(scores.softmax(-1), values, "b h t k, b h t k d -> b h t d")
+    return out, scores.logsumexp(-1)
 
 
 class MLP(nn.Module):
@@ -392,9 +428,10 @@ class MusicTransformer(nn.Module):
     def optimizer_groups(self, weight_decay: float, memory_lr_scale: float) -> list[dict]:
         """AdamW parameter groups: matrices decay, vectors (biases, norms) do not, and the few
         scalar-like parameters that decide how memory is used (the relative position table,
-        the kNN gate and temperature) neither decay nor crawl. Adam moves a parameter by about
-        the learning rate per step, and a whole run's learning rates add up to about one: too
-        little for a gate to open or shut, or for a distance bias to leave its ALiBi start.
+        the kNN memory bias and temperature) neither decay nor crawl. Adam moves a parameter
+        by about the learning rate per step, and a whole run's learning rates add up to about
+        one: too little for the memory's weight to rise or fall, or for a distance bias to
+        leave its ALiBi start.
         `lr_scale` multiplies the scheduled learning rate of a group."""
         steering = self._memory_steering()
         chosen = {id(p) for p in steering}
@@ -410,7 +447,7 @@ class MusicTransformer(nn.Module):
         ]
 
     def _memory_steering(self) -> list[nn.Parameter]:
-        """The relative position table and every kNN layer's gate and temperature."""
+        """The relative position table and every kNN layer's memory bias and temperature."""
         found = (
             []
             if not isinstance(self.position_bias, RelativeBias)
@@ -418,7 +455,7 @@ class MusicTransformer(nn.Module):
         )
         for block in self.blocks:
             if isinstance(block.attn, KNNAttention):
-                found += [block.attn.gate, block.attn.log_temperature]
+                found += [block.attn.memory_bias, block.attn.log_temperature]
         return found
 
     # -- state --
@@ -521,9 +558,8 @@ class MusicTransformer(nn.Module):
         every key already says what came before it, so one attention layer can look up "where
         did my token come before, and what followed" (an induction head, the circuit that
         copies) without first growing a previous-token head in the layer below. An option for
-        the memory experiments, off by default: whether it makes copying learnable sooner is
-        not settled yet (bench/RESULTS.md, "Copy demonstration").
-        """
+        the memory experiments, off by default; with it a one-layer model learns the copy
+        circuit in about 2,000 steps (bench/RESULTS.md, "Copy demonstration")."""
         previous = torch.cat([state.last_token[:, None], tokens[:, :-1]], dim=1)
         return torch.where(song_pos == 0, self.config.vocab_size, previous)
 
