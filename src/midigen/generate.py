@@ -224,7 +224,7 @@ class KVCache:
         self.model = model
         config = model.config
         self.segment, self.mem_len = config.segment_len, config.xl_mem_len
-        self.memory = config.memory != "none"
+        self.memory = model.keeps_memory
         self.state: MemoryState | None = None
 
     @property
@@ -272,10 +272,8 @@ class KVCache:
         """As in training: the segment goes into the kNN memory, the XL memory keeps its tail."""
         xl = self.state.xl
         if self.state.knn is not None:
-            layer, last = self.model.knn_layer, slice(-self.segment, None)
-            self.state.knn.write(
-                xl.keys[layer][:, :, last], xl.values[layer][:, :, last], xl.doc[:, last]
-            )
+            doc = xl.doc[:, -self.segment :]
+            self.model.store_segment(self.state.knn, xl.keys, xl.values, doc)
         self.state = dataclasses.replace(self.state, xl=xl.last(self.mem_len))
 
 
@@ -287,7 +285,7 @@ class Recompute:
     def __init__(self, model: MusicTransformer):
         self.model = model
         self.segment = model.config.segment_len
-        self.memory = model.config.memory != "none"
+        self.memory = model.keeps_memory
         self.state: MemoryState | None = None  # memory models: after the complete segments
         self.tokens: Tensor | None = None  # the current segment (vanilla: window) so far
         self.bar_pos: Tensor | None = None

@@ -422,6 +422,11 @@ class MusicTransformer(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    @property
+    def keeps_memory(self) -> bool:
+        """Whether a segment leaves keys/values to the next (xl, xl_knn; not vanilla)."""
+        return self.config.memory != "none"
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -463,7 +468,7 @@ class MusicTransformer(nn.Module):
     def initial_state(self, batch: int, device: torch.device | str) -> MemoryState:
         """Before the first segment: no song seen, empty memories."""
         knn = None
-        if self.config.memory == "xl_knn":
+        if self.knn_layer is not None:
             knn = KNNMemory(
                 batch,
                 self.config.n_head,
@@ -545,7 +550,7 @@ class MusicTransformer(nn.Module):
             total, count = token_loss(logits, targets)
             loss = total / count.clamp(min=1)
         if mem_len is None:
-            mem_len = self.config.xl_mem_len if self.config.memory != "none" else 0
+            mem_len = self.config.xl_mem_len if self.keeps_memory else 0
         next_state = self._next_state(
             state, presents, key_pos, key_doc, doc, song_start, mem_len, tokens, write_knn
         )
@@ -595,6 +600,16 @@ class MusicTransformer(nn.Module):
         bias = self.position_bias(distance)
         return mask + bias, bias
 
+    def store_segment(
+        self, knn: KNNMemory, keys: list[Tensor], values: list[Tensor], doc: Tensor
+    ) -> None:
+        """Write a finished segment into the kNN memory (training and generation alike):
+        `keys`/`values` per layer end with the segment's (B, H, T, Dh), `doc` (B, T) its songs;
+        the kNN layer's are stored."""
+        own = slice(-doc.shape[1], None)
+        layer = self.knn_layer
+        knn.write(keys[layer][:, :, own], values[layer][:, :, own], doc)
+
     def _next_state(
         self,
         state: MemoryState,
@@ -613,16 +628,13 @@ class MusicTransformer(nn.Module):
         positions `key_pos` of songs `key_doc`: the XL memory's, then the segment's own (the
         last T, whose songs are `doc`)."""
         xl = None
+        keys, values = [k for k, _ in presents], [v for _, v in presents]
         if mem_len > 0:
-            keys, values = [k for k, _ in presents], [v for _, v in presents]
             xl = XLMemory.extend(state.xl, keys, values, key_doc, key_pos, mem_len)
-        length = doc.shape[1]
         if state.knn is not None and write_knn:
-            keys, values = presents[self.knn_layer]
-            own = slice(-length, None)
-            state.knn.write(keys[:, :, own], values[:, :, own], doc)
+            self.store_segment(state.knn, keys, values, doc)
         return MemoryState(
-            state.offset + length,
+            state.offset + doc.shape[1],
             doc[:, -1].clone(),
             song_start,
             xl,
