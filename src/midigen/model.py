@@ -270,7 +270,9 @@ class Attention(nn.Module):
         """Queries and keys as attention compares them: plain dot products here."""
         return q, k
 
-    def mix(self, q: Tensor, local: Tensor, keys: Tensor, mask: Tensor | None, ctx) -> Tensor:
+    def mix(
+        self, q: Tensor, local: Tensor, keys: Tensor, mask: Tensor | None, ctx: Context
+    ) -> Tensor:
         """Where a memory joins in; plain attention has none. `local` is the attention over
         `keys` (B, H, S, Dh) under `mask` (None: causal)."""
         return local
@@ -316,7 +318,9 @@ class KNNAttention(Attention):
         scale = rearrange(self.log_temperature.exp(), "h -> h 1 1") * math.sqrt(q.shape[-1])
         return F.normalize(q, dim=-1) * scale.to(q.dtype), F.normalize(k, dim=-1)
 
-    def mix(self, q: Tensor, local: Tensor, keys: Tensor, mask: Tensor | None, ctx) -> Tensor:
+    def mix(
+        self, q: Tensor, local: Tensor, keys: Tensor, mask: Tensor | None, ctx: Context
+    ) -> Tensor:
         if ctx.knn is None:
             return local
         hit_keys, hit_values, found = ctx.knn.search(q, ctx.doc, self.k)
