@@ -142,8 +142,8 @@ class KNNMemory:
     checkpoint saves); a Faiss inner-product index per (row, head) holds the keys too and only
     finds them: retrieval is per query and head by the inner product, the score attention
     gives (the kNN layer hands over unit keys and temperature-scaled queries, so that is its
-    cosine similarity). Faiss runs on
-    the GPU when the memory lives on CUDA and faiss-gpu is installed, on the CPU otherwise.
+    cosine similarity). Faiss runs on the GPU when the memory lives on CUDA and faiss-gpu is
+    installed, on the CPU otherwise.
     A row holds one song: writing a different song resets it, and queries of any other song get
     nothing back. When a row exceeds `max_memories`, the oldest entries are dropped.
     """
