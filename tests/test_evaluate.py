@@ -35,13 +35,13 @@ from midigen.evaluate import (
     song_table,
     with_reach,
 )
-from midigen.model import ModelConfig, MusicTransformer, token_loss
+from midigen.model import MEMORY_KINDS, ModelConfig, MusicTransformer, token_loss
 from midigen.paired import CELLS, REACH, read_song_cells
 from midigen.params import load_params, validate_params
 from midigen.stages import evaluate as stage
 
 ROOT = Path(__file__).resolve().parents[1]
-MEMORIES = ("none", "xl", "xl_knn")
+MEMORIES = tuple(MEMORY_KINDS)
 BAR = 16  # steps per 4/4 bar at 4 steps per beat
 
 

@@ -35,14 +35,14 @@ from midigen.generate import (
     split_song,
     whole_rows,
 )
-from midigen.model import ModelConfig, MusicTransformer
+from midigen.model import MEMORY_KINDS, ModelConfig, MusicTransformer
 from midigen.params import load_params
 from midigen.stages import generate as stage
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = Vocab(max_duration=4)
 BAR = 16  # steps per bar of the random prompts
-MEMORIES = ("none", "xl", "xl_knn")
+MEMORIES = tuple(MEMORY_KINDS)
 
 
 @pytest.fixture(scope="module")

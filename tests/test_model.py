@@ -14,7 +14,15 @@ from builders import TINY_MODEL
 
 from midigen.errors import MidigenError
 from midigen.memory import KNNMemory, MemoryState, retrieve_bruteforce
-from midigen.model import MASKED, BiasedAttention, ModelConfig, MusicTransformer
+from midigen.model import (
+    MASKED,
+    BiasedAttention,
+    KNNAttention,
+    KNNRetrieval,
+    ModelConfig,
+    MusicTransformer,
+    XLRecurrence,
+)
 
 T = 8  # segment length
 V = 40  # vocabulary
@@ -49,17 +57,23 @@ def stream(batch: int, length: int, seed: int = 0) -> tuple[torch.Tensor, torch.
     )
 
 
-def run(model: MusicTransformer, tokens, bar_pos, doc, state=None, seg: int = T, mem_len=None):
-    """Feed a (B, L) stream segment by segment; the logits of all of it and the final state."""
+def knn_attention_of(model: MusicTransformer) -> KNNAttention:
+    """The model's one kNN layer."""
+    (knn,) = [block.attn for block in model.blocks if isinstance(block.attn, KNNAttention)]
+    return knn
+
+
+def run(model: MusicTransformer, tokens, bar_pos, doc, state=None, seg: int = T, cache=None):
+    """Feed a (B, L) stream segment by segment; the logits of all of it and the final state.
+    `cache`: keep that many past keys/values as generation's cache does, writing no memory."""
     out = []
     for s in range(0, tokens.shape[1], seg):
-        logits, _, state = model(
-            tokens[:, s : s + seg],
-            bar_pos[:, s : s + seg],
-            doc[:, s : s + seg],
-            state,
-            mem_len=mem_len,
-        )
+        piece = tokens[:, s : s + seg], bar_pos[:, s : s + seg], doc[:, s : s + seg], state
+        if cache is None:
+            logits, _, state = model(*piece)
+        else:
+            logits, segment = model.read(*piece)
+            state = segment.cached(cache)
         out.append(logits)
     return torch.cat(out, dim=1), state
 
@@ -155,7 +169,7 @@ def test_one_token_at_a_time_with_a_cache_equals_one_pass(memory, previous_token
     doc = torch.zeros_like(tokens)
     doc[1, 5:] = 1
     with torch.no_grad():
-        cached, _ = run(model, tokens, bar_pos, doc, seg=1, mem_len=3 * T)
+        cached, _ = run(model, tokens, bar_pos, doc, seg=1, cache=3 * T)
         full, _, _ = model(tokens, bar_pos, doc)
     torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
 
@@ -173,12 +187,9 @@ def test_cache_with_room_is_written_in_place():
         buffer = roomy.xl.buffers[0][1]
         for i in range(T, 2 * T):
             step = slice(i, i + 1)
-            a, _, copied = model(
-                tokens[:, step], bar_pos[:, step], doc[:, step], copied, mem_len=i + 1
-            )
-            b, _, roomy = model(
-                tokens[:, step], bar_pos[:, step], doc[:, step], roomy, mem_len=i + 1
-            )
+            a, copied = model.read(tokens[:, step], bar_pos[:, step], doc[:, step], copied)
+            b, roomy = model.read(tokens[:, step], bar_pos[:, step], doc[:, step], roomy)
+            copied, roomy = copied.cached(i + 1), roomy.cached(i + 1)
             torch.testing.assert_close(b, a)
     assert copied.xl.buffers is None and roomy.xl.buffers[0][1] is buffer
     assert roomy.xl.keys[1].data_ptr() == buffer.data_ptr()
@@ -294,7 +305,7 @@ def test_knn_memory_changes_the_output():
     doc = torch.zeros_like(tokens)
     with torch.no_grad():
         with_knn, _ = run(model, tokens, bar_pos, doc)
-        model.blocks[model.knn_layer].attn.memory_bias.fill_(-100.0)  # hits weigh nothing
+        knn_attention_of(model).memory_bias.fill_(-100.0)  # hits weigh nothing
         without, _ = run(model, tokens, bar_pos, doc)
     torch.testing.assert_close(with_knn[:, :T], without[:, :T])  # segment 1: memory empty
     assert not torch.allclose(with_knn[:, T:], without[:, T:], atol=1e-4)
@@ -346,7 +357,7 @@ def test_gradients_stop_at_memory(memory):
     assert grads[1] is not None and grads[1].abs().sum() > 0
     loss.backward()
     if memory == "xl_knn":
-        knn = model.blocks[model.knn_layer].attn
+        knn = knn_attention_of(model)
         assert knn.memory_bias.grad.abs().sum() > 0  # the memory's weight does learn
 
 
@@ -462,10 +473,33 @@ def test_memory_steering_parameters_learn_fast_without_decay():
     once."""
     model = tiny(memory="xl_knn")
     decay, plain, steering = model.optimizer_groups(weight_decay=0.1, memory_lr_scale=10.0)
-    knn = model.blocks[model.knn_layer].attn
+    knn = knn_attention_of(model)
     want = {id(model.position_bias.table.weight), id(knn.memory_bias), id(knn.log_temperature)}
     assert {id(p) for p in steering["params"]} == want
     assert steering["weight_decay"] == 0.0 and steering["lr_scale"] == 10.0
     assert decay["weight_decay"] == 0.1 and "lr_scale" not in decay
     everything = [id(p) for g in (decay, plain, steering) for p in g["params"]]
     assert sorted(everything) == sorted(id(p) for p in model.parameters())
+
+
+# ---- 7. memories the model composes -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("memory", "kinds", "knn_layers"),
+    [
+        ("none", [], []),
+        ("xl", [XLRecurrence], []),
+        ("xl_knn", [XLRecurrence, KNNRetrieval], [3]),
+    ],
+)
+def test_each_memory_kind_is_a_module_the_model_composes(memory, kinds, knn_layers):
+    """model.memory names the memory modules; the kNN one gives its layer (knn_layer -1 of 4
+    layers: the last) the kNN attention, and only that layer."""
+    model = tiny(memory=memory, n_layer=4, knn_layer=-1)
+    assert [type(m) for m in model.memories] == kinds
+    assert model.keeps_memory == bool(kinds)
+    found = [i for i, b in enumerate(model.blocks) if isinstance(b.attn, KNNAttention)]
+    assert found == knn_layers
+    state = model.initial_state(2, "cpu")
+    assert (state.knn is not None) == bool(knn_layers) and state.xl is None

@@ -39,7 +39,7 @@ from midigen.errors import MidigenError
 from midigen.media import piano_roll, render_audio
 from midigen.memory import MemoryState
 from midigen.midi import Meter, write_midi
-from midigen.model import MusicTransformer
+from midigen.model import MusicTransformer, Segment
 
 PIECES = ("prompt", "real", "generated")
 
@@ -261,20 +261,17 @@ class KVCache:
             xl = self.state.xl.with_room(self.mem_len + self.segment)
             if xl is not self.state.xl:
                 self.state = dataclasses.replace(self.state, xl=xl)
-        logits, _, self.state = self.model(
-            tokens, bar_pos, state=self.state, mem_len=keep, write_knn=False
-        )
+        logits, segment = self.model.read(tokens, bar_pos, state=self.state)
+        self.state = segment.cached(keep)
         if self.memory and filled == self.segment:
             self._end_segment()
         return logits
 
     def _end_segment(self) -> None:
-        """As in training: the segment goes into the kNN memory, the XL memory keeps its tail."""
+        """The complete segment, all in the cache, goes to the memories as in training."""
         xl = self.state.xl
-        if self.state.knn is not None:
-            doc = xl.doc[:, -self.segment :]
-            self.model.store_segment(self.state.knn, xl.keys, xl.values, doc)
-        self.state = dataclasses.replace(self.state, xl=xl.last(self.mem_len))
+        whole = Segment(self.state, xl.keys, xl.values, xl.pos, xl.doc, xl.doc[:, -self.segment :])
+        self.state = self.model.remember(whole)
 
 
 class Recompute:
@@ -307,7 +304,7 @@ class Recompute:
             tokens, bar_pos = tokens[:, self.segment :], bar_pos[:, self.segment :]
         self.tokens, self.bar_pos = tokens, bar_pos
         if tokens.shape[1]:
-            logits = self.model(tokens, bar_pos, state=self.state, write_knn=False)[0]
+            logits = self.model.read(tokens, bar_pos, state=self.state)[0]
         return logits[:, -1]
 
     def select(self, rows: Tensor) -> None:

@@ -71,16 +71,6 @@ class XLMemory:
     def _used(buffers: tuple[list[Tensor], list[Tensor]], used: int) -> list[list[Tensor]]:
         return [[b[:, :, :used] for b in side] for side in buffers]
 
-    def last(self, length: int) -> XLMemory:
-        """The newest `length` positions: generation's cache shrinks back to xl_mem_len when
-        a segment is complete, leaving what training's memory would hold."""
-        return XLMemory(
-            [k[:, :, -length:] for k in self.keys],
-            [v[:, :, -length:] for v in self.values],
-            self.doc[:, -length:],
-            self.pos[-length:],
-        )
-
     def select(self, rows: Tensor) -> XLMemory:
         """Row r of the result is row rows[r] (beam search reorders and copies hypotheses)."""
         if self.buffers is None:
@@ -328,9 +318,10 @@ class MemoryState:
 
     `offset` is the stream position of the next token (the same for all rows); `last_doc`,
     `song_start` and `last_token` let the next segment know whether its first tokens continue a
-    song, where that song began and which token came just before. A vanilla model carries only
-    these; `xl` and `knn` are None for it.
-    The kNN memory is updated in place (an index is too big to copy every segment).
+    song, where that song began and which token came just before. `xl` and `knn` hold what the
+    model's memories keep (model.py: XLRecurrence, KNNRetrieval; a vanilla model has neither,
+    but generation's key/value cache uses `xl` for every model). The kNN memory is updated in
+    place (an index is too big to copy every segment).
     """
 
     offset: int

@@ -1,7 +1,7 @@
 """Decoder-only music transformer; the variants (vanilla, xl, xl_knn) differ only in memory.
 
 Read top to bottom: the config, position biases, attention (local, then kNN-augmented), the
-block, the model. Every batch row streams whole songs back to back and `doc` (B, T) says which
+block, the memories the model composes (Transformer-XL's, the kNN memory), the model. Every batch row streams whole songs back to back and `doc` (B, T) says which
 song each token belongs to: attention never crosses from one song to another, neither inside
 a segment nor into memory, so a new song in a row starts from a clean slate.
 """
@@ -9,7 +9,7 @@ a segment nor into memory, so a new song in a row starts from a clean slate.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -21,7 +21,6 @@ from midigen.errors import MidigenError
 from midigen.memory import NO_DOC, KNNMemory, MemoryState, XLMemory
 
 POSITIONS = ("relative", "alibi", "absolute")
-MEMORIES = ("none", "xl", "xl_knn")
 VARIANT_MEMORY = {"vanilla": "none", "xl": "xl", "xl_knn": "xl_knn"}  # pipeline variant -> memory
 IGNORE = -100  # target id the loss skips
 
@@ -103,9 +102,9 @@ class ModelConfig:
             raise MidigenError(
                 f"model.position must be one of {', '.join(POSITIONS)} (got {self.position!r})"
             )
-        if self.memory not in MEMORIES:
+        if self.memory not in MEMORY_KINDS:
             raise MidigenError(
-                f"model.memory must be one of {', '.join(MEMORIES)} (got {self.memory!r})"
+                f"model.memory must be one of {', '.join(MEMORY_KINDS)} (got {self.memory!r})"
             )
         if self.d_model % self.n_head:
             raise MidigenError(
@@ -369,10 +368,10 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-LayerNorm: x + attention(LN(x)), then x + MLP(LN(x))."""
 
-    def __init__(self, config: ModelConfig, knn: bool = False):
+    def __init__(self, config: ModelConfig, attention: type[Attention] = Attention):
         super().__init__()
         self.ln1 = nn.LayerNorm(config.d_model)
-        self.attn = KNNAttention(config) if knn else Attention(config)
+        self.attn = attention(config)
         self.ln2 = nn.LayerNorm(config.d_model)
         self.mlp = MLP(config)
 
@@ -382,6 +381,101 @@ class Block(nn.Module):
         a, present = self.attn(self.ln1(x), ctx, memory, layer)
         x = x + a
         return x + self.mlp(self.ln2(x)), present
+
+
+# ---- memories: what a segment leaves for the ones after it -------------------------------------
+
+
+@dataclass
+class Segment:
+    """What one forward read, for the memories to keep: `after`, the stream after it with the
+    memories as they were; per layer the detached keys/values it attended to ([XL memory;
+    segment's own]), at stream positions `key_pos` (S,) of songs `key_doc` (B, S); `doc`
+    (B, T), the songs of the segment's own tokens (the last T keys)."""
+
+    after: MemoryState
+    keys: list[Tensor]
+    values: list[Tensor]
+    key_pos: Tensor
+    key_doc: Tensor
+    doc: Tensor
+
+    def cached(self, keep: int) -> MemoryState:
+        """Generation's key/value cache: the stream after these tokens, with the newest `keep`
+        keys/values of every layer as its XL memory and nothing else written, since the
+        segment is not complete (MusicTransformer.remember takes it in once it is)."""
+        xl = XLMemory.extend(
+            self.after.xl, self.keys, self.values, self.key_doc, self.key_pos, keep
+        )
+        return replace(self.after, xl=xl)
+
+
+class Memory(nn.Module):
+    """One kind of memory the model composes (MEMORY_KINDS lists those of each model.memory):
+    it may give one layer its own attention, it starts empty, and it takes in every complete
+    segment. Adding a kind of memory is adding a subclass (and a slot in MemoryState for what
+    it holds)."""
+
+    def attention(self, layer: int) -> type[Attention] | None:
+        """The attention layer `layer` needs to read this memory; None: plain attention."""
+        return None
+
+    def start(self, state: MemoryState) -> MemoryState:
+        """`state` with this memory empty, for `state.batch` rows."""
+        return state
+
+    def remember(self, state: MemoryState, segment: Segment) -> MemoryState:
+        """`state` with this memory after the complete `segment`."""
+        raise NotImplementedError
+
+
+class XLRecurrence(Memory):
+    """Transformer-XL: every layer also attends to the keys/values of the last xl_mem_len
+    tokens, computed by earlier segments (no gradient crosses into them)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.length = config.xl_mem_len
+
+    def remember(self, state: MemoryState, segment: Segment) -> MemoryState:
+        xl = XLMemory.extend(
+            state.xl, segment.keys, segment.values, segment.key_doc, segment.key_pos, self.length
+        )
+        return replace(state, xl=xl)
+
+
+class KNNRetrieval(Memory):
+    """Memorizing Transformers: one layer (model.knn_layer) also looks up the top knn_k of the
+    keys of everything earlier in the song (KNNAttention), stored as that layer computed them."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.layer = config.knn_layer % config.n_layer
+        self.n_head, self.head_dim = config.n_head, config.head_dim
+        self.max_memories = config.knn_max_memories
+
+    def attention(self, layer: int) -> type[Attention] | None:
+        return KNNAttention if layer == self.layer else None
+
+    def start(self, state: MemoryState) -> MemoryState:
+        knn = KNNMemory(
+            state.batch, self.n_head, self.head_dim, self.max_memories, state.last_doc.device
+        )
+        return replace(state, knn=knn)
+
+    def remember(self, state: MemoryState, segment: Segment) -> MemoryState:
+        """The segment's own keys/values of the kNN layer go into the kNN memory (in place)."""
+        own = slice(-segment.doc.shape[1], None)
+        keys, values = segment.keys[self.layer], segment.values[self.layer]
+        state.knn.write(keys[:, :, own], values[:, :, own], segment.doc)
+        return state
+
+
+MEMORY_KINDS: dict[str, tuple[type[Memory], ...]] = {
+    "none": (),
+    "xl": (XLRecurrence,),
+    "xl_knn": (XLRecurrence, KNNRetrieval),
+}
 
 
 # ---- the model ---------------------------------------------------------------------------------
@@ -405,9 +499,9 @@ class MusicTransformer(nn.Module):
         bias = {"relative": RelativeBias, "alibi": ALiBi}.get(config.position)
         self.position_bias = bias(config.n_head, config.max_distance) if bias else None
         self.drop = Dropout(config.dropout)
-        self.knn_layer = config.knn_layer % config.n_layer if config.memory == "xl_knn" else None
+        self.memories = nn.ModuleList(kind(config) for kind in MEMORY_KINDS[config.memory])
         self.blocks = nn.ModuleList(
-            Block(config, knn=i == self.knn_layer) for i in range(config.n_layer)
+            Block(config, self._attention(i)) for i in range(config.n_layer)
         )
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, config.vocab_size, bias=False)
@@ -426,10 +520,15 @@ class MusicTransformer(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    def _attention(self, layer: int) -> type[Attention]:
+        """The attention of layer `layer`: a memory's own, or plain."""
+        chosen = [memory.attention(layer) for memory in self.memories]
+        return next((attention for attention in chosen if attention), Attention)
+
     @property
     def keeps_memory(self) -> bool:
-        """Whether a segment leaves keys/values to the next (xl, xl_knn; not vanilla)."""
-        return self.config.memory != "none"
+        """Whether a segment leaves anything to the next (xl, xl_knn; not vanilla)."""
+        return len(self.memories) > 0
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -471,23 +570,15 @@ class MusicTransformer(nn.Module):
 
     def initial_state(self, batch: int, device: torch.device | str) -> MemoryState:
         """Before the first segment: no song seen, empty memories."""
-        knn = None
-        if self.knn_layer is not None:
-            knn = KNNMemory(
-                batch,
-                self.config.n_head,
-                self.config.head_dim,
-                self.config.knn_max_memories,
-                device,
-            )
-        return MemoryState(
+        state = MemoryState(
             0,
             torch.full((batch,), NO_DOC, dtype=torch.int64, device=device),
             torch.zeros(batch, dtype=torch.int64, device=device),
-            None,
-            knn,
-            torch.zeros(batch, dtype=torch.int64, device=device),
+            last_token=torch.zeros(batch, dtype=torch.int64, device=device),
         )
+        for memory in self.memories:
+            state = memory.start(state)
+        return state
 
     def memory_state_from(self, state: dict) -> MemoryState:
         """A MemoryState back from `MemoryState.state_dict()` (e.g. out of a checkpoint)."""
@@ -503,21 +594,29 @@ class MusicTransformer(nn.Module):
         doc: Tensor | None = None,
         state: MemoryState | None = None,
         targets: Tensor | None = None,
-        mem_len: int | None = None,
-        write_knn: bool = True,
     ) -> tuple[Tensor, Tensor | None, MemoryState]:
-        """One segment of every row: (B, T) tokens, bar positions, song ids -> logits (B, T, V).
+        """One segment of every row: (B, T) tokens, bar positions, song ids -> logits (B, T, V),
+        the mean cross entropy over targets that are not IGNORE (None without targets), and
+        the state after the segment, its memories updated: pass it to the next segment of the
+        same rows."""
+        logits, segment = self.read(tokens, bar_pos, doc, state)
+        loss = None
+        if targets is not None:
+            total, count = token_loss(logits, targets)
+            loss = total / count.clamp(min=1)
+        return logits, loss, self.remember(segment)
 
-        Pass the returned state to the next segment of the same rows. `loss` is the mean cross
-        entropy over targets that are not IGNORE (None without targets). `mem_len` overrides how
-        many past positions the next call attends to (default: xl_mem_len with memory, none
-        without), which turns the XL memory into a key/value cache for generation: fed one token
-        at a time with a mem_len covering the whole context, the logits equal one full pass.
-        (A shorter cache is XL-like: earlier keys were computed with their own, older context,
-        so it is not the same as re-encoding a sliding window.) `write_knn=False` leaves the kNN
-        memory as it is: generation feeds a segment a token at a time and writes it to the kNN
-        memory only once it is complete, as training does.
-        """
+    def read(
+        self,
+        tokens: Tensor,
+        bar_pos: Tensor,
+        doc: Tensor | None = None,
+        state: MemoryState | None = None,
+    ) -> tuple[Tensor, Segment]:
+        """The logits of a segment (or of the next tokens of one) under `state`, and what it
+        leaves for the memories; no memory is written. Training's forward hands each complete
+        segment to `remember`; generation keeps a growing segment in a key/value cache
+        (`Segment.cached`) and remembers it once complete, as training does."""
         batch, length = tokens.shape
         device = tokens.device
         doc = torch.zeros_like(tokens) if doc is None else doc
@@ -543,22 +642,26 @@ class MusicTransformer(nn.Module):
             key_pos = torch.cat([state.xl.pos, positions])
             key_doc = torch.cat([state.xl.doc, doc], dim=1)
         ctx = Context(*self._attention_mask(positions, doc, key_pos, key_doc), doc, state.knn)
-        presents = []
+        keys, values = [], []
         for i, block in enumerate(self.blocks):
-            x, present = block(x, ctx, state.xl, i)
-            presents.append(present)
-        logits = self.head(self.ln_f(x))
-
-        loss = None
-        if targets is not None:
-            total, count = token_loss(logits, targets)
-            loss = total / count.clamp(min=1)
-        if mem_len is None:
-            mem_len = self.config.xl_mem_len if self.keeps_memory else 0
-        next_state = self._next_state(
-            state, presents, key_pos, key_doc, doc, song_start, mem_len, tokens, write_knn
+            x, (k, v) = block(x, ctx, state.xl, i)
+            keys.append(k)
+            values.append(v)
+        after = replace(
+            state,
+            offset=state.offset + length,
+            last_doc=doc[:, -1].clone(),
+            song_start=song_start,
+            last_token=tokens[:, -1].clone(),
         )
-        return logits, loss, next_state
+        return self.head(self.ln_f(x)), Segment(after, keys, values, key_pos, key_doc, doc)
+
+    def remember(self, segment: Segment) -> MemoryState:
+        """The state after a complete segment: every memory takes it in (no gradient crosses)."""
+        state = segment.after
+        for memory in self.memories:
+            state = memory.remember(state, segment)
+        return state
 
     def _previous_tokens(self, tokens: Tensor, song_pos: Tensor, state: MemoryState) -> Tensor:
         """The token before each one in its song (B, T), or vocab_size at a song's start.
@@ -603,48 +706,6 @@ class MusicTransformer(nn.Module):
             return mask, None
         bias = self.position_bias(distance)
         return mask + bias, bias
-
-    def store_segment(
-        self, knn: KNNMemory, keys: list[Tensor], values: list[Tensor], doc: Tensor
-    ) -> None:
-        """Write a finished segment into the kNN memory (training and generation alike):
-        `keys`/`values` per layer end with the segment's (B, H, T, Dh), `doc` (B, T) its songs;
-        the kNN layer's are stored."""
-        own = slice(-doc.shape[1], None)
-        layer = self.knn_layer
-        knn.write(keys[layer][:, :, own], values[layer][:, :, own], doc)
-
-    def _next_state(
-        self,
-        state: MemoryState,
-        presents: list[tuple[Tensor, Tensor]],
-        key_pos: Tensor,
-        key_doc: Tensor,
-        doc: Tensor,
-        song_start: Tensor,
-        mem_len: int,
-        tokens: Tensor,
-        write_knn: bool = True,
-    ) -> MemoryState:
-        """Hand this segment's keys/values to the memories (detached: no gradient crosses).
-
-        `presents` holds per layer the keys/values the segment attended to, at stream
-        positions `key_pos` of songs `key_doc`: the XL memory's, then the segment's own (the
-        last T, whose songs are `doc`)."""
-        xl = None
-        keys, values = [k for k, _ in presents], [v for _, v in presents]
-        if mem_len > 0:
-            xl = XLMemory.extend(state.xl, keys, values, key_doc, key_pos, mem_len)
-        if state.knn is not None and write_knn:
-            self.store_segment(state.knn, keys, values, doc)
-        return MemoryState(
-            state.offset + doc.shape[1],
-            doc[:, -1].clone(),
-            song_start,
-            xl,
-            state.knn,
-            tokens[:, -1].clone(),
-        )
 
 
 def load_model(
