@@ -1,9 +1,10 @@
 """Decoder-only music transformer; the variants (vanilla, xl, xl_knn) differ only in memory.
 
 Read top to bottom: the config, position biases, attention (local, then kNN-augmented), the
-block, the memories the model composes (Transformer-XL's, the kNN memory), the model. Every batch row streams whole songs back to back and `doc` (B, T) says which
-song each token belongs to: attention never crosses from one song to another, neither inside
-a segment nor into memory, so a new song in a row starts from a clean slate.
+block, the memories the model composes (Transformer-XL's, the kNN memory), the model. Every
+batch row streams whole songs back to back and `doc` (B, T) says which song each token belongs
+to: attention never crosses from one song to another, neither inside a segment nor into
+memory, so a new song in a row starts from a clean slate.
 """
 
 from __future__ import annotations
