@@ -4,6 +4,7 @@ the per-song table, and the stage."""
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import math
@@ -378,6 +379,7 @@ PARAMS = validate_params(
         "evaluate": {"batch_size": 4},
         "encode": {"steps_per_beat": 4},
         "model": {"xl_mem_len": TINY_MODEL["xl_mem_len"]},
+        "train": {"seed": 0, "seeds": 1},
     },
     partial=True,
 )
@@ -431,6 +433,35 @@ def test_stage_writes_metrics_and_plots(chorales, tmp_path):
     assert pitch_share == pytest.approx(1.0, abs=1e-4)
     for png in ("nll_by_position.png", "histograms.png"):
         assert (plots / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_stage_scores_every_training_seed(chorales, tmp_path):
+    """train.seed 3, seeds 2: the main model (seed 3) in the model's folder, seed 4's in
+    seed-4/; each gets its own NLL and songs.csv, and a missing one is named."""
+    vocab = load_vocab(chorales)
+    models = [tiny_model(vocab, "xl", seed=s) for s in (3, 4)]
+    main = save_model(models[0], tmp_path / "model.pt")
+    write_samples(tmp_path / "samples", load_shard(chorales, "test"), "xl", True)
+    params = copy.deepcopy(PARAMS)
+    params["train"] |= {"seed": 3, "seeds": 2}
+    args = stage_args(tmp_path, chorales, main, "xl")
+    with pytest.raises(MidigenError, match=r"seed-4/model\.pt: model not found"):
+        stage.run(args, params)
+    (tmp_path / "seed-4").mkdir()
+    save_model(models[1], tmp_path / "seed-4" / "model.pt")
+    stage.run(args, params)
+
+    metrics = json.loads((tmp_path / "metrics" / "xl.json").read_text())
+    first, second = metrics["seeds"]
+    assert (first["seed"], first["folder"]) == (3, "")
+    assert (second["seed"], second["folder"]) == (4, "seed-4")
+    assert first["nll"] == metrics["nll"]
+    test = load_shard(chorales, "test")
+    alone = evaluate_model(models[1], test, vocab, (0, 128, 256, 512, 1024), 4, 8, 32)[0]
+    assert second["nll"] == pytest.approx(alone["nll"]) and second["nll"] != first["nll"]
+    assert second["repeat"] == pytest.approx(alone["repeat"])
+    songs = read_song_cells(tmp_path / "plots" / "seed-4" / "songs.csv")
+    assert songs.mean("all") == pytest.approx(second["nll"])
 
 
 def test_identical_continuations_overlap_fully(chorales, tmp_path):

@@ -214,6 +214,7 @@ def eval_metrics(variant: str) -> dict:
         "repeat": {"first": table.mean("repeat_first"), "second": table.mean("repeat_second")},
         "repeat_ngram": 8,
         "xl_mem_len": 128,
+        "seeds": [{"seed": 0, "folder": "", "nll": nll}],
         "repeat_by_reach": {
             r: {
                 "nll": table.mean(f"reach_{r}"),
@@ -428,6 +429,48 @@ def test_second_run_is_kept_beside_the_first_and_the_index_lists_both(browser_pa
     # The second run's own page tells what changed since the first.
     own = check_page(browser_page, second / "index.html", second)["text"]
     assert "generate.temperature: 1.0 \u2192 0.7" in own
+
+
+def _add_seed(inputs: Path, variant: str, seed: int, shift: float) -> None:
+    """A further training seed of `variant`: its songs.csv is the main one's, every token's
+    NLL moved by `shift`, in plots/eval/V/seed-S as evaluate writes it."""
+    table = song_cells(variant)
+    moved = SongCells(table.songs, table.nll_sum + shift * table.tokens, table.tokens)
+    (inputs / "plots" / "eval" / variant / f"seed-{seed}").mkdir()
+    write_song_cells(inputs / "plots" / "eval" / variant / f"seed-{seed}" / "songs.csv", moved)
+    path = inputs / "metrics" / "eval" / f"{variant}.json"
+    metrics = json.loads(path.read_text())
+    entry = {"seed": seed, "folder": f"seed-{seed}", "nll": metrics["nll"] + shift}
+    path.write_text(json.dumps(metrics | {"seeds": [*metrics["seeds"], entry]}))
+
+
+def test_report_shows_each_seeds_difference_from_vanillas_model_of_that_seed(inputs):
+    """train.seeds 2: per cell, the difference of each seed against vanilla's of the same seed
+    (seed 1 of xl is 0.25 worse everywhere than its seed 0, vanilla's seed 1 0.05 better), next
+    to the song-bootstrap interval of the main seed."""
+    for variant, shift in (("vanilla", -0.05), ("xl", 0.25), ("xl_knn", 0.0)):
+        _add_seed(inputs, variant, 1, shift)
+    build(inputs, _params())
+    (run,) = (inputs / "reports" / "runs").iterdir()
+    compared = json.loads((run / "run.json").read_text())["summary"]["vs_vanilla"]
+    assert compared["xl"]["seeds"] == [0, 1]
+    xl, vanilla = song_cells("xl"), song_cells("vanilla")
+    main = xl.mean("late") - vanilla.mean("late")
+    assert compared["xl"]["seed_cells"]["late"] == pytest.approx([main, main + 0.30])
+    assert compared["xl_knn"]["seed_cells"]["all"][1] == pytest.approx(
+        xl_knn_all := song_cells("xl_knn").mean("all") - vanilla.mean("all") + 0.05
+    )
+    html = (run / "index.html").read_text()
+    assert "the difference of each training seed (0, 1)" in html
+    assert f"seeds: {main:+.3f} / {main + 0.30:+.3f}" in html
+    assert f"/ {xl_knn_all:+.3f}</span>" in html
+
+
+def test_one_seed_shows_no_seed_spread(inputs):
+    build(inputs, _params())
+    (run,) = (inputs / "reports" / "runs").iterdir()
+    html = (run / "index.html").read_text()
+    assert "muted seeds" not in html and "each training seed" not in html
 
 
 def _edit_samples(inputs: Path, variant: str, edit) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import platform
 import subprocess
@@ -19,6 +20,7 @@ from midigen.corpus import load_shard, load_vocab
 from midigen.encoding import Vocab
 from midigen.midi import Notes
 from midigen.params import load_params
+from midigen.stages import train as train_stage
 from midigen.stages.train import model_config
 from midigen.train import TrainConfig, Trainer, lr_at
 
@@ -142,6 +144,26 @@ def test_checkpoint_loads_with_weights_only(shards, tmp_path):
     run.save_model(tmp_path / "m" / "model.pt")
     for name in ("checkpoint.pt", "model.pt"):
         torch.load(tmp_path / "m" / name, weights_only=True)
+
+
+def test_stage_trains_one_model_per_seed(shards, tmp_path):
+    """train.seed 5, seeds 2: the main model (seed 5) in OUT, seed 6's in OUT/seed-6, each its
+    own run from its own seed (the main one equal to a plain seed-5 run), DVCLive for both."""
+    params = tiny_params(seed=5, seeds=2, steps=3)
+    args = argparse.Namespace(
+        variant="xl", shards=shards, out=tmp_path / "xl", metrics=tmp_path / "live", resume=False
+    )
+    summary = train_stage.run(args, params)
+    assert "seed 5: train loss" in summary and "seed 6: train loss" in summary
+    main = torch.load(tmp_path / "xl" / "model.pt", weights_only=True)["model"]
+    other = torch.load(tmp_path / "xl" / "seed-6" / "model.pt", weights_only=True)["model"]
+    plain = trainer(shards, tmp_path / "plain", "xl", tiny_params(seed=5, steps=3))
+    plain.run()
+    for name, weight in plain.module.state_dict().items():
+        torch.testing.assert_close(main[name], weight, rtol=0, atol=1e-6, msg=name)
+    assert not torch.equal(main["tok_emb.weight"], other["tok_emb.weight"])
+    assert (tmp_path / "live" / "metrics.json").exists()
+    assert (tmp_path / "xl" / "seed-6" / "live" / "metrics.json").exists()
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ EVAL_KEYS = (  # what the report reads from metrics/eval/V.json
     "repeat.second",
     "repeat_ngram",
     "xl_mem_len",
+    "seeds",
     *(f"repeat_by_reach.{r}.nll" for r in REACH),
 )
 # Metrics summarized per variant in run.json and compared between runs: (key, label).
@@ -103,6 +105,7 @@ class Variant:
     curves: dict[str, tuple[list[float], list[float]]]  # train_loss / val_loss: (steps, values)
     eval: dict[str, Any]  # metrics/eval/V.json
     songs: SongCells  # plots/eval/V/songs.csv
+    seed_songs: dict[int, SongCells]  # per training seed (the main one's is `songs`)
     plots: Path  # plots/eval/V
     samples: dict[str, Any]  # samples/V/samples.json
     samples_dir: Path
@@ -183,6 +186,10 @@ def load_variant(name: str, inputs: ReportInputs) -> Variant:
     for png in EVAL_PLOTS:
         _existing(plots / png, evaluated)
     songs = read_song_cells(plots / SONGS_CSV)
+    seed_songs = {}
+    for entry in metrics["seeds"]:
+        seed, folder = _field(entry, "seed", eval_path), _field(entry, "folder", eval_path)
+        seed_songs[seed] = read_song_cells(plots / folder / SONGS_CSV) if folder else songs
     samples_dir = inputs.samples / name
     samples_path = samples_dir / "samples.json"
     samples = _read_json(samples_path, generated)
@@ -196,7 +203,7 @@ def load_variant(name: str, inputs: ReportInputs) -> Variant:
                 names.append(wav)
             for file_name in names:
                 _existing(samples_dir / _plain_name(file_name, samples_path), generated)
-    return Variant(name, train, curves, metrics, songs, plots, samples, samples_dir)
+    return Variant(name, train, curves, metrics, songs, seed_songs, plots, samples, samples_dir)
 
 
 def _check_same_prompts(variants: list[Variant]) -> None:
@@ -230,6 +237,7 @@ def summarize(variants: list[Variant], baselines: dict[str, Any]) -> dict[str, A
             "repeat_first": v.eval["repeat"]["first"],
             "repeat_second": v.eval["repeat"]["second"],
             **{f"reach_{r}_nll": v.eval["repeat_by_reach"][r]["nll"] for r in REACH},
+            "nll_by_seed": {str(e["seed"]): e["nll"] for e in v.eval["seeds"]},
             "val_loss": v.train.get("val_loss"),
             "tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
         }
@@ -256,13 +264,24 @@ def compare_with_vanilla(variants: list[Variant]) -> dict[str, dict[str, Any]]:
                 f"{v.plots / SONGS_CSV} scores other songs than {base.plots / SONGS_CSV}: "
                 "re-run evaluate for both"
             )
+        seeds = [s for s in v.seed_songs if s in base.seed_songs]  # paired by seed too
         compared[v.name] = {
             "cells": {
                 c: paired_difference(v.songs.cell(c), base.songs.cell(c)).as_dict() for c in CELLS
             },
             "effects": {c: memory_effect(v.songs, base.songs, c).as_dict() for c in CONTRASTS},
+            "seeds": seeds,
+            "seed_cells": {
+                c: [_finite(v.seed_songs[s].mean(c) - base.seed_songs[s].mean(c)) for s in seeds]
+                for c in CELLS
+            },
         }
     return compared
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN: an undefined mean (a cell without tokens) is None."""
+    return value if math.isfinite(value) else None
 
 
 def format_interval(value: dict[str, float | None] | None, signed: bool = True) -> str:
@@ -516,6 +535,7 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["num"] = lambda x, digits=3: "\u2014" if x is None else f"{x:.{digits}f}"
     env.filters["interval"] = format_interval
+    env.filters["signed"] = lambda x: "\u2014" if x is None else f"{x:+.3f}"
     return env
 
 
@@ -630,9 +650,11 @@ def _memory_tables(summary: dict[str, Any], probe: dict[str, Any]) -> dict[str, 
                 "label": CELL_LABELS[c],
                 "tokens": tokens[c],
                 "values": {n: compared[n]["cells"][c] for n in compared},
+                "seeds": {n: compared[n]["seed_cells"][c] for n in compared},
             }
             for c in CELLS
         ],
+        "seeds": {n: compared[n]["seeds"] for n in compared},
         "effects": [
             {
                 "label": CONTRAST_LABELS[c][0],

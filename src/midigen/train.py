@@ -42,6 +42,7 @@ class TrainConfig:
     memory_lr_scale: float = 10.0  # learning-rate multiplier of the memory-steering parameters
     grad_clip: float = 1.0
     seed: int = 0
+    seeds: int = 1  # models per variant (train stage): seeds seed, seed + 1, ...
     pitch_shift: tuple[int, int] = (-5, 6)
     repeat_fraction: float = 0.0  # curriculum: share of training songs played twice
     eval_every: int = 250
@@ -53,6 +54,13 @@ class TrainConfig:
         known = {k: v for k, v in train.items() if k in cls.__dataclass_fields__}
         known["pitch_shift"] = tuple(known.get("pitch_shift", cls.pitch_shift))
         return cls(**known, location=(data or {}).get("location", "cpu"))
+
+
+def seed_runs(config: TrainConfig) -> list[tuple[int, str]]:
+    """(seed, folder) of every model a variant trains: the first seed's is the main model, in
+    the variant's own folder; the others go in seed-SEED subfolders (models/V, plots/eval/V)."""
+    seeds = range(config.seed, config.seed + config.seeds)
+    return [(seed, "" if i == 0 else f"seed-{seed}") for i, seed in enumerate(seeds)]
 
 
 def lr_at(step: int, config: TrainConfig) -> float:

@@ -65,7 +65,12 @@ rule evaluate:
         metrics="metrics/eval/{variant}.json",
         plots=directory("plots/eval/{variant}"),
     params:
-        cfg=stage_params(evaluate=None, encode=["steps_per_beat"], model=["xl_mem_len"]),
+        cfg=stage_params(
+            evaluate=None,
+            encode=["steps_per_beat"],
+            model=["xl_mem_len"],
+            train=["seed", "seeds"],
+        ),
     threads: workflow.cores
     log:
         "logs/evaluate-{variant}.log",

@@ -1,8 +1,9 @@
 """Score one trained variant on the test split and compare its samples with the real music.
 
 Writes --metrics (JSON: likelihood metrics, the repeat probe, NLL by repeat reach, musical
-statistics with intervals over prompts) and --plots (nll_by_position.csv/.png,
-histograms.csv/.png, songs.csv: NLL per song and probe cell), each atomically.
+statistics with intervals over prompts, the main numbers of every training seed) and --plots
+(nll_by_position.csv/.png, histograms.csv/.png, songs.csv: NLL per song and probe cell, and
+seed-S/songs.csv for every further training seed S of train.seeds), each atomically.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from midigen.evaluate import (
     write_metrics,
     write_plots,
 )
-from midigen.model import load_model, variant_memory
-from midigen.paired import SONGS_CSV, write_song_cells
+from midigen.model import MusicTransformer, load_model, variant_memory
+from midigen.paired import SONGS_CSV, SongCells, write_song_cells
+from midigen.train import TrainConfig, seed_runs
+
+SEED_METRICS = ("nll", "bits_per_note", "early_nll", "late_nll", "repeat")  # per training seed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,19 +67,36 @@ def run(args: argparse.Namespace, params: dict) -> str:
             name = key.split(".")[1]
             raise MidigenError(f"{source} {name} {value} but {key} is {expected[key]}")
 
-    metrics, songs = evaluate_model(
-        model,
-        test,
-        vocab,
-        settings["position_buckets"],
-        settings["batch_size"],
-        settings["repeat_ngram"],
-        xl_mem_len,
-    )
+    def score(model: MusicTransformer) -> tuple[dict, SongCells]:
+        return evaluate_model(
+            model,
+            test,
+            vocab,
+            settings["position_buckets"],
+            settings["batch_size"],
+            settings["repeat_ngram"],
+            xl_mem_len,
+        )
+
+    metrics, songs = score(model)
+    seeds = {}  # folder -> songs.csv table of every further training seed
+    metrics["seeds"] = []
+    for seed, folder in seed_runs(TrainConfig.from_params(params["train"])):
+        if folder:
+            path = model_path.parent / folder / "model.pt"
+            seed_metrics, seeds[folder] = score(load_model(path, len(vocab), device, args.variant))
+        else:
+            seed_metrics = metrics
+        metrics["seeds"].append(
+            {"seed": seed, "folder": folder, **{k: seed_metrics[k] for k in SEED_METRICS}}
+        )
     metrics["music"], histograms = compare_music(samples, vocab)
     with atomic_dir(plots_dir) as tmp:
         write_plots(tmp, args.variant, metrics["nll_by_position"], histograms)
         write_song_cells(tmp / SONGS_CSV, songs)
+        for folder, table in seeds.items():
+            (tmp / folder).mkdir()
+            write_song_cells(tmp / folder / SONGS_CSV, table)
     write_metrics(metrics_path, metrics)
     return (
         f"{args.variant}: {metrics['nll']:.3f} nats/token, {metrics['bits_per_note']:.2f} "

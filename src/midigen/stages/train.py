@@ -1,18 +1,21 @@
 """Train one variant (vanilla | xl | xl_knn) on the shards; `--resume` continues a checkpoint.
 
 Writes OUT/model.pt (final weights), OUT/checkpoint.pt (for --resume) and DVCLive metrics to
---metrics. Under `torchrun --nproc_per_node N -m midigen train ...` it trains with DDP.
+--metrics; with train.seeds > 1 the same for every further seed S in OUT/seed-S (DVCLive
+metrics in OUT/seed-S/live). Under `torchrun --nproc_per_node N -m midigen train ...` it
+trains with DDP.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from midigen.corpus import load_vocab
 from midigen.errors import MidigenError
 from midigen.model import ModelConfig, variant_memory
-from midigen.train import TrainConfig, Trainer
+from midigen.train import TrainConfig, Trainer, seed_runs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,16 +48,21 @@ def run(args: argparse.Namespace, params: dict) -> str:
     vocab = load_vocab(args.shards)
     config = model_config(params, args.variant, len(vocab), params["encode"]["steps_per_beat"])
     out = args.out or Path("models") / args.variant
-    trainer = Trainer(
-        config,
-        TrainConfig.from_params(params["train"], params["data"]),
-        args.shards,
-        out,
-        args.metrics or Path("metrics/train") / args.variant,
-    )
-    last = trainer.run(resume=args.resume)
-    trainer.save_model(out / "model.pt")
-    return (
-        f"{args.variant}: {trainer.step} steps, train loss {last.get('train_loss', 0):.3f}, "
-        f"val loss {last.get('val_loss', float('nan')):.3f} nats/token -> {out}"
-    )
+    metrics = args.metrics or Path("metrics/train") / args.variant
+    train_config = TrainConfig.from_params(params["train"], params["data"])
+    done = []
+    for seed, folder in seed_runs(train_config):  # the main model first, then the others
+        trainer = Trainer(
+            config,
+            replace(train_config, seed=seed),
+            args.shards,
+            out / folder,
+            out / folder / "live" if folder else metrics,
+        )
+        last = trainer.run(resume=args.resume)
+        trainer.save_model(out / folder / "model.pt")
+        done.append(
+            f"seed {seed}: train loss {last.get('train_loss', 0):.3f}, "
+            f"val loss {last.get('val_loss', float('nan')):.3f}"
+        )
+    return f"{args.variant}: {trainer.step} steps, {'; '.join(done)} nats/token -> {out}"
