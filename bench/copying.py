@@ -44,7 +44,7 @@ from midigen.train import TrainConfig, Trainer
 VOCAB = Vocab(max_duration=32)
 MODEL = dict(
     n_layer=1, n_head=4, d_model=64, d_ff=256, dropout=0.0, segment_len=64, xl_mem_len=64,
-    knn_layer=0, knn_k=32, previous_token=True,
+    knn_layer=0, knn_k=32, previous_tokens=1,
 )  # fmt: skip  # one layer with token shift: the look-up circuit (an induction head) must sit
 # in the kNN layer, and its keys depend on the tokens alone, not on how far the song has come
 TRAIN = dict(

@@ -84,11 +84,12 @@ def reference(model: MusicTransformer, tokens, bar_pos, allowed: torch.Tensor) -
     c = model.config
     x = model.tok_emb(tokens) + model.bar_emb(bar_pos) + model.beat_emb(bar_pos // c.steps_per_beat)
     i = torch.arange(tokens.shape[1])
-    if c.previous_token:
-        previous = torch.full_like(tokens, c.vocab_size)  # a song's first token: none before
-        same_song = allowed[:, i[1:], i[:-1]]  # token i - 1 is visible from i: the same song
-        previous[:, 1:] = torch.where(same_song, tokens[:, :-1], c.vocab_size)
-        x = x + model.prev_emb(previous)
+    rows = c.vocab_size + 1  # per lag: every token, then "none that far back"
+    for lag in range(1, c.previous_tokens + 1):
+        previous = torch.full_like(tokens, c.vocab_size)  # a song's first tokens: none before
+        same_song = allowed[:, i[lag:], i[:-lag]]  # token i - lag is visible from i: same song
+        previous[:, lag:] = torch.where(same_song, tokens[:, :-lag], c.vocab_size)
+        x = x + model.prev_emb(previous + (lag - 1) * rows)
     bias = model.position_bias.table.weight[(i[:, None] - i[None, :]).clamp(0, c.max_distance)]
     bias = bias.permute(2, 0, 1)  # (H, L, L)
     for block in model.blocks:
@@ -142,13 +143,13 @@ def test_xl_with_long_memory_is_a_kv_cache():
     torch.testing.assert_close(xl, full, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("previous_token", [False, True])
-def test_xl_multilayer_matches_hand_written_reference(previous_token):
+@pytest.mark.parametrize("previous_tokens", [0, 1, 2])
+def test_xl_multilayer_matches_hand_written_reference(previous_tokens):
     """xl_mem_len = T, two layers, four segments: each segment sees itself and the previous one
     at every layer, and the previous one's states saw *their* previous one (the XL recurrence).
     Written out as attention over the whole stream with a banded mask; with token shift, the
     previous token crosses segments within a song and never crosses songs."""
-    model = tiny(memory="xl", previous_token=previous_token)
+    model = tiny(memory="xl", previous_tokens=previous_tokens)
     tokens, bar_pos = stream(2, 4 * T, seed=2)
     doc = torch.zeros_like(tokens)
     doc[1, T + 3 :] = 1
@@ -161,10 +162,10 @@ def test_xl_multilayer_matches_hand_written_reference(previous_token):
 
 
 @pytest.mark.parametrize("memory", ["none", "xl"])
-@pytest.mark.parametrize("previous_token", [False, True])
-def test_one_token_at_a_time_with_a_cache_equals_one_pass(memory, previous_token):
+@pytest.mark.parametrize("previous_tokens", [0, 1, 2])
+def test_one_token_at_a_time_with_a_cache_equals_one_pass(memory, previous_tokens):
     """Generation's key/value cache: a mem_len covering the context, fed token by token."""
-    model = tiny(memory=memory, previous_token=previous_token)
+    model = tiny(memory=memory, previous_tokens=previous_tokens)
     tokens, bar_pos = stream(2, 3 * T, seed=15)
     doc = torch.zeros_like(tokens)
     doc[1, 5:] = 1
@@ -377,6 +378,8 @@ def test_gradients_stop_at_memory(memory):
         (dict(position="rope"), "model.position must be one of relative, alibi, absolute"),
         (dict(d_model=0), "model.d_model must be a positive integer (got 0)"),
         (dict(xl_mem_len=-1), "model.xl_mem_len must be a positive integer (got -1)"),
+        (dict(previous_tokens=-1), "model.previous_tokens must be an integer >= 0 (got -1)"),
+        (dict(previous_tokens=True), "model.previous_tokens must be an integer >= 0 (got True)"),
         (dict(dropout=1.5), "model.dropout must be a number in [0, 1) (got 1.5)"),
     ],
 )

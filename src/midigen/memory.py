@@ -317,11 +317,11 @@ class MemoryState:
     """Where every row's stream stands after a segment, and the memories it left.
 
     `offset` is the stream position of the next token (the same for all rows); `last_doc`,
-    `song_start` and `last_token` let the next segment know whether its first tokens continue a
-    song, where that song began and which token came just before. `xl` and `knn` hold what the
-    model's memories keep (model.py: XLRecurrence, KNNRetrieval; a vanilla model has neither,
-    but generation's key/value cache uses `xl` for every model). The kNN memory is updated in
-    place (an index is too big to copy every segment).
+    `song_start` and `last_tokens` let the next segment know whether its first tokens continue
+    a song, where that song began and which tokens came just before (model.previous_tokens).
+    `xl` and `knn` hold what the model's memories keep (model.py: XLRecurrence, KNNRetrieval; a
+    vanilla model has neither, but generation's key/value cache uses `xl` for every model).
+    The kNN memory is updated in place (an index is too big to copy every segment).
     """
 
     offset: int
@@ -329,7 +329,7 @@ class MemoryState:
     song_start: Tensor  # (B,) stream position where that song began
     xl: XLMemory | None = None
     knn: KNNMemory | None = None
-    last_token: Tensor | None = None  # (B,) each row's previous token
+    last_tokens: Tensor | None = None  # (B, model.previous_tokens) each row's last tokens
 
     @property
     def batch(self) -> int:
@@ -343,7 +343,7 @@ class MemoryState:
             self.song_start[rows],
             None if self.xl is None else self.xl.select(rows),
             None if self.knn is None else self.knn.select(rows.tolist()),
-            self.last_token[rows],
+            self.last_tokens[rows],
         )
 
     def state_dict(self) -> dict:
@@ -363,7 +363,7 @@ class MemoryState:
             "song_start": self.song_start.cpu(),
             "xl": xl,
             "knn": None if self.knn is None else self.knn.state_dict(),
-            "last_token": self.last_token.cpu(),
+            "last_tokens": self.last_tokens.cpu(),
         }
 
     @classmethod
@@ -387,5 +387,5 @@ class MemoryState:
             state["song_start"].to(device),
             xl,
             knn,
-            state["last_token"].to(device),
+            state["last_tokens"].to(device),
         )

@@ -65,7 +65,7 @@ class ModelConfig:
     knn_layer: int = -2  # python index into the layers; -2: near the top, with one above it
     knn_k: int = 32
     knn_max_memories: int = 65536  # per batch row; the oldest are dropped beyond this
-    previous_token: bool = False  # each position also embeds the token before it (token shift)
+    previous_tokens: int = 0  # each position also embeds the n tokens before it (token shift)
 
     @property
     def head_dim(self) -> int:
@@ -91,9 +91,10 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise MidigenError(f"model.{name} must be a positive integer (got {value!r})")
-        if not isinstance(self.previous_token, bool):
+        lags = self.previous_tokens
+        if isinstance(lags, bool) or not isinstance(lags, int) or lags < 0:
             raise MidigenError(
-                f"model.previous_token must be true or false (got {self.previous_token!r})"
+                f"model.previous_tokens must be an integer >= 0 (got {self.previous_tokens!r})"
             )
         for name in ("dropout", "attn_dropout"):
             value = getattr(self, name)
@@ -494,7 +495,9 @@ class MusicTransformer(nn.Module):
         self.bar_emb = nn.Embedding(config.bar_pos_size, d)
         self.beat_emb = nn.Embedding(config.beat_size, d)
         # one more row: "no token before this one" (a song's first token)
-        self.prev_emb = nn.Embedding(config.vocab_size + 1, d) if config.previous_token else None
+        # per lag one table, one more row each: "no token that far back" (a song's start)
+        lags = config.previous_tokens
+        self.prev_emb = nn.Embedding(lags * (config.vocab_size + 1), d) if lags else None
         absolute = config.position == "absolute"
         self.pos_emb = nn.Embedding(config.max_distance, d) if absolute else None  # song position
         bias = {"relative": RelativeBias, "alibi": ALiBi}.get(config.position)
@@ -575,7 +578,9 @@ class MusicTransformer(nn.Module):
             0,
             torch.full((batch,), NO_DOC, dtype=torch.int64, device=device),
             torch.zeros(batch, dtype=torch.int64, device=device),
-            last_token=torch.zeros(batch, dtype=torch.int64, device=device),
+            last_tokens=torch.zeros(
+                batch, self.config.previous_tokens, dtype=torch.int64, device=device
+            ),
         )
         for memory in self.memories:
             state = memory.start(state)
@@ -633,7 +638,7 @@ class MusicTransformer(nn.Module):
             (bar_pos // self.config.steps_per_beat).clamp(0, self.config.beat_size - 1)
         )
         if self.prev_emb is not None:
-            x = x + self.prev_emb(self._previous_tokens(tokens, song_pos, state))
+            x = x + self.prev_emb(self._previous_tokens(tokens, song_pos, state)).sum(-2)
         if self.pos_emb is not None:
             x = x + self.pos_emb(song_pos.clamp(max=self.config.max_distance - 1))
         x = self.drop(x)
@@ -653,7 +658,7 @@ class MusicTransformer(nn.Module):
             offset=state.offset + length,
             last_doc=doc[:, -1].clone(),
             song_start=song_start,
-            last_token=tokens[:, -1].clone(),
+            last_tokens=self._last_tokens(tokens, state),
         )
         return self.head(self.ln_f(x)), Segment(after, keys, values, key_pos, key_doc, doc)
 
@@ -665,16 +670,29 @@ class MusicTransformer(nn.Module):
         return state
 
     def _previous_tokens(self, tokens: Tensor, song_pos: Tensor, state: MemoryState) -> Tensor:
-        """The token before each one in its song (B, T), or vocab_size at a song's start.
+        """Row ids into `prev_emb` (B, T, n): for lag 1..n the token that far back in the song,
+        or that lag's "none" row before the song's start.
 
-        Token shift (`model.previous_token`): with the previous token in its own embedding,
-        every key already says what came before it, so one attention layer can look up "where
-        did my token come before, and what followed" (an induction head, the circuit that
-        copies) without first growing a previous-token head in the layer below. An option for
-        the memory experiments, off by default; with it a one-layer model learns the copy
+        Token shift (`model.previous_tokens` n): with the tokens before it in their own
+        embeddings, every key already says what came before it, so one attention layer can
+        look up "where did my context come before, and what followed" (an induction head, the
+        circuit that copies) without first growing a previous-token head in the layer below;
+        with n = 2 a key holds a bigram, which one token so often repeats. An option for the
+        memory experiments, off by default; with n = 1 a one-layer model learns the copy
         circuit in about 2,000 steps (bench/RESULTS.md, "Copy demonstration")."""
-        previous = torch.cat([state.last_token[:, None], tokens[:, :-1]], dim=1)
-        return torch.where(song_pos == 0, self.config.vocab_size, previous)
+        lags = self.config.previous_tokens
+        history = torch.cat([state.last_tokens, tokens], dim=1)  # (B, n + T)
+        length, rows = tokens.shape[1], self.config.vocab_size + 1
+        ids = [
+            torch.where(song_pos >= lag, history[:, lags - lag : lags - lag + length], rows - 1)
+            + (lag - 1) * rows
+            for lag in range(1, lags + 1)
+        ]
+        return torch.stack(ids, dim=-1)
+
+    def _last_tokens(self, tokens: Tensor, state: MemoryState) -> Tensor:
+        """The row's last `previous_tokens` tokens after this segment (B, n), oldest first."""
+        return torch.cat([state.last_tokens, tokens], dim=1)[:, tokens.shape[1] :].clone()
 
     @staticmethod
     def _song_positions(
