@@ -290,8 +290,11 @@ def test_http_error_is_one_clear_line(http_root, tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["served"]
 
 
-def test_sha256_mismatch_leaves_old_output_untouched(http_root, tmp_path: Path) -> None:
+@pytest.mark.parametrize("scheme", ["http", "file"])
+def test_sha256_mismatch_leaves_old_output_untouched(http_root, tmp_path: Path, scheme) -> None:
+    """The checksum pins the archive whatever the URL's scheme (http:// or file://)."""
     root, base = http_root
+    base = base if scheme == "http" else root.as_uri()
     archive = make_zip(root / "midi.zip", MEMBERS)
     (root / "old.mid").write_bytes(C)
     out = tmp_path / "data" / "raw"

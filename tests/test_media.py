@@ -107,3 +107,18 @@ def test_piano_roll_draws_titles_as_plain_text(tmp_path):
     out = tmp_path / "roll.png"
     piano_roll(notes, out, STEPS_PER_BEAT, title=r"costs $5 \frac{ <script>", prompt_steps=4)
     assert imread(out).shape[:2] == (320, 1000)
+
+
+def test_piano_roll_draws_its_title_above_the_plot(tmp_path):
+    """The title is ink above the axes' top edge (the first row dark across most of the
+    image): a few hundred dark pixels with it, no more than a tick label's without."""
+    notes = Notes(np.array([0, 4]), np.array([0, 0]), np.array([60, 64]), np.array([4, 4]))
+    titled, untitled = tmp_path / "titled.png", tmp_path / "untitled.png"
+    piano_roll(notes, titled, STEPS_PER_BEAT, title="Wachet auf, BWV 140")
+    piano_roll(notes, untitled, STEPS_PER_BEAT)
+    ink = []
+    for path in (titled, untitled):
+        dark = imread(path)[:, :, :3].max(axis=2) < 0.5
+        top = int(np.flatnonzero(dark.sum(axis=1) > dark.shape[1] / 2)[0])
+        ink.append(int(dark[:top].sum()))
+    assert ink[0] > 200 and ink[1] < 50, ink

@@ -372,6 +372,18 @@ def test_midi_track_name_is_shown_as_text(browser_page, inputs):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in index.read_text()
 
 
+def test_midi_track_name_is_escaped_in_the_html(inputs):
+    """Without a browser too: the track name reaches the page as text, never as markup."""
+    build(inputs, _params())
+    for page in (
+        inputs / "reports" / "index.html",
+        *(inputs / "reports" / "runs").glob("*/index.html"),
+    ):
+        html = page.read_text()
+        assert "Prompt 00: &lt;script&gt;alert(1)&lt;/script&gt;" in html
+        assert XSS not in html and "<script" not in html
+
+
 def test_missing_audio_shows_the_reason(browser_page, inputs):
     reason = "no synthesizer installed (pip install midirenderer)"
     for variant in VARIANTS:

@@ -108,6 +108,26 @@ def test_pitch_shift_moves_notes_only_and_stays_in_range():
         assert np.array_equal(shifted[~notes], tokens[~notes])
 
 
+def test_pitch_shift_draws_every_allowed_interval():
+    """Pitches 2 and 125 leave room for -2..+2 of the asked -5..+6; a middle-C song the whole
+    -5..+6: over 300 songs each interval comes up (1/5 and 1/12 each: a missing one or an
+    always-0 shift fails), and in about its share."""
+    vocab = Vocab(8)
+    rng = np.random.default_rng(1)
+    for text, allowed in (
+        ("<sos><n2><d4><sep><d1><n125><d2><sep><d2><eos>", range(-2, 3)),
+        ("<sos><n60><d4><sep><d2><eos>", range(-5, 7)),
+    ):
+        tokens = vocab.from_text(text)
+        first = int(np.flatnonzero(tokens >= vocab.note_base)[0])
+        draws = [
+            int(pitch_shift(tokens, vocab, -5, 6, rng)[first] - tokens[first]) for _ in range(300)
+        ]
+        counts = np.bincount(np.array(draws) - allowed[0], minlength=len(allowed))
+        assert set(draws) == set(allowed)
+        assert counts.min() > 300 / len(allowed) / 3  # uniform: no interval is rare
+
+
 def test_learning_rate_warms_up_then_decays_to_min():
     config = TrainConfig(steps=100, lr=1e-3, min_lr=1e-4, warmup_steps=10)
     assert lr_at(0, config) == pytest.approx(1e-4)
