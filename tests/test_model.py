@@ -72,8 +72,8 @@ def run(model: MusicTransformer, tokens, bar_pos, doc, state=None, seg: int = T,
         if cache is None:
             logits, _, state = model(*piece)
         else:
-            logits, segment = model.read(*piece)
-            state = segment.cached(cache)
+            logits, trace = model.read(*piece)
+            state = trace.cached(cache)
         out.append(logits)
     return torch.cat(out, dim=1), state
 

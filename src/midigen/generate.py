@@ -39,7 +39,7 @@ from midigen.errors import MidigenError
 from midigen.media import piano_roll, render_audio
 from midigen.memory import MemoryState
 from midigen.midi import Meter, write_midi
-from midigen.model import MusicTransformer, Segment
+from midigen.model import MusicTransformer, SegmentTrace
 
 PIECES = ("prompt", "real", "generated")
 
@@ -261,8 +261,8 @@ class KVCache:
             xl = self.state.xl.with_room(self.mem_len + self.segment)
             if xl is not self.state.xl:
                 self.state = dataclasses.replace(self.state, xl=xl)
-        logits, segment = self.model.read(tokens, bar_pos, state=self.state)
-        self.state = segment.cached(keep)
+        logits, trace = self.model.read(tokens, bar_pos, state=self.state)
+        self.state = trace.cached(keep)
         if self.memory and filled == self.segment:
             self._end_segment()
         return logits
@@ -270,8 +270,10 @@ class KVCache:
     def _end_segment(self) -> None:
         """The complete segment, all in the cache, goes to the memories as in training."""
         xl = self.state.xl
-        whole = Segment(self.state, xl.keys, xl.values, xl.pos, xl.doc, xl.doc[:, -self.segment :])
-        self.state = self.model.remember(whole)
+        own = xl.doc[:, -self.segment :]
+        self.state = self.model.remember(
+            SegmentTrace(self.state, xl.keys, xl.values, xl.pos, xl.doc, own)
+        )
 
 
 class Recompute:

@@ -389,7 +389,7 @@ class Block(nn.Module):
 
 
 @dataclass
-class Segment:
+class SegmentTrace:
     """What one forward read, for the memories to keep: `after`, the stream after it with the
     memories as they were; per layer the detached keys/values it attended to ([XL memory;
     segment's own]), at stream positions `key_pos` (S,) of songs `key_doc` (B, S); `doc`
@@ -426,8 +426,8 @@ class Memory(nn.Module):
         """`state` with this memory empty, for `state.batch` rows."""
         return state
 
-    def remember(self, state: MemoryState, segment: Segment) -> MemoryState:
-        """`state` with this memory after the complete `segment`."""
+    def remember(self, state: MemoryState, trace: SegmentTrace) -> MemoryState:
+        """`state` with this memory after the complete segment of `trace`."""
         raise NotImplementedError
 
 
@@ -439,9 +439,9 @@ class XLRecurrence(Memory):
         super().__init__()
         self.length = config.xl_mem_len
 
-    def remember(self, state: MemoryState, segment: Segment) -> MemoryState:
+    def remember(self, state: MemoryState, trace: SegmentTrace) -> MemoryState:
         xl = XLMemory.extend(
-            state.xl, segment.keys, segment.values, segment.key_doc, segment.key_pos, self.length
+            state.xl, trace.keys, trace.values, trace.key_doc, trace.key_pos, self.length
         )
         return replace(state, xl=xl)
 
@@ -465,11 +465,11 @@ class KNNRetrieval(Memory):
         )
         return replace(state, knn=knn)
 
-    def remember(self, state: MemoryState, segment: Segment) -> MemoryState:
+    def remember(self, state: MemoryState, trace: SegmentTrace) -> MemoryState:
         """The segment's own keys/values of the kNN layer go into the kNN memory (in place)."""
-        own = slice(-segment.doc.shape[1], None)
-        keys, values = segment.keys[self.layer], segment.values[self.layer]
-        state.knn.write(keys[:, :, own], values[:, :, own], segment.doc)
+        own = slice(-trace.doc.shape[1], None)
+        keys, values = trace.keys[self.layer], trace.values[self.layer]
+        state.knn.write(keys[:, :, own], values[:, :, own], trace.doc)
         return state
 
 
@@ -605,12 +605,12 @@ class MusicTransformer(nn.Module):
         the mean cross entropy over targets that are not IGNORE (None without targets), and
         the state after the segment, its memories updated: pass it to the next segment of the
         same rows."""
-        logits, segment = self.read(tokens, bar_pos, doc, state)
+        logits, trace = self.read(tokens, bar_pos, doc, state)
         loss = None
         if targets is not None:
             total, count = token_loss(logits, targets)
             loss = total / count.clamp(min=1)
-        return logits, loss, self.remember(segment)
+        return logits, loss, self.remember(trace)
 
     def read(
         self,
@@ -618,11 +618,11 @@ class MusicTransformer(nn.Module):
         bar_pos: Tensor,
         doc: Tensor | None = None,
         state: MemoryState | None = None,
-    ) -> tuple[Tensor, Segment]:
+    ) -> tuple[Tensor, SegmentTrace]:
         """The logits of a segment (or of the next tokens of one) under `state`, and what it
         leaves for the memories; no memory is written. Training's forward hands each complete
         segment to `remember`; generation keeps a growing segment in a key/value cache
-        (`Segment.cached`) and remembers it once complete, as training does."""
+        (`SegmentTrace.cached`) and remembers it once complete, as training does."""
         batch, length = tokens.shape
         device = tokens.device
         doc = torch.zeros_like(tokens) if doc is None else doc
@@ -660,13 +660,13 @@ class MusicTransformer(nn.Module):
             song_start=song_start,
             last_tokens=self._last_tokens(tokens, state),
         )
-        return self.head(self.ln_f(x)), Segment(after, keys, values, key_pos, key_doc, doc)
+        return self.head(self.ln_f(x)), SegmentTrace(after, keys, values, key_pos, key_doc, doc)
 
-    def remember(self, segment: Segment) -> MemoryState:
+    def remember(self, trace: SegmentTrace) -> MemoryState:
         """The state after a complete segment: every memory takes it in (no gradient crosses)."""
-        state = segment.after
+        state = trace.after
         for memory in self.memories:
-            state = memory.remember(state, segment)
+            state = memory.remember(state, trace)
         return state
 
     def _previous_tokens(self, tokens: Tensor, song_pos: Tensor, state: MemoryState) -> Tensor:
