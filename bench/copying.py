@@ -44,9 +44,10 @@ from midigen.train import TrainConfig, Trainer
 VOCAB = Vocab(max_duration=32)
 MODEL = dict(
     n_layer=1, n_head=4, d_model=64, d_ff=256, dropout=0.0, segment_len=64, xl_mem_len=64,
-    knn_layer=0, knn_k=32, previous_tokens=1,
+    knn_layer=0, knn_k=32, previous_tokens=2,
 )  # fmt: skip  # one layer with token shift: the look-up circuit (an induction head) must sit
-# in the kNN layer, and its keys depend on the tokens alone, not on how far the song has come
+# in the kNN layer, and its keys depend on the tokens alone, not on how far the song has come;
+# two previous tokens, so a key says where in the first copy it is (one token recurs there)
 TRAIN = dict(
     batch_size=32, lr=3e-3, min_lr=3e-3, warmup_steps=50, weight_decay=0.0, pitch_shift=(0, 0),
     repeat_fraction=1.0, memory_lr_scale=10.0,
