@@ -1,13 +1,17 @@
 """`midigen <stage>`: the one command both DAG files call.
 
 Each stage lives in midigen.stages.<name> and provides `add_arguments(parser)` and
-`run(args, params) -> str`; the returned one-line summary is printed on success.
+`run(args, params) -> str`; the returned one-line summary is printed on success. Only the
+stage being run is imported (`midigen --help` and the data stages never load torch); the
+others are listed by their docstring's first line, read without importing them.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import json
 import logging
 import sys
@@ -30,12 +34,23 @@ STAGES = (
 log = logging.getLogger("midigen")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def stage_summary(name: str) -> str:
+    """A stage's help line: the first line of its module's docstring, without importing it."""
+    spec = importlib.util.find_spec(f"midigen.stages.{name}")
+    source = Path(spec.origin).read_text(encoding="utf-8")
+    return ast.get_docstring(ast.parse(source)).splitlines()[0]
+
+
+def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
+    """The command line; only `stage`'s module is imported, for its own arguments."""
     parser = argparse.ArgumentParser(prog="midigen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name in STAGES:
+        p = sub.add_parser(name, help=stage_summary(name))
+        if name != stage:
+            continue
         module = importlib.import_module(f"midigen.stages.{name}")
-        p = sub.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__)
+        p.description = module.__doc__
         p.add_argument(
             "--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)"
         )
@@ -76,7 +91,9 @@ def _params(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    stage = argv[0] if argv and argv[0] in STAGES else None
+    args = build_parser(stage).parse_args(argv)
     _setup_logging(args.log)
     try:
         summary = args.module.run(args, _params(args))
