@@ -9,6 +9,7 @@ import hashlib
 import http.server
 import io
 import json
+import os
 import random
 import re
 import subprocess
@@ -529,7 +530,7 @@ def test_a_work_that_fails_is_skipped_with_its_reason(tmp_path: Path, monkeypatc
     params = {"source": "music21", "cache": str(tmp_path / "cache")}
     summary = run_download(params, tmp_path / "out")
     assert [r["source"] for r in check_output(tmp_path / "out")] == ["bach/bwv277"]
-    assert "1 unreadable skipped, 1 played as written" in str(summary)
+    assert "1 skipped (skipped.csv), 1 played as written" in str(summary)
     with open(tmp_path / "out" / "skipped.csv", newline="") as f:
         [skipped] = list(csv.DictReader(f))
     assert skipped["source"] == "bach/no-such-work" and "no-such-work" in skipped["reason"]
@@ -596,3 +597,71 @@ def test_cli_bad_params(tmp_path: Path) -> None:
 def test_a_missing_manifest_is_one_clear_error(tmp_path):
     with pytest.raises(MidigenError, match=r"manifest\.csv: not found \(run midigen download"):
         read_manifest(tmp_path / "manifest.csv")
+
+
+def skipped_rows(out: Path) -> dict[str, str]:
+    with open(out / "skipped.csv", newline="") as f:
+        return {row["source"]: row["reason"] for row in csv.DictReader(f)}
+
+
+def test_dir_source_keeps_inside_the_folder_and_lists_what_it_skips(tmp_path: Path) -> None:
+    outside = tmp_path / "system"
+    outside.mkdir()
+    (outside / "secret.mid").write_bytes(C)
+    corpus = tmp_path / "corpus"
+    (corpus / "sub").mkdir(parents=True)
+    (corpus / "a.mid").write_bytes(A)
+    (corpus / "sub" / "b.mid").write_bytes(B)
+    (corpus / "inside.mid").symlink_to(corpus / "sub" / "b.mid")  # stays inside: read
+    (corpus / "escape.mid").symlink_to(outside / "secret.mid")
+    (corpus / "linked").symlink_to(outside, target_is_directory=True)
+    (corpus / "dangling.mid").symlink_to(corpus / "gone.mid")
+    os.mkfifo(corpus / "pipe.mid")  # reading it would block forever
+    with open(corpus / "huge.mid", "wb") as f:  # sparse: costs no disk
+        f.write(b"MThd")
+        f.truncate(dl.MAX_MEMBER_BYTES + 1)
+    summary = run_download({"source": "dir", "dir": str(corpus)}, tmp_path / "out")
+    rows = check_output(tmp_path / "out")
+    assert {r["source"] for r in rows} == {"a.mid", "inside.mid"}  # b.mid: its duplicate
+    assert sha(C) not in {r["sha256"] for r in rows}
+    assert summary.duplicates == 1 and summary.skipped == 5
+    secret = (outside / "secret.mid").resolve()
+    assert skipped_rows(tmp_path / "out") == {
+        "linked": "is a link to a folder (not followed)",
+        "dangling.mid": "is a link to a missing file",
+        "escape.mid": f"is a link to {secret}, outside the source folder",
+        "huge.mid": f"is larger than {dl.MAX_MEMBER_BYTES} bytes",
+        "pipe.mid": "is not a regular file",
+    }
+
+
+def test_dir_source_lists_a_file_that_vanishes_while_read(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.mid").write_bytes(A)
+    (corpus / "b.mid").write_bytes(B)
+    tally = dl.Tally()
+    entries = dl._dir_entries(corpus, None, tally)
+    assert next(entries) == ("a.mid", A)
+    (corpus / "b.mid").unlink()  # after the listing, before its turn
+    assert list(entries) == []
+    assert tally.skipped == [("b.mid", "vanished while the folder was read")]
+
+
+def test_dir_stage_gives_no_traceback_for_a_bad_file(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.mid").write_bytes(A)
+    (corpus / "escape.mid").symlink_to("/etc/passwd")
+    raw = tmp_path / "raw"
+    params = json.dumps({"download": {"source": "dir", "dir": str(corpus)}})
+    result = subprocess.run(
+        [sys.executable, "-m", "midigen", "download", "--params-json", params, "--out", str(raw)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "escape.mid is a link to /etc/passwd, outside the source folder" in result.stderr
+    assert "1 skipped (skipped.csv)" in result.stdout
+    assert len(list((raw / "midi").iterdir())) == 1

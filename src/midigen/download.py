@@ -100,7 +100,7 @@ class Summary:
             f"{self.duplicates} duplicates dropped",
         ]
         if self.skipped:
-            parts.append(f"{self.skipped} unreadable skipped")
+            parts.append(f"{self.skipped} skipped (skipped.csv)")
         if self.as_written:
             parts.append(f"{self.as_written} played as written (repeats not expandable)")
         return f"{', '.join(parts)} -> {self.out}"
@@ -180,7 +180,7 @@ def download(params: dict[str, Any], out: str | Path) -> Summary:
         with _fetched(params["url"], params["sha256"], out) as archive:
             return _build(out, _url_entries(params["url"], archive, limit), fractions, tally)
     if source == "dir":
-        entries = _dir_entries(Path(params["dir"]), limit)
+        entries = _dir_entries(Path(params["dir"]), limit, tally)
     elif source in ("bach", "music21"):
         collections = ["bach"] if source == "bach" else params["collections"]
         entries = _music21_entries(collections, limit, cache_dir(params["cache"]), tally)
@@ -461,16 +461,51 @@ def _repeat_marks(score: Any) -> list[Any]:
 # --- source: dir -----------------------------------------------------------------------------
 
 
-def _dir_entries(folder: Path, limit: int | None) -> Iterator[Entry]:
-    """MIDI files under `folder` (recursively), in sorted relative-path order."""
+def _dir_entries(folder: Path, limit: int | None, tally: Tally) -> Iterator[Entry]:
+    """MIDI files under `folder` (recursively), in sorted relative-path order.
+
+    A link is followed only while it stays inside `folder`; a file past MAX_MEMBER_BYTES (the
+    archives' cap), one that cannot be read or one that vanished is listed in skipped.csv with
+    its reason, and the rest carry on.
+    """
     if not folder.is_dir():
         raise MidigenError(f"download.dir {folder} is not an existing folder")
-    names = sorted(
-        p.relative_to(folder).as_posix()
-        for p in folder.rglob("*")
-        if p.is_file() and _is_midi(p.name)
-    )
-    return ((name, (folder / name).read_bytes()) for name in names[:limit])
+    root, names = folder.resolve(), []
+    for top, folders, files in os.walk(folder):  # never descends into linked folders
+        here = Path(top).relative_to(folder)
+        for name in sorted(f for f in folders if (Path(top) / f).is_symlink()):
+            tally.skipped.append(((here / name).as_posix(), "is a link to a folder (not followed)"))
+        names += [(here / name).as_posix() for name in files if _is_midi(name)]
+    for name in sorted(names)[:limit]:
+        data, why = _read_inside(folder / name, root)
+        if why:
+            log.warning("download.dir: %s %s; skipped", name, why)
+            tally.skipped.append((name, why))
+        else:
+            yield name, data
+
+
+def _read_inside(path: Path, root: Path) -> tuple[bytes, str]:
+    """The file's bytes, or an empty result and why it may not or cannot be read."""
+    try:
+        target = path.resolve(strict=True)
+        if not target.is_relative_to(root):
+            return b"", f"is a link to {target}, outside the source folder"
+        if not target.is_file():
+            return b"", "is not a regular file"
+        if target.stat().st_size > MAX_MEMBER_BYTES:
+            return b"", f"is larger than {MAX_MEMBER_BYTES} bytes"
+        with open(target, "rb") as f:
+            data = f.read(MAX_MEMBER_BYTES + 1)
+    except FileNotFoundError:
+        if path.is_symlink():
+            return b"", "is a link to a missing file"
+        return b"", "vanished while the folder was read"
+    except OSError as e:
+        return b"", f"could not be read ({e.strerror or e})"
+    if len(data) > MAX_MEMBER_BYTES:
+        return b"", f"is larger than {MAX_MEMBER_BYTES} bytes"
+    return data, ""
 
 
 # --- source: url -----------------------------------------------------------------------------
