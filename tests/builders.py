@@ -29,5 +29,6 @@ def shards_via_stages(root: Path, encode: dict | None = None, **download_params)
     download(params["download"], root / "raw")
     config = EncodeConfig.from_params(params["encode"])
     encode_chunk(root / "raw", 0, 1, config, root / "encoded" / "chunk-0", workers=1)
-    build_shards([root / "encoded" / "chunk-0"], config, root / "shards")
+    flag = params["encode"]["flag_lost_fraction"]
+    build_shards([root / "encoded" / "chunk-0"], config, root / "shards", flag)
     return root / "shards"

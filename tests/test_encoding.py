@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import json
+
 import numpy as np
 import pytest
+from builders import shards_via_stages
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,7 +24,16 @@ from midigen.encoding import (
     sparse_to_notes,
     sparse_to_position,
 )
-from midigen.midi import Limits, Meter, Notes, SkipSong, end_overlaps, read_song, write_midi
+from midigen.midi import (
+    NOTE_CHANGES,
+    Limits,
+    Meter,
+    Notes,
+    SkipSong,
+    end_overlaps,
+    read_song,
+    write_midi,
+)
 
 SEED_TOKENS = "<sos><n1><d4><sep><d1><n3><d2><sep><d5><n2><d2><n3><d2><sep><d2><eos>"
 LIMITS = Limits(max_file_bytes=2**24, max_notes=10**6, max_steps=10**6)
@@ -154,7 +167,7 @@ def test_instrument_mode_inverts(notes: Notes):
 def test_midi_round_trip_gives_back_the_quantized_notes(notes: Notes, steps_per_beat: int):
     notes = Notes(notes.onset, notes.program, notes.pitch, end_overlaps(*_columns(notes)))
     data = write_midi(notes, steps_per_beat)
-    again, _ = read_song(data, steps_per_beat, 16, merge_instruments=False, limits=LIMITS)
+    again = read_song(data, steps_per_beat, 16, merge_instruments=False, limits=LIMITS).notes
     assert again.equals(notes)
     config = EncodeConfig(steps_per_beat, 16, instruments=True, limits=LIMITS)
     assert roundtrip_bytes(data, config)
@@ -173,12 +186,12 @@ def test_a_note_ends_where_the_same_key_strikes_again():
         track = symusic.Track(program=program)
         track.notes.append(symusic.Note(time, duration, 66, 90))
         score.tracks.append(track)
-    merged, _ = read_song(score.dumps_midi(), 4, 32, merge_instruments=True, limits=LIMITS)
+    merged = read_song(score.dumps_midi(), 4, 32, merge_instruments=True, limits=LIMITS).notes
     assert list(zip(merged.onset.tolist(), merged.duration.tolist(), strict=True)) == [
         (0, 4),
         (4, 8),
     ]
-    kept, _ = read_song(score.dumps_midi(), 4, 32, merge_instruments=False, limits=LIMITS)
+    kept = read_song(score.dumps_midi(), 4, 32, merge_instruments=False, limits=LIMITS).notes
     assert kept.duration.tolist() == [12, 2, 8]  # different instruments may overlap
     config = EncodeConfig(4, 32, instruments=False, limits=LIMITS)
     assert roundtrip_bytes(score.dumps_midi(), config)
@@ -195,7 +208,7 @@ def test_quantization_uses_ticks_not_seconds_and_keeps_longest_duplicate():
     for time, duration, pitch in [(0, 480, 60), (0, 240, 60), (960, 0, 62), (1430, 130, 64)]:
         track.notes.append(symusic.Note(time, duration, pitch, 90))
     score.tracks.append(track)
-    notes, _ = read_song(score.dumps_midi(), 4, 32, merge_instruments=True, limits=LIMITS)
+    notes = read_song(score.dumps_midi(), 4, 32, merge_instruments=True, limits=LIMITS).notes
     assert notes.onset.tolist() == [0, 8, 12]  # 1430 ticks = 11.92 steps -> 12
     assert notes.duration.tolist() == [4, 1, 1]  # longest duplicate; zero-length -> 1 step
     assert notes.pitch.tolist() == [60, 62, 64]
@@ -229,5 +242,80 @@ def test_of_two_time_signatures_on_one_tick_the_later_wins():
     track = symusic.Track(program=0)
     track.notes.append(symusic.Note(0, 4, 60, 90))
     score.tracks.append(track)
-    _, meter = read_song(score.dumps_midi(), 4, 32, merge_instruments=True, limits=LIMITS)
+    meter = read_song(score.dumps_midi(), 4, 32, merge_instruments=True, limits=LIMITS).meter
     assert meter.length.tolist() == [12]
+
+
+# ---- what quantizing drops or changes, counted by cause ---------------------------------------
+
+
+def _score(tracks: list[tuple[int, bool, list[tuple[int, int, int]]]]):
+    """A real MIDI file at 480 ticks per beat: (program, is_drum, [(tick, ticks, pitch)]) per
+    track. At 4 steps per beat one step is 120 ticks."""
+    import symusic
+
+    score = symusic.Score(480)
+    for program, is_drum, notes in tracks:
+        track = symusic.Track(program=program, is_drum=is_drum)
+        for time, duration, pitch in notes:
+            track.notes.append(symusic.Note(time, duration, pitch, 90))
+        score.tracks.append(track)
+    return score.dumps_midi()
+
+
+NOTE_CAUSES = _score(
+    [
+        (0, False, [(0, 480, 60), (0, 480, 60), (30, 240, 60)]),  # a re-struck note-on; 30
+        # ticks later, step 0 again: merged by the grid
+        (40, False, [(0, 480, 60), (480, 0, 62), (960, 50, 64)]),  # doubles the first track's
+        # note (a duplicate once merged); zero length; 50 ticks < half a step: stretched
+        (0, False, [(1440, 120 * 40, 65), (2400, 120 * 8, 67), (2880, 480, 67)]),  # 40 steps:
+        # cut at max_duration 32; the 67 sounds on when struck again 4 steps later: cut
+        (0, True, [(0, 120, 36), (480, 120, 38)]),  # drums: dropped
+    ]
+)
+
+
+def test_every_dropped_or_changed_note_is_counted_by_cause():
+    song = read_song(NOTE_CAUSES, 4, 32, merge_instruments=True, limits=LIMITS)
+    assert song.changes == {
+        "drums": 2,
+        "duplicate": 2,  # the re-struck note-on, and the other track's copy of it
+        "merged": 1,
+        "zero_length": 1,
+        "stretched": 1,
+        "cut_max_duration": 1,
+        "cut_restrike": 1,
+    }
+    assert len(song.notes) == 6 and song.notes_read == 11 and song.dropped == 5
+    assert song.notes.duration.tolist() == [4, 1, 1, 32, 4, 4]
+
+
+def test_instruments_kept_apart_are_no_duplicates():
+    changes = read_song(NOTE_CAUSES, 4, 32, merge_instruments=False, limits=LIMITS).changes
+    assert (changes["duplicate"], changes["merged"]) == (1, 1)  # program 40's 60 is its own
+
+
+def test_encode_and_shard_count_the_changes_per_file_and_flag_heavy_losses(tmp_path):
+    clean = write_midi(Notes(*(np.array(c) for c in ([0, 4], [0, 0], [60, 62], [4, 4]))), 4)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "causes.mid").write_bytes(NOTE_CAUSES)
+    (corpus / "clean.mid").write_bytes(clean)
+    shards = shards_via_stages(
+        tmp_path, encode={"max_duration": 32}, source="dir", dir=str(corpus), test_fraction=0
+    )
+    with open(tmp_path / "encoded" / "chunk-0" / "songs.csv", newline="") as f:
+        rows = {row["source"]: row for row in csv.DictReader(f)}
+    assert {k: rows["causes.mid"][k] for k in ("notes", "notes_read", "duplicate", "drums")} == {
+        "notes": "6",
+        "notes_read": "11",
+        "duplicate": "2",
+        "drums": "2",
+    }
+    assert all(rows["clean.mid"][cause] == "0" for cause in NOTE_CHANGES)
+    stats = json.loads((shards / "stats.json").read_text())["notes"]
+    assert (stats["read"], stats["kept"], stats["dropped"], stats["changed"]) == (13, 8, 5, 4)
+    assert stats["by_cause"]["merged"] == 1 and stats["by_cause"]["cut_restrike"] == 1
+    assert [f["source"] for f in stats["flagged"]] == ["causes.mid"]  # 5 of 11 > 0.2
+    assert (stats["flagged"][0]["read"], stats["flagged"][0]["dropped"]) == (11, 5)

@@ -63,7 +63,8 @@ def chorales(tmp_path_factory) -> Path:
     download({**params["download"], "max_files": 16, "test_fraction": 0.2}, root / "raw")
     config = EncodeConfig.from_params(params["encode"])
     encode_chunk(root / "raw", 0, 1, config, root / "encoded" / "chunk-0", workers=1)
-    build_shards([root / "encoded" / "chunk-0"], config, root / "shards")
+    flag = params["encode"]["flag_lost_fraction"]
+    build_shards([root / "encoded" / "chunk-0"], config, root / "shards", flag)
     assert len(load_shard(root / "shards", "test").songs) >= 2
     return root / "shards"
 

@@ -29,7 +29,7 @@ def chorale() -> Notes:
 
     data = streamToMidiFile(corpus.parse("bach/bwv269")).writestr()
     params = load_params(ROOT / "params.yaml")["encode"]
-    return EncodeConfig.from_params({**params, "steps_per_beat": STEPS_PER_BEAT}).read(data)[0]
+    return EncodeConfig.from_params({**params, "steps_per_beat": STEPS_PER_BEAT}).read(data).notes
 
 
 def _first_beats(notes: Notes, beats: int) -> Notes:

@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pytest
 import symusic
+from builders import shards_via_stages
 from matplotlib.figure import Figure
 
 from midigen.corpus import EncodeConfig
@@ -129,7 +130,7 @@ def _write_sample(folder: Path, stem: str, notes: Notes, title: str, prompt_step
 def _write_samples(samples: Path, sources: list[tuple[str, bytes]], params: dict) -> None:
     """samples/V/ for every variant: the same prompts, real continuations, own continuations."""
     config = EncodeConfig.from_params(params["encode"])
-    songs = [(name, midi, *config.read(midi)) for name, midi in sources]
+    songs = [(name, midi, (song := config.read(midi)).notes, song.meter) for name, midi in sources]
     for k, variant in enumerate(VARIANTS):
         folder = samples / variant
         folder.mkdir(parents=True)
@@ -260,6 +261,10 @@ def base_inputs(tmp_path_factory, sources) -> Path:
     _write_samples(root / "samples", sources, params)
     _write_train_metrics(root / "metrics")
     _write_eval(root / "metrics", root / "plots")
+    (root / "corpus").mkdir()
+    for name, midi in sources:
+        (root / "corpus" / f"{name.replace('/', '_')}.mid").write_bytes(midi)
+    shards_via_stages(root / "data", source="dir", dir=str(root / "corpus"))
     return root
 
 
@@ -281,6 +286,7 @@ def build(inputs: Path, params: dict) -> str:
         metrics=inputs / "metrics",
         plots=inputs / "plots",
         samples=inputs / "samples",
+        shards=inputs / "data" / "shards",
     )
     return report_stage.run(args, params)
 
@@ -382,6 +388,32 @@ def test_midi_track_name_is_escaped_in_the_html(inputs):
         html = page.read_text()
         assert "Prompt 00: &lt;script&gt;alert(1)&lt;/script&gt;" in html
         assert XSS not in html and "<script" not in html
+
+
+def test_the_data_section_shows_what_encoding_did_to_the_notes(inputs):
+    """The counts of shard's stats.json, by cause and as a share of the notes read."""
+    build(inputs, _params())
+    stats = json.loads((inputs / "data" / "shards" / "stats.json").read_text())
+    read, by_cause = stats["notes"]["read"], stats["notes"]["by_cause"]
+    assert read > 0 and by_cause["duplicate"] > 0  # the chorales' voices meet in unisons
+    html = (inputs / "reports" / "index.html").read_text()
+    assert f"Of {read} notes read, {stats['notes']['kept']} kept" in html
+    row = "<tr><th>same tick, key and instrument as another: dropped</th>"
+    share = 100 * by_cause["duplicate"] / read
+    assert f"{row}<td>{by_cause['duplicate']}</td><td>{share:.1f}%</td></tr>" in html
+    run = json.loads(next((inputs / "reports" / "runs").glob("*/run.json")).read_text())
+    assert run["summary"]["data"]["notes"]["by_cause"] == by_cause
+
+
+def test_files_that_lost_many_notes_are_listed_by_name(inputs):
+    path = inputs / "data" / "shards" / "stats.json"
+    stats = json.loads(path.read_text())
+    stats["notes"]["flagged"] = [{"source": XSS, "sha256": "0" * 64, "read": 10, "dropped": 6}]
+    path.write_text(json.dumps(stats))
+    build(inputs, _params())
+    html = (inputs / "reports" / "index.html").read_text()
+    assert "1 files lost more than 20.0% of their notes" in html
+    assert "<li>&lt;script&gt;alert(1)&lt;/script&gt;: 6 of 10 notes dropped</li>" in html
 
 
 def test_missing_audio_shows_the_reason(browser_page, inputs):

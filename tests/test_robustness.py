@@ -175,8 +175,10 @@ def outcome(data: bytes, cfg: EncodeConfig) -> tuple[str, EncodedSong | None]:
 
 def check_song(data: bytes, song: EncodedSong, cfg: EncodeConfig) -> None:
     """Tokens decode to the quantized notes, the MIDI round trip holds, arrays are sane."""
-    notes, meter = cfg.read(data)
+    read = cfg.read(data)
+    notes, meter = read.notes, read.meter
     assert song.notes == len(notes) > 0
+    assert song.changes == read.changes and song.notes_read == len(notes) + read.dropped
     assert decode_tokens(song.tokens, cfg.vocab).equals(notes)
     assert roundtrip_bytes(data, cfg)
     assert len(song.tokens) == len(song.times) == len(song.bar_pos)
@@ -245,7 +247,7 @@ def test_note_count(name: str):
 
 
 def song_notes(name: str, instruments: str = "merge"):
-    return config(instruments).read(fixture(name))[0]
+    return config(instruments).read(fixture(name)).notes
 
 
 def test_meter_on_a_later_track_sets_bar_positions():

@@ -12,6 +12,7 @@ import collections
 import csv
 import functools
 import json
+import logging
 import math
 import os
 from collections.abc import Iterator
@@ -26,12 +27,13 @@ from midigen.atomic import atomic_dir
 from midigen.download import read_manifest, write_csv
 from midigen.encoding import Vocab, decode_tokens, encode_notes
 from midigen.errors import MidigenError, read_json
-from midigen.midi import Limits, SkipSong, read_song, write_midi
+from midigen.midi import DROPPED, NOTE_CHANGES, Limits, SkipSong, Song, read_song, write_midi
 
 SPLITS = ("train", "val", "test")
 ARRAYS = {"tokens": np.uint16, "times": np.int32, "bar_pos": np.int32}
-SONG_FIELDS = ("sha256", "split", "source", "notes", "tokens", "steps")
+SONG_FIELDS = ("sha256", "split", "source", "notes", "tokens", "steps", "notes_read", *NOTE_CHANGES)
 ERROR_FIELDS = ("path", "source", "reason", "detail")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ class EncodeConfig:
     def vocab(self) -> Vocab:
         return Vocab(self.max_duration, self.instruments)
 
-    def read(self, data: bytes):
+    def read(self, data: bytes) -> Song:
         return read_song(
             data, self.steps_per_beat, self.max_duration, not self.instruments, self.limits
         )
@@ -73,13 +75,22 @@ class EncodedSong:
     times: np.ndarray
     bar_pos: np.ndarray
     notes: int
+    notes_read: int
+    changes: dict[str, int]  # notes dropped or changed, by cause (midi.NOTE_CHANGES)
 
 
 def encode_bytes(data: bytes, config: EncodeConfig) -> EncodedSong:
     """One MIDI file -> tokens with their steps and bar positions (raises SkipSong)."""
-    notes, meter = config.read(data)
-    tokens, times = encode_notes(notes, config.vocab)
-    return EncodedSong(tokens, times, meter.bar_position(times), len(notes))
+    song = config.read(data)
+    tokens, times = encode_notes(song.notes, config.vocab)
+    return EncodedSong(
+        tokens,
+        times,
+        song.meter.bar_position(times),
+        len(song.notes),
+        song.notes_read,
+        song.changes,
+    )
 
 
 def _on_file(fn, task: tuple[Path, EncodeConfig]):
@@ -151,6 +162,8 @@ def encode_chunk(
                 "notes": result.notes,
                 "tokens": len(result.tokens),
                 "steps": int(result.times[-1]),
+                "notes_read": result.notes_read,
+                **result.changes,
             }
         )
     with atomic_dir(out) as tmp:
@@ -223,8 +236,11 @@ def load_vocab(shards_dir: Path) -> Vocab:
     return Vocab(meta["max_duration"], meta["instruments"])
 
 
-def build_shards(chunk_dirs: list[Path], config: EncodeConfig, out: Path) -> str:
-    """Gather encoded chunks into one shard per split, songs ordered by content hash."""
+def build_shards(
+    chunk_dirs: list[Path], config: EncodeConfig, out: Path, flag_lost_fraction: float
+) -> str:
+    """Gather encoded chunks into one shard per split, songs ordered by content hash; files
+    that lost more than `flag_lost_fraction` of their notes are flagged in stats.json."""
     missing = [str(d) for d in chunk_dirs if not (d / "songs.csv").exists()]
     if missing:
         raise MidigenError(f"encoded chunk not found: {', '.join(missing)} (run encode first)")
@@ -242,6 +258,7 @@ def build_shards(chunk_dirs: list[Path], config: EncodeConfig, out: Path) -> str
         "vocab_size": len(vocab),
         "steps_per_beat": config.steps_per_beat,
         "skipped": dict(collections.Counter(e["reason"] for e in errors)),
+        "notes": note_changes(songs, flag_lost_fraction),
         "splits": {},
     }
     with atomic_dir(out) as tmp:
@@ -273,7 +290,41 @@ def build_shards(chunk_dirs: list[Path], config: EncodeConfig, out: Path) -> str
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
     total = sum(s["tokens"] for s in stats["splits"].values())
     per_split = " / ".join(f"{k} {v['songs']}" for k, v in stats["splits"].items())
-    return f"{len(songs)} songs ({per_split}), {total:,} tokens, vocab {len(vocab)} -> {out}"
+    notes = stats["notes"]
+    return (
+        f"{len(songs)} songs ({per_split}), {total:,} tokens, vocab {len(vocab)}; "
+        f"{notes['dropped']:,} of {notes['read']:,} notes dropped, {notes['changed']:,} changed, "
+        f"{len(notes['flagged'])} files flagged -> {out}"
+    )
+
+
+def note_changes(songs: list[dict], flag_lost_fraction: float) -> dict:
+    """What encoding did to the notes of all songs: totals by cause, and the files that lost
+    more than `flag_lost_fraction` of theirs (each also a warning in the log)."""
+    totals = {cause: sum(int(s[cause]) for s in songs) for cause in NOTE_CHANGES}
+    flagged = []
+    for song in songs:
+        read, lost = int(song["notes_read"]), sum(int(song[cause]) for cause in DROPPED)
+        if read and lost / read > flag_lost_fraction:
+            flagged.append(
+                {"source": song["source"], "sha256": song["sha256"], "read": read, "dropped": lost}
+            )
+            log.warning(
+                "%s: %d of its %d notes dropped (%s)",
+                song["source"],
+                lost,
+                read,
+                ", ".join(f"{c} {song[c]}" for c in DROPPED if int(song[c])),
+            )
+    return {
+        "read": sum(int(s["notes_read"]) for s in songs),
+        "kept": sum(int(s["notes"]) for s in songs),
+        "dropped": sum(totals[c] for c in DROPPED),
+        "changed": sum(v for c, v in totals.items() if c not in DROPPED),
+        "by_cause": totals,
+        "flag_lost_fraction": flag_lost_fraction,
+        "flagged": flagged,
+    }
 
 
 def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
@@ -288,11 +339,10 @@ def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
 
 def roundtrip_bytes(data: bytes, config: EncodeConfig) -> bool:
     """tokens -> notes -> MIDI -> notes gives back exactly the quantized notes of `data`."""
-    notes, meter = config.read(data)
-    tokens, _ = encode_notes(notes, config.vocab)
-    rebuilt = write_midi(decode_tokens(tokens, config.vocab), config.steps_per_beat, meter)
-    again, _ = config.read(rebuilt)
-    return notes.equals(again)
+    song = config.read(data)
+    tokens, _ = encode_notes(song.notes, config.vocab)
+    rebuilt = write_midi(decode_tokens(tokens, config.vocab), config.steps_per_beat, song.meter)
+    return song.notes.equals(config.read(rebuilt).notes)
 
 
 def roundtrip_corpus(

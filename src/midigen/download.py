@@ -134,10 +134,10 @@ def tune_of(data: bytes) -> str | None:
     Beethoven's op. 59 no. 1 (i and ii) would otherwise join unrelated movements.
     """
     try:
-        notes, _ = read_song(data, TUNE_STEPS_PER_BEAT, TUNE_LIMITS.max_steps, True, TUNE_LIMITS)
+        song = read_song(data, TUNE_STEPS_PER_BEAT, TUNE_LIMITS.max_steps, True, TUNE_LIMITS)
     except SkipSong:
         return None
-    melody = top_voice(notes, TUNE_INTERVALS + 1)
+    melody = top_voice(song.notes, TUNE_INTERVALS + 1)
     if len(melody) <= TUNE_INTERVALS or len(set(melody)) < TUNE_PITCHES:
         return None
     intervals = " ".join(map(str, np.diff(melody)))

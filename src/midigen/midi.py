@@ -61,6 +61,39 @@ class Notes:
         )
 
 
+# What quantizing does to a file's notes, by cause: the first three drop notes, the rest change
+# a kept note's length. Counted per file (songs.csv), summed in stats.json, shown in the report.
+NOTE_CHANGES = (
+    "drums",  # on the drum channel: dropped (the encoding has no drum kit)
+    "duplicate",  # same tick, key and instrument as another note (doubled tracks, re-struck
+    # note-ons; instruments merged: voices in unison): one kept, the longest
+    "merged",  # a different tick but the same step, key and instrument: merged by the grid
+    "zero_length",  # lasted 0 ticks: stretched to one step
+    "stretched",  # shorter than half a step: stretched to one step
+    "cut_max_duration",  # longer than encode.max_duration steps: cut there
+    "cut_restrike",  # still sounding when its key strikes again: cut there
+)
+DROPPED = NOTE_CHANGES[:3]
+
+
+@dataclass(frozen=True)
+class Song:
+    """A file's quantized notes, its meter, and what quantizing dropped or changed."""
+
+    notes: Notes
+    meter: Meter
+    changes: dict[str, int]  # by cause, every key of NOTE_CHANGES
+
+    @property
+    def notes_read(self) -> int:
+        """Notes the file held (drums included)."""
+        return len(self.notes) + self.dropped
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.changes[cause] for cause in DROPPED)
+
+
 @dataclass(frozen=True)
 class Meter:
     """Bar lengths over time: bar `k` of the map starts at `start[k]` and lasts `length[k]`."""
@@ -116,14 +149,16 @@ def quantize(
     max_duration: int,
     merge_instruments: bool,
     limits: Limits,
-) -> tuple[Notes, Meter]:
-    """Notes of all non-drum tracks on the step grid, and the meter from time signatures."""
+) -> Song:
+    """Notes of all non-drum tracks on the step grid, the meter from time signatures, and the
+    count of every note dropped or changed on the way (NOTE_CHANGES)."""
     tpq = score.ticks_per_quarter
     if tpq <= 0:
         raise SkipSong("corrupt", f"ticks per quarter is {tpq}")
     tracks = [t for t in score.tracks if len(t.notes)]
     if not tracks:
         raise SkipSong("empty", "no notes")
+    drums = sum(len(t.notes) for t in tracks if t.is_drum)
     tracks = [t for t in tracks if not t.is_drum]
     if not tracks:
         raise SkipSong("drums_only", "all notes are on the drum channel")
@@ -145,8 +180,8 @@ def quantize(
         raise SkipSong("corrupt", "negative time or pitch outside 0..127")
 
     onset = _to_steps(time, tpq, steps_per_beat)
-    end = _to_steps(time + length, tpq, steps_per_beat)
-    duration = np.clip(end - onset, 1, max_duration)
+    grid = _to_steps(time + length, tpq, steps_per_beat) - onset  # length on the grid
+    duration = np.clip(grid, 1, max_duration)
     steps = int((onset + duration).max())
     if steps > limits.max_steps:
         raise SkipSong("too_long", f"{steps} steps > {limits.max_steps}")
@@ -156,17 +191,27 @@ def quantize(
 
     # Sort by (onset, program, pitch, duration) and keep the last = longest of each triple.
     order = np.lexsort((duration, pitch, program, onset))
-    onset, program, pitch, duration = onset[order], program[order], pitch[order], duration[order]
-    last = np.ones(len(onset), dtype=bool)
-    same = (onset[1:] == onset[:-1]) & (program[1:] == program[:-1]) & (pitch[1:] == pitch[:-1])
-    last[:-1] = ~same
+    keys = np.stack([onset, program, pitch], axis=1)[order]
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = (keys[1:] != keys[:-1]).any(axis=1)
+    kept = order[last]
     notes = Notes(
-        onset[last],
-        program[last],
-        pitch[last],
-        end_overlaps(onset[last], program[last], pitch[last], duration[last]),
+        onset[kept],
+        program[kept],
+        pitch[kept],
+        end_overlaps(onset[kept], program[kept], pitch[kept], duration[kept]),
     )
-    return notes, _meter(score, steps_per_beat)
+    distinct_ticks = len(np.unique(np.stack([time, program, pitch], axis=1), axis=0))
+    changes = {
+        "drums": drums,
+        "duplicate": len(time) - distinct_ticks,
+        "merged": distinct_ticks - len(kept),
+        "zero_length": int((length[kept] == 0).sum()),
+        "stretched": int(((length[kept] > 0) & (grid[kept] < 1)).sum()),
+        "cut_max_duration": int((grid[kept] > max_duration).sum()),
+        "cut_restrike": int((notes.duration < duration[kept]).sum()),
+    }
+    return Song(notes, _meter(score, steps_per_beat), changes)
 
 
 def end_overlaps(onset, program, pitch, duration) -> np.ndarray:
@@ -209,8 +254,8 @@ def _meter(score: symusic.Score, steps_per_beat: int) -> Meter:
 
 def read_song(
     data: bytes, steps_per_beat: int, max_duration: int, merge_instruments: bool, limits: Limits
-) -> tuple[Notes, Meter]:
-    """MIDI bytes -> quantized notes and meter, or SkipSong with the reason."""
+) -> Song:
+    """MIDI bytes -> quantized notes, meter and note changes, or SkipSong with the reason."""
     return quantize(parse(data, limits), steps_per_beat, max_duration, merge_instruments, limits)
 
 

@@ -79,6 +79,15 @@ CELL_LABELS = {  # the probe cells of songs.csv, as the report names them
     "reach_xl": "context occurred within XL's reach, before the segment",
     "reach_beyond": "context occurred only beyond XL's reach",
 }
+NOTE_CHANGE_LABELS = {  # midi.NOTE_CHANGES, as the report names them
+    "drums": "on the drum channel: dropped",
+    "duplicate": "same tick, key and instrument as another: dropped",
+    "merged": "same step, key and instrument after the grid: dropped",
+    "zero_length": "zero length: stretched to one step",
+    "stretched": "shorter than half a step: stretched to one step",
+    "cut_max_duration": "longer than encode.max_duration: cut",
+    "cut_restrike": "still sounding when its key strikes again: cut",
+}
 CONTRAST_LABELS = {  # memory effects: (what memory can reach against what it cannot, short name)
     "late_vs_early": ("late positions against early ones", "late positions"),
     "second_vs_first": ("repeat probe: second copy against first", "repeat probe"),
@@ -94,6 +103,7 @@ class ReportInputs:
     metrics: Path = Path("metrics")  # train/V/ (DVCLive), eval/V.json, baselines.json
     plots: Path = Path("plots")  # eval/V/*.png
     samples: Path = Path("samples")  # V/samples.json and the media it names
+    shards: Path = Path("data/shards")  # stats.json: what encoding skipped, dropped, changed
 
 
 @dataclass(frozen=True)
@@ -249,6 +259,28 @@ def summarize(variants: list[Variant], baselines: dict[str, Any]) -> dict[str, A
     summary["tokens"] = {c: int(variants[0].songs.cell(c).tokens.sum()) for c in CELLS}
     summary["vs_vanilla"] = compare_with_vanilla(variants)
     return summary
+
+
+def data_summary(stats: dict[str, Any], source: Path) -> dict[str, Any]:
+    """What the data stages did to the user's music (shard's stats.json), for run.json."""
+    notes = _field(stats, "notes", source)
+    return {
+        "songs": sum(split["songs"] for split in _field(stats, "splits", source).values()),
+        "skipped": _field(stats, "skipped", source),
+        "notes": {k: notes[k] for k in ("read", "kept", "dropped", "changed", "by_cause")},
+        "flag_lost_fraction": notes["flag_lost_fraction"],
+        "flagged": notes["flagged"],
+    }
+
+
+def _data_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per cause of a dropped or changed note: count and share of the notes read."""
+    read = data["notes"]["read"]
+    return [
+        {"cause": label, "notes": count, "share": count / read if read else None}
+        for cause, label in NOTE_CHANGE_LABELS.items()
+        for count in [data["notes"]["by_cause"].get(cause, 0)]
+    ]
 
 
 def compare_with_vanilla(variants: list[Variant]) -> dict[str, dict[str, Any]]:
@@ -536,6 +568,7 @@ def _environment() -> jinja2.Environment:
     env.filters["num"] = lambda x, digits=3: "\u2014" if x is None else f"{x:.{digits}f}"
     env.filters["interval"] = format_interval
     env.filters["signed"] = lambda x: "\u2014" if x is None else f"{x:+.3f}"
+    env.filters["percent"] = lambda x: "\u2014" if x is None else f"{100 * x:.1f}%"
     return env
 
 
@@ -701,6 +734,8 @@ def _page(
         "renderers": renderers,
         "prompts": _copy_media(variants, run_dir),
         "params_yaml": yaml.safe_dump(params, sort_keys=False),
+        "data": record["summary"]["data"],
+        "data_rows": _data_rows(record["summary"]["data"]),
     }
 
 
@@ -712,6 +747,8 @@ def build_report(
     _check_same_prompts(variants)
     baselines = _read_json(inputs.metrics / "baselines.json", "run `midigen baselines`")
     summary = summarize(variants, baselines)
+    stats_path = inputs.shards / "stats.json"
+    summary["data"] = data_summary(_read_json(stats_path, "run `midigen shard`"), stats_path)
     headline, details = memory_verdict(summary)
     summary["memory"] = {"headline": headline, "details": details}
     summary["floor"] = floor_verdict(summary)

@@ -48,7 +48,7 @@ rule shard:
     output:
         directory("data/shards"),
     params:
-        cfg=stage_params(encode=ENCODE_KEYS),
+        cfg=stage_params(encode=[*ENCODE_KEYS, "flag_lost_fraction"]),
     log:
         "logs/shard.log",
     conda:

@@ -8,6 +8,7 @@ rule report:
         expand("plots/eval/{variant}", variant=VARIANTS),
         expand("samples/{variant}", variant=VARIANTS),
         "metrics/baselines.json",
+        "data/shards",
         "src/midigen/stages/report.py",
         "src/midigen/report.py",
         "src/midigen/paired.py",

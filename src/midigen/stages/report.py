@@ -1,8 +1,9 @@
 """Build the HTML report comparing every variant; each run is also kept under OUT/runs/<run-id>/.
 
 Reads metrics/train/V/ (DVCLive), metrics/eval/V.json, plots/eval/V/, samples/V/ for every
-variant in train.variants, and metrics/baselines.json; writes OUT/index.html (the latest run and
-every run's changes) and OUT/runs/<run-id>/ (self-contained page, media copies, run.json).
+variant in train.variants, metrics/baselines.json and data/shards/stats.json (what encoding
+did to the notes); writes OUT/index.html (the latest run and every run's changes) and
+OUT/runs/<run-id>/ (self-contained page, media copies, run.json).
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--plots", type=Path, default=Path("plots"), help="holds eval/VARIANT/")
     parser.add_argument("--samples", type=Path, default=Path("samples"), help="holds VARIANT/")
+    parser.add_argument("--shards", type=Path, default=Path("data/shards"), help="holds stats.json")
 
 
 def run(args: argparse.Namespace, params: dict) -> str:
-    built = build_report(params, ReportInputs(args.metrics, args.plots, args.samples), args.out)
+    built = build_report(
+        params, ReportInputs(args.metrics, args.plots, args.samples, args.shards), args.out
+    )
     return (
         f"run {built.run_id}: {len(params['train']['variants'])} variants, {built.prompts} prompts "
         f"-> {built.index}. {built.memory}"

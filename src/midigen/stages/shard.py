@@ -18,4 +18,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, params: dict) -> str:
     encode = params["encode"]
     chunks = [args.encoded / f"chunk-{i}" for i in sorted(encode["chunks"])]
-    return build_shards(chunks, EncodeConfig.from_params(encode), args.out)
+    return build_shards(
+        chunks, EncodeConfig.from_params(encode), args.out, encode["flag_lost_fraction"]
+    )
