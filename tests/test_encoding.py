@@ -51,10 +51,11 @@ def seed_notes() -> Notes:
 
 def test_seed_example_sparse_position_and_tokens():
     sparse = notes_to_sparse(seed_notes())
-    assert sparse.array.shape == (8, 1, 128)
-    assert sparse.array[:, 0, 1].tolist() == [4, 0, 0, 0, 0, 0, 0, 0]
-    assert sparse.array[:, 0, 2].tolist() == [0, 0, 0, 0, 0, 0, 2, 0]
-    assert sparse.array[:, 0, 3].tolist() == [0, 2, 0, 0, 0, 0, 2, 0]
+    array = sparse.dense()
+    assert array.shape == (8, 1, 128) and np.count_nonzero(array) == len(sparse.step) == 4
+    assert array[:, 0, 1].tolist() == [4, 0, 0, 0, 0, 0, 0, 0]
+    assert array[:, 0, 2].tolist() == [0, 0, 0, 0, 0, 0, 2, 0]
+    assert array[:, 0, 3].tolist() == [0, 2, 0, 0, 0, 0, 2, 0]
     position = sparse_to_position(sparse, max_duration=32)
     assert position[:, :2].tolist() == [[1, 4], [-1, 1], [3, 2], [-1, 5], [2, 2], [3, 2], [-1, 2]]
     vocab = Vocab(max_duration=32)
@@ -148,7 +149,9 @@ def test_every_step_inverts(notes: Notes, max_duration: int):
     sparse = notes_to_sparse(notes)
     assert sparse_to_notes(sparse).equals(notes)
     position = sparse_to_position(sparse, max_duration)
-    assert np.array_equal(position_to_sparse(position).array, sparse.array)
+    back = position_to_sparse(position)
+    assert np.array_equal(back.dense(), sparse.dense()) and back.programs == sparse.programs
+    assert all(np.array_equal(getattr(back, f), getattr(sparse, f)) for f in ("step", "pitch"))
     tokens, times = position_to_index(position, vocab)
     assert np.array_equal(index_to_position(tokens, vocab), position)
     assert times[-1] == notes.end and np.all(np.diff(times) >= 0)

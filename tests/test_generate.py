@@ -550,12 +550,12 @@ def test_stage_writes_decodable_pieces_that_open_with_the_song(chorales, chorale
         assert entry["prompt_steps"] >= 2 * entry["bar_steps"] == 2 * 16
         assert entry["title"] == "Soprano"  # the chorales' first part name
         assert len(tokens["generated"]) <= 60
-        opening, _ = encode.read(files[entry["song"]].read_bytes())
+        opening = encode.read(files[entry["song"]].read_bytes()).notes
         for piece in ("prompt", "real", "generated"):
             names = entry["files"][piece]
             assert (out / names["png"]).stat().st_size > 0
             assert names["wav"] is None if samples["renderer"] else (out / names["wav"]).exists()
-            notes, _ = encode.read((out / names["mid"]).read_bytes())
+            notes = encode.read((out / names["mid"]).read_bytes()).notes
             head = notes.onset < entry["prompt_steps"]
             first = opening.onset < entry["prompt_steps"]
             for field in ("onset", "pitch"):  # the song's first bars open every piece

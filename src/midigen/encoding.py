@@ -4,7 +4,8 @@
            <-                <-                  <-
 
 Sparse score: an int array (step, instrument, pitch) holding the length in steps of every
-note that starts there, 0 elsewhere.
+note that starts there, 0 elsewhere; kept as its nonzero cells, so its size follows the notes
+and not steps x instruments x 128 (`SparseScore.dense()` builds the array itself).
 Position score: rows (pitch, duration, program) in time order; notes of one step sorted by
 program then pitch, then a gap row (pitch -1) advancing time by `duration` steps. Gaps longer
 than `max_duration` are split into several rows; the last gap reaches the end of the song.
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from midigen.midi import SPARSE_DTYPE, Notes
+from midigen.midi import Notes
 
 GAP = -1
 SPECIALS = ("<pad>", "<sos>", "<eos>", "<sep>")
@@ -94,28 +95,54 @@ class Vocab:
 
 @dataclass(frozen=True)
 class SparseScore:
-    """Dense (step, instrument, pitch) array of note lengths; `programs[i]` names instrument i."""
+    """The (step, instrument, pitch) array of note lengths by its nonzero cells, in the array's
+    C order (step, then instrument, then pitch); `programs[i]` names instrument i."""
 
-    array: np.ndarray
+    step: np.ndarray
+    instrument: np.ndarray
+    pitch: np.ndarray
+    length: np.ndarray
+    steps: int  # the array's first dimension: the song's length
     programs: tuple[int, ...]
+
+    @classmethod
+    def from_cells(cls, step, program, pitch, length, steps: int) -> SparseScore:
+        """Cells in any order; of two on one (step, program, pitch), the later one wins (as
+        when writing them into the array one after the other)."""
+        programs = np.unique(program)
+        instrument = np.searchsorted(programs, program)
+        order = np.lexsort((pitch, instrument, step))  # stable: equal cells keep their order
+        keys = np.stack([step, instrument, pitch], axis=1)[order]
+        last = np.ones(len(order), dtype=bool)
+        last[:-1] = (keys[1:] != keys[:-1]).any(axis=1)
+        kept = order[last]
+        return cls(
+            *(np.asarray(a, dtype=np.int64)[kept] for a in (step, instrument, pitch, length)),
+            steps=int(steps),
+            programs=tuple(int(p) for p in programs),
+        )
+
+    def dense(self) -> np.ndarray:
+        """The array itself (steps x instruments x 128): for small songs and for reading."""
+        array = np.zeros((self.steps, max(len(self.programs), 1), 128), dtype=np.int64)
+        array[self.step, self.instrument, self.pitch] = self.length
+        return array
 
 
 # ---- forward: notes -> sparse -> position -> index -------------------------------------------
 
 
 def notes_to_sparse(notes: Notes) -> SparseScore:
-    programs = np.unique(notes.program)
-    array = np.zeros((notes.end, max(len(programs), 1), 128), dtype=SPARSE_DTYPE)
-    array[notes.onset, np.searchsorted(programs, notes.program), notes.pitch] = notes.duration
-    return SparseScore(array, tuple(int(p) for p in programs))
+    return SparseScore.from_cells(
+        notes.onset, notes.program, notes.pitch, notes.duration, notes.end
+    )
 
 
 def sparse_to_position(sparse: SparseScore, max_duration: int) -> np.ndarray:
     """Rows (pitch, duration, program): the notes of each step, then gap rows to the next."""
-    step, instrument, pitch = np.nonzero(sparse.array)  # C order = sorted by (step, instr, pitch)
-    duration = sparse.array[step, instrument, pitch].astype(np.int64)
-    program = np.asarray(sparse.programs, dtype=np.int64)[instrument] if len(step) else step
-    total = sparse.array.shape[0]
+    step, pitch, duration = sparse.step, sparse.pitch, sparse.length  # sorted (step, instr, pitch)
+    program = np.asarray(sparse.programs, dtype=np.int64)[sparse.instrument] if len(step) else step
+    total = sparse.steps
 
     onsets = np.unique(step)
     if len(onsets) == 0 or onsets[0] > 0:
@@ -218,22 +245,15 @@ def position_to_sparse(position: np.ndarray) -> SparseScore:
     pitch, duration, program = position.T
     is_note = pitch != GAP
     step = np.concatenate([[0], np.cumsum(np.where(is_note, 0, duration))])[:-1]
-    programs = np.unique(program[is_note])
-    total = int(
-        max(np.where(is_note, 0, duration).sum(), (step + duration)[is_note].max(initial=0))
+    total = max(np.where(is_note, 0, duration).sum(), (step + duration)[is_note].max(initial=0))
+    return SparseScore.from_cells(
+        step[is_note], program[is_note], pitch[is_note], duration[is_note], total
     )
-    array = np.zeros((total, max(len(programs), 1), 128), dtype=SPARSE_DTYPE)
-    array[step[is_note], np.searchsorted(programs, program[is_note]), pitch[is_note]] = duration[
-        is_note
-    ]
-    return SparseScore(array, tuple(int(p) for p in programs))
 
 
 def sparse_to_notes(sparse: SparseScore) -> Notes:
-    step, instrument, pitch = np.nonzero(sparse.array)
-    duration = sparse.array[step, instrument, pitch].astype(np.int64)
-    program = np.asarray(sparse.programs, dtype=np.int64)[instrument] if len(step) else step
-    return Notes(step.astype(np.int64), program.astype(np.int64), pitch.astype(np.int64), duration)
+    program = np.asarray(sparse.programs, dtype=np.int64)[sparse.instrument]
+    return Notes(sparse.step, program.reshape(-1).astype(np.int64), sparse.pitch, sparse.length)
 
 
 def decode_tokens(tokens, vocab: Vocab) -> Notes:

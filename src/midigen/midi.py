@@ -12,9 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 import symusic
 
-MAX_SPARSE_BYTES = 256 * 2**20  # largest dense sparse score we agree to allocate
-SPARSE_DTYPE = np.int16
-
 
 class SkipSong(Exception):
     """This file cannot be encoded; `reason` is a short tag for the errors file."""
@@ -185,9 +182,6 @@ def quantize(
     steps = int((onset + duration).max())
     if steps > limits.max_steps:
         raise SkipSong("too_long", f"{steps} steps > {limits.max_steps}")
-    n_programs = len(np.unique(program))
-    if steps * n_programs * 128 * np.dtype(SPARSE_DTYPE).itemsize > MAX_SPARSE_BYTES:
-        raise SkipSong("too_long", f"{steps} steps x {n_programs} instruments is too large")
 
     # Sort by (onset, program, pitch, duration) and keep the last = longest of each triple.
     order = np.lexsort((duration, pitch, program, onset))
