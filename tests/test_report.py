@@ -403,15 +403,18 @@ def test_the_data_section_shows_what_encoding_did_to_the_notes(inputs):
     assert f"{row}<td>{by_cause['duplicate']}</td><td>{share:.1f}%</td></tr>" in html
     run = json.loads(next((inputs / "reports" / "runs").glob("*/run.json")).read_text())
     assert run["summary"]["data"]["notes"]["by_cause"] == by_cause
+    assert "Every file followed the rules of the MIDI format." in html
 
 
-def test_files_that_lost_many_notes_are_listed_by_name(inputs):
+def test_files_that_lost_many_notes_or_were_repaired_are_shown(inputs):
     path = inputs / "data" / "shards" / "stats.json"
     stats = json.loads(path.read_text())
     stats["notes"]["flagged"] = [{"source": XSS, "sha256": "0" * 64, "read": 10, "dropped": 6}]
+    stats["repairs"]["clipped_bytes"] = {"files": 2, "count": 7}
     path.write_text(json.dumps(stats))
     build(inputs, _params())
     html = (inputs / "reports" / "index.html").read_text()
+    assert "<tr><th>data bytes above 127 clipped</th><td>2</td><td>7</td></tr>" in html
     assert "1 files lost more than 20.0% of their notes" in html
     assert "<li>&lt;script&gt;alert(1)&lt;/script&gt;: 6 of 10 notes dropped</li>" in html
 

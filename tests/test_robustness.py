@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import re
 import tracemalloc
 from functools import cache
@@ -18,13 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import symusic
+from builders import shards_via_stages
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from midigen.corpus import EncodeConfig, EncodedSong, encode_bytes, encode_chunk, roundtrip_bytes
 from midigen.download import download, read_manifest
 from midigen.encoding import decode_tokens
-from midigen.midi import SkipSong
+from midigen.midi import FILE_REPAIRS, SkipSong
 from midigen.params import validate_params
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "odd_midi"
@@ -47,6 +50,10 @@ EXPECTED: dict[str, str | frozenset[str]] = {
     "type2_sequences.mid": OK,
     "running_status.mid": OK,
     "running_status_across_meta.mid": frozenset({OK, "corrupt"}),
+    "running_status_across_sysex.mid": OK,
+    "data_byte_out_of_range.mid": OK,
+    "undefined_status_byte.mid": OK,
+    "meter_disagrees_between_tracks.mid": OK,
     "tempo_and_meter_changes.mid": OK,
     "zero_length_notes.mid": OK,
     "velocity0_note_off.mid": OK,
@@ -68,7 +75,7 @@ EXPECTED: dict[str, str | frozenset[str]] = {
     "tpq_960.mid": OK,
     "tpq_32767.mid": OK,
     "tpq_0.mid": "corrupt",
-    "smpte_division.mid": "corrupt",
+    "smpte_division.mid": OK,  # on a 120-bpm beat grid
     "odd_time_signatures.mid": OK,
     "non_ascii_names.mid": OK,
     "sysex_events.mid": OK,
@@ -118,6 +125,10 @@ EXPECTED_NOTES = {
     "type1_meta_on_last_track.mid": 12,
     "type2_sequences.mid": 8,
     "running_status.mid": 8,
+    "running_status_across_sysex.mid": 4,
+    "data_byte_out_of_range.mid": 5,
+    "undefined_status_byte.mid": 4,
+    "meter_disagrees_between_tracks.mid": 12,
     "tempo_and_meter_changes.mid": 22,
     "zero_length_notes.mid": 5,
     "velocity0_note_off.mid": 4,
@@ -287,6 +298,66 @@ def test_velocity_zero_note_on_ends_the_note():
     notes = song_notes("velocity0_note_off.mid")
     assert notes.onset.tolist() == [0, 2, 4, 6]
     assert notes.duration.tolist() == [2, 2, 2, 2]
+
+
+def repairs(name: str) -> dict[str, int]:
+    """The repairs reading `name` needed, those that were not zero."""
+    return {k: v for k, v in config().read(fixture(name)).repairs.items() if v}
+
+
+def test_type2_sequences_play_one_after_another():
+    """Two independent four-note sequences: the second starts where the first ends."""
+    notes = song_notes("type2_sequences.mid")
+    assert notes.onset.tolist() == list(range(0, 32, 4))
+    assert notes.pitch.tolist() == [60, 62, 64, 65, 48, 50, 52, 53]
+    assert repairs("type2_sequences.mid") == {"sequences": 2}
+
+
+def test_smpte_time_is_read_on_a_120_bpm_grid():
+    """-25 fps x 40 ticks per frame = 1000 ticks/s; at 120 bpm a beat is 500 ticks, so the two
+    notes (one 96 ticks after the other, lasting 96) land on steps 0 and 1 (96/125 rounds up)."""
+    notes = song_notes("smpte_division.mid")
+    assert notes.onset.tolist() == [0, 1] and notes.duration.tolist() == [1, 1]
+    assert repairs("smpte_division.mid") == {"smpte": 1}
+
+
+def test_a_data_byte_above_127_is_clipped_not_the_file_refused():
+    with pytest.raises(RuntimeError):  # the fast parser refuses the whole file
+        symusic.Score.from_midi(fixture("data_byte_out_of_range.mid"))
+    notes = song_notes("data_byte_out_of_range.mid")
+    assert notes.pitch.tolist() == [60, 62, 64, 65, 67]
+    assert notes.onset.tolist() == [0, 4, 8, 12, 16]
+    assert repairs("data_byte_out_of_range.mid") == {"lenient": 1, "clipped_bytes": 1}
+
+
+def test_an_undefined_status_byte_is_skipped_and_its_delta_kept():
+    notes = song_notes("undefined_status_byte.mid")
+    assert notes.pitch.tolist() == [60, 62, 64, 65]
+    assert notes.onset.tolist() == [0, 4, 10, 14]  # 0x30 = 48 ticks = 2 steps later
+    assert repairs("undefined_status_byte.mid") == {"lenient": 1, "skipped_events": 1}
+
+
+def test_running_status_carried_over_a_sysex_loses_no_note():
+    """symusic reads one note of four here, without a word: the lenient reader reads all."""
+    fast = symusic.Score.from_midi(fixture("running_status_across_sysex.mid"))
+    assert sum(len(t.notes) for t in fast.tracks) == 1
+    notes = song_notes("running_status_across_sysex.mid")
+    assert notes.pitch.tolist() == [60, 62, 64, 65]
+    assert notes.onset.tolist() == [0, 4, 8, 12]
+    assert repairs("running_status_across_sysex.mid") == {
+        "lenient": 1,
+        "running_status_resumed": 1,
+    }
+
+
+def test_the_first_track_with_time_signatures_sets_the_meter():
+    """Conductor: 3/4 from step 32; the piano track's 3/4 an eighth early (step 30) is
+    ignored, so bars restart at step 32, not 30."""
+    _, song = outcome(fixture("meter_disagrees_between_tracks.mid"), config())
+    t = song.times
+    want = np.where(t < 32, t % 16, (t - 32) % 12)
+    assert song.bar_pos.tolist() == want.tolist()
+    assert repairs("meter_disagrees_between_tracks.mid") == {"meter_ignored": 1}
 
 
 def test_running_status_is_decoded():
@@ -469,3 +540,31 @@ def test_mutated_midi_never_crashes(base: str, mutations: list[tuple[str, int, b
     data = mutate(fixture(base), mutations)
     for instruments in ("merge", "program"):
         outcome(data, config(instruments, max_steps=8192))
+
+
+REPAIRED = {  # fixture -> the repairs its songs.csv row must show
+    "smpte_division.mid": {"smpte": 1},
+    "type2_sequences.mid": {"sequences": 2},
+    "data_byte_out_of_range.mid": {"lenient": 1, "clipped_bytes": 1},
+    "undefined_status_byte.mid": {"lenient": 1, "skipped_events": 1},
+    "running_status_across_sysex.mid": {"lenient": 1, "running_status_resumed": 1},
+    "meter_disagrees_between_tracks.mid": {"meter_ignored": 1},
+}
+
+
+def test_repairs_are_counted_in_songs_csv_and_stats_json(tmp_path: Path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    for name in [*REPAIRED, "type1_basic.mid"]:
+        (folder / name).write_bytes(fixture(name))
+    shards = shards_via_stages(tmp_path, source="dir", dir=str(folder), test_fraction=0)
+    with open(tmp_path / "encoded" / "chunk-0" / "songs.csv", newline="") as f:
+        rows = {row["source"]: row for row in csv.DictReader(f)}
+    assert set(rows) == {*REPAIRED, "type1_basic.mid"}
+    for name, row in rows.items():
+        shown = {k: int(row[k]) for k in FILE_REPAIRS if int(row[k])}
+        assert shown == REPAIRED.get(name, {}), name
+    stats = json.loads((shards / "stats.json").read_text())["repairs"]
+    assert stats["lenient"] == {"files": 3, "count": 3}
+    assert stats["sequences"] == {"files": 1, "count": 2}
+    assert stats["smpte"] == stats["meter_ignored"] == {"files": 1, "count": 1}

@@ -27,11 +27,24 @@ from midigen.atomic import atomic_dir
 from midigen.download import read_manifest, write_csv
 from midigen.encoding import Vocab, decode_tokens, encode_notes
 from midigen.errors import MidigenError, read_json
-from midigen.midi import DROPPED, NOTE_CHANGES, Limits, SkipSong, Song, read_song, write_midi
+from midigen.midi import (
+    DROPPED,
+    FILE_REPAIRS,
+    NOTE_CHANGES,
+    Limits,
+    SkipSong,
+    Song,
+    read_song,
+    write_midi,
+)
 
 SPLITS = ("train", "val", "test")
 ARRAYS = {"tokens": np.uint16, "times": np.int32, "bar_pos": np.int32}
-SONG_FIELDS = ("sha256", "split", "source", "notes", "tokens", "steps", "notes_read", *NOTE_CHANGES)
+SONG_FIELDS = (
+    *("sha256", "split", "source", "notes", "tokens", "steps", "notes_read"),
+    *NOTE_CHANGES,
+    *FILE_REPAIRS,
+)
 ERROR_FIELDS = ("path", "source", "reason", "detail")
 log = logging.getLogger(__name__)
 
@@ -77,6 +90,7 @@ class EncodedSong:
     notes: int
     notes_read: int
     changes: dict[str, int]  # notes dropped or changed, by cause (midi.NOTE_CHANGES)
+    repairs: dict[str, int]  # how a file that broke a rule was read (midi.FILE_REPAIRS)
 
 
 def encode_bytes(data: bytes, config: EncodeConfig) -> EncodedSong:
@@ -90,6 +104,7 @@ def encode_bytes(data: bytes, config: EncodeConfig) -> EncodedSong:
         len(song.notes),
         song.notes_read,
         song.changes,
+        song.repairs,
     )
 
 
@@ -164,6 +179,7 @@ def encode_chunk(
                 "steps": int(result.times[-1]),
                 "notes_read": result.notes_read,
                 **result.changes,
+                **result.repairs,
             }
         )
     with atomic_dir(out) as tmp:
@@ -259,6 +275,13 @@ def build_shards(
         "steps_per_beat": config.steps_per_beat,
         "skipped": dict(collections.Counter(e["reason"] for e in errors)),
         "notes": note_changes(songs, flag_lost_fraction),
+        "repairs": {
+            repair: {
+                "files": sum(int(s[repair]) > 0 for s in songs),
+                "count": sum(int(s[repair]) for s in songs),
+            }
+            for repair in FILE_REPAIRS
+        },
         "splits": {},
     }
     with atomic_dir(out) as tmp:

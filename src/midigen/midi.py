@@ -12,6 +12,15 @@ from dataclasses import dataclass
 import numpy as np
 import symusic
 
+from midigen.lenient import (
+    HEADER_BYTES,
+    REPAIRS,
+    Layout,
+    Unreadable,
+    may_resume_running_status,
+    read_leniently,
+)
+
 
 class SkipSong(Exception):
     """This file cannot be encoded; `reason` is a short tag for the errors file."""
@@ -71,6 +80,15 @@ NOTE_CHANGES = (
     "cut_restrike",  # still sounding when its key strikes again: cut there
 )
 DROPPED = NOTE_CHANGES[:3]
+# How a file was read when it broke a rule, per file (songs.csv) and summed (stats.json).
+FILE_REPAIRS = (
+    "smpte",  # SMPTE time division: read on a 120-bpm beat grid (1 if so)
+    "sequences",  # type 2: its independent sequences, played one after another
+    "lenient",  # symusic refused or misread it; read by the lenient reader (1 if so)
+    *REPAIRS,  # the lenient reader's repairs: data bytes clipped to 127, undefined status
+    # bytes or senseless meta events skipped, running status carried over sysex/meta
+    "meter_ignored",  # time signatures on a later track than the first holding any: ignored
+)
 
 
 @dataclass(frozen=True)
@@ -80,6 +98,7 @@ class Song:
     notes: Notes
     meter: Meter
     changes: dict[str, int]  # by cause, every key of NOTE_CHANGES
+    repairs: dict[str, int]  # every key of FILE_REPAIRS
 
     @property
     def notes_read(self) -> int:
@@ -113,18 +132,101 @@ def _to_steps(ticks: np.ndarray, tpq: int, steps_per_beat: int) -> np.ndarray:
     return (2 * ticks.astype(np.int64) * steps_per_beat + tpq) // (2 * tpq)
 
 
-def parse(data: bytes, limits: Limits) -> symusic.Score:
-    """Parse MIDI bytes, turning every parser failure into SkipSong."""
+def parse(data: bytes, limits: Limits) -> tuple[symusic.Score, dict[str, int]]:
+    """Parse MIDI bytes into a score and the count of each FILE_REPAIRS; SkipSong where
+    nothing can read them. SMPTE time is read on a 120-bpm beat grid, the independent
+    sequences of a type-2 file are played one after another, a file symusic refuses (or
+    misreads: running status over a sysex) goes through the lenient reader, and only the
+    first track holding time signatures sets the meter."""
     if len(data) > limits.max_file_bytes:
         raise SkipSong("too_large", f"{len(data)} bytes > {limits.max_file_bytes}")
     if len(data) == 0:
         raise SkipSong("empty", "file has 0 bytes")
     data = _unwrap_rmid(data)
+    if not data.startswith(b"MThd"):
+        raise SkipSong("not_midi", "no MIDI header (MThd)")
+    if len(data) < HEADER_BYTES:
+        raise SkipSong("corrupt", f"the file ends inside its header ({len(data)} bytes)")
+    repairs = dict.fromkeys(FILE_REPAIRS, 0)
+    if data[12] & 0x80:
+        data, repairs["smpte"] = _smpte_as_beats(data), 1
     try:
-        return symusic.Score.from_midi(data)
+        if int.from_bytes(data[8:10], "big") == 2:
+            return _sequences(Layout.of(data), repairs), repairs
+        score = _read(data, repairs)
+        _first_meter_track(score, data, repairs)
+    except Unreadable as e:
+        raise SkipSong("corrupt", str(e)) from None
+    return score, repairs
+
+
+def _read(data: bytes, repairs: dict[str, int]) -> symusic.Score:
+    """symusic's reading, or the lenient reader's where symusic refuses the file or where it
+    carried running status over a sysex (which symusic misreads without a word)."""
+    try:
+        score, refusal = symusic.Score.from_midi(data), ""
     except Exception as e:  # the C++ parser reports every malformation as some exception
-        reason = "not_midi" if not data.startswith(b"MThd") else "corrupt"
-        raise SkipSong(reason, str(e).splitlines()[0][:200]) from None
+        score, refusal = None, str(e).splitlines()[0][:200]
+    if score is not None and not may_resume_running_status(data):
+        return score
+    try:
+        clean, fixes = read_leniently(Layout.of(data))
+    except Unreadable as e:
+        if score is not None:
+            return score
+        raise Unreadable(f"{refusal}; read leniently: {e}") from None
+    if score is not None and not fixes["running_status_resumed"]:
+        return score
+    try:
+        repaired = symusic.Score.from_midi(clean)
+    except Exception as e:
+        raise Unreadable(f"{refusal}; read leniently: {str(e).splitlines()[0][:200]}") from None
+    repairs.update(fixes, lenient=1)
+    return repaired
+
+
+def _smpte_as_beats(data: bytes) -> bytes:
+    """The file with its SMPTE division (frames per second x ticks per frame) replaced by
+    ticks per quarter at 120 bpm, MIDI's default tempo: a beat is half a second."""
+    fps = {0xE8: 24, 0xE7: 25, 0xE3: 29.97, 0xE2: 30}.get(data[12], 256 - data[12])
+    per_quarter = min(max(round(fps * data[13] / 2), 1), 0x7FFF)
+    return data[:12] + per_quarter.to_bytes(2, "big") + data[14:]
+
+
+def _sequences(layout: Layout, repairs: dict[str, int]) -> symusic.Score:
+    """A type-2 file's sequences (one per track) played one after another, as one score."""
+    whole = symusic.Score(layout.division)
+    start = 0
+    for body in layout.tracks:
+        part = _read(layout.to_bytes([body], fmt=0), repairs).shift_time(start)
+        whole.tracks.extend(part.tracks)
+        whole.time_signatures.extend(part.time_signatures)
+        start = max(start, part.end())
+    repairs["sequences"] = len(layout.tracks)
+    return whole
+
+
+def _first_meter_track(score: symusic.Score, data: bytes, repairs: dict[str, int]) -> None:
+    """Keep the time signatures of the first track that has any (the conductor track of a
+    type-1 file); those on later tracks that differ are dropped and counted. Without this,
+    two tracks that disagree by a tick would restart the bar at whichever came last."""
+    if len(score.time_signatures) < 2:
+        return
+    per_track = []
+    for body in Layout.of(data).tracks:
+        try:
+            one = symusic.Score.from_midi(Layout.of(data).to_bytes([body], fmt=0))
+        except Exception:  # a track that cannot stand alone: its signatures are in `score`
+            continue
+        per_track.append({(t.time, t.numerator, t.denominator) for t in one.time_signatures})
+    chosen = next((s for s in per_track if s), set())
+    others = set().union(*per_track) - chosen if per_track else set()
+    if not chosen or not others:
+        return
+    repairs["meter_ignored"] = len(others)
+    kept = [t for t in score.time_signatures if (t.time, t.numerator, t.denominator) in chosen]
+    score.time_signatures.clear()
+    score.time_signatures.extend(kept)
 
 
 def _unwrap_rmid(data: bytes) -> bytes:
@@ -146,7 +248,7 @@ def quantize(
     max_duration: int,
     merge_instruments: bool,
     limits: Limits,
-) -> Song:
+) -> tuple[Notes, Meter, dict[str, int]]:
     """Notes of all non-drum tracks on the step grid, the meter from time signatures, and the
     count of every note dropped or changed on the way (NOTE_CHANGES)."""
     tpq = score.ticks_per_quarter
@@ -205,7 +307,7 @@ def quantize(
         "cut_max_duration": int((grid[kept] > max_duration).sum()),
         "cut_restrike": int((notes.duration < duration[kept]).sum()),
     }
-    return Song(notes, _meter(score, steps_per_beat), changes)
+    return notes, _meter(score, steps_per_beat), changes
 
 
 def end_overlaps(onset, program, pitch, duration) -> np.ndarray:
@@ -249,8 +351,11 @@ def _meter(score: symusic.Score, steps_per_beat: int) -> Meter:
 def read_song(
     data: bytes, steps_per_beat: int, max_duration: int, merge_instruments: bool, limits: Limits
 ) -> Song:
-    """MIDI bytes -> quantized notes, meter and note changes, or SkipSong with the reason."""
-    return quantize(parse(data, limits), steps_per_beat, max_duration, merge_instruments, limits)
+    """MIDI bytes -> quantized notes, meter, note changes and file repairs, or SkipSong with
+    the reason."""
+    score, repairs = parse(data, limits)
+    notes, meter, changes = quantize(score, steps_per_beat, max_duration, merge_instruments, limits)
+    return Song(notes, meter, changes, repairs)
 
 
 def write_midi(notes: Notes, steps_per_beat: int, meter: Meter | None = None) -> bytes:

@@ -88,6 +88,15 @@ NOTE_CHANGE_LABELS = {  # midi.NOTE_CHANGES, as the report names them
     "cut_max_duration": "longer than encode.max_duration: cut",
     "cut_restrike": "still sounding when its key strikes again: cut",
 }
+FILE_REPAIR_LABELS = {  # midi.FILE_REPAIRS, as the report names them
+    "smpte": "SMPTE time, read on a 120-bpm beat grid",
+    "sequences": "type 2: sequences played one after another",
+    "lenient": "refused or misread by the fast parser: read leniently",
+    "clipped_bytes": "data bytes above 127 clipped",
+    "skipped_events": "undefined status bytes or senseless meta events skipped",
+    "running_status_resumed": "running status carried over a sysex or meta event",
+    "meter_ignored": "time signatures on a later track than the meter's: ignored",
+}
 CONTRAST_LABELS = {  # memory effects: (what memory can reach against what it cannot, short name)
     "late_vs_early": ("late positions against early ones", "late positions"),
     "second_vs_first": ("repeat probe: second copy against first", "repeat probe"),
@@ -270,6 +279,11 @@ def data_summary(stats: dict[str, Any], source: Path) -> dict[str, Any]:
         "notes": {k: notes[k] for k in ("read", "kept", "dropped", "changed", "by_cause")},
         "flag_lost_fraction": notes["flag_lost_fraction"],
         "flagged": notes["flagged"],
+        "repairs": {
+            FILE_REPAIR_LABELS[name]: entry
+            for name, entry in _field(stats, "repairs", source).items()
+            if entry["files"]
+        },
     }
 
 
