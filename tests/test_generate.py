@@ -369,9 +369,11 @@ def test_grammar_counts_the_steps_the_encoder_wrote(chorales):
 
 
 def draws(logits: torch.Tensor, allowed: torch.Tensor, n: int = 20000, **config) -> np.ndarray:
-    """n independent draws from one row of logits (as n rows of one batch)."""
+    """n independent draws from one row of logits (as n rows of one batch); the controls not
+    given are off."""
     generator = torch.Generator().manual_seed(0)
-    rows = sample(logits.expand(n, -1), allowed.expand(n, -1), GenerateConfig(**config), generator)
+    config = GenerateConfig(**{"top_p": 1.0, "top_k": 0, "temperature": 1.0, **config})
+    rows = sample(logits.expand(n, -1), allowed.expand(n, -1), config, generator)
     return rows.numpy()
 
 
@@ -482,7 +484,8 @@ def test_beam_search_finds_the_most_likely_continuation(memory):
         third = log_probs(row, n + 1, grammar.advance(grammar.advance(cursor, x), d))
         y = int(third.argmax())
         best = max(best, (float(first[x] + second[d] + third[y]), [x, d, y]))
-    generation = generate(model, prompt, vocab, GenerateConfig(length=3, beams=len(pairs)))
+    config = GenerateConfig(length=3, beams=len(pairs), min_length=0)  # <eos> may come first
+    generation = generate(model, prompt, vocab, config)
     assert generation.tokens == best[1]
     assert generation.log_prob == pytest.approx(best[0], rel=1e-6)
 

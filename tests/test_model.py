@@ -368,7 +368,7 @@ def test_gradients_stop_at_memory(memory):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(n_head=5), "model.n_head (5) must divide model.d_model (256)"),
+        (dict(n_head=5), "model.n_head (5) must divide model.d_model (128)"),
         (
             dict(knn_layer=4),
             "model.knn_layer (4) is outside the model: it has 4 layers, so use -4 to 3",

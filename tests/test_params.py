@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,10 @@ import pytest
 import yaml
 
 from midigen.errors import MidigenError
-from midigen.params import load_params, validate_params
+from midigen.generate import GenerateConfig
+from midigen.model import ModelConfig
+from midigen.params import default, load_params, schema, validate_params
+from midigen.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -113,3 +117,31 @@ def test_stage_refuses_bad_params_before_touching_outputs(tmp_path):
     assert "'encode.steps_per_beat' must be >= 1, got -1" in result.stderr
     assert (out / "keep.txt").read_text() == "old result"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "shards"]
+
+
+def _schema_keys():
+    return [
+        (section, key)
+        for section, body in schema()["properties"].items()
+        for key in body.get("properties", {})
+    ]
+
+
+def test_every_param_has_one_default_in_the_schema_and_params_yaml_agrees():
+    committed = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, key in _schema_keys():
+        assert "default" in schema()["properties"][section]["properties"][key], f"{section}.{key}"
+        assert committed[section][key] == default(section, key), f"{section}.{key}"
+
+
+@pytest.mark.parametrize(
+    ("config", "section"),
+    [(ModelConfig, "model"), (TrainConfig, "train"), (GenerateConfig, "generate")],
+)
+def test_the_dataclasses_take_their_defaults_from_the_schema(config, section):
+    params = schema()["properties"][section]["properties"]
+    shared = [f for f in dataclasses.fields(config) if f.name in params]
+    assert len(shared) >= 8
+    for field in shared:
+        value = list(field.default) if isinstance(field.default, tuple) else field.default
+        assert value == default(section, field.name), field.name

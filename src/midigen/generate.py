@@ -40,6 +40,7 @@ from midigen.media import piano_roll, render_audio
 from midigen.memory import MemoryState
 from midigen.midi import Meter, write_midi
 from midigen.model import MusicTransformer, SegmentTrace
+from midigen.params import default
 
 PIECES = ("prompt", "real", "generated")
 
@@ -48,16 +49,16 @@ PIECES = ("prompt", "real", "generated")
 class GenerateConfig:
     """The `generate` params: which prompts, how long, and how tokens are chosen."""
 
-    prompts: int = 16
-    prompt_bars: int = 4
-    length: int = 512  # most tokens generated per prompt
-    temperature: float = 1.0
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1.0 = off
-    min_length: int = 0  # tokens generated before <eos> may end the piece
-    beams: int = 1  # > 1: beam search (deterministic; temperature, top-k and top-p unused)
-    seed: int = 0
-    sample_rate: int = 22050
+    prompts: int = default("generate", "prompts")
+    prompt_bars: int = default("generate", "prompt_bars")
+    length: int = default("generate", "length")  # most tokens generated per prompt
+    temperature: float = default("generate", "temperature")
+    top_k: int = default("generate", "top_k")  # 0 = off
+    top_p: float = default("generate", "top_p")  # 1.0 = off
+    min_length: int = default("generate", "min_length")  # tokens before <eos> may end it
+    beams: int = default("generate", "beams")  # > 1: beam search (no sampling knobs used)
+    seed: int = default("generate", "seed")
+    sample_rate: int = default("generate", "sample_rate")
 
     @classmethod
     def from_params(cls, generate: dict) -> GenerateConfig:

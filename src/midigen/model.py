@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from midigen.errors import MidigenError
 from midigen.memory import NO_DOC, KNNMemory, MemoryState, XLMemory
+from midigen.params import default
 
 POSITIONS = ("relative", "alibi", "absolute")
 VARIANT_MEMORY = {"vanilla": "none", "xl": "xl", "xl_knn": "xl_knn"}  # pipeline variant -> memory
@@ -48,24 +49,24 @@ MASKED = -1e9  # additive mask of a hidden key: exp() of it is exactly 0, and a 
 @dataclass
 class ModelConfig:
     vocab_size: int = 164
-    n_layer: int = 4
-    n_head: int = 4
-    d_model: int = 256
-    d_ff: int = 1024
-    dropout: float = 0.1  # on embeddings and residual branches
+    n_layer: int = default("model", "n_layer")
+    n_head: int = default("model", "n_head")
+    d_model: int = default("model", "d_model")
+    d_ff: int = default("model", "d_ff")
+    dropout: float = default("model", "dropout")  # on embeddings and residual branches
     attn_dropout: float = 0.0  # on attention weights; off: on CPU it costs as much as attention
-    segment_len: int = 256  # tokens per training segment (the local attention window)
-    position: str = "relative"  # relative | alibi | absolute
-    max_distance: int = 1024  # relative/ALiBi distances clamp here; absolute table size
-    bar_pos_size: int = 128  # bar-position embedding rows (larger positions clamp)
+    segment_len: int = default("model", "segment_len")  # local attention window, tokens
+    position: str = default("model", "position")  # relative | alibi | absolute
+    max_distance: int = default("model", "max_distance")  # relative distances clamp here
+    bar_pos_size: int = default("model", "bar_pos_size")  # bar-position rows (larger clamp)
     steps_per_beat: int = 4  # beat in bar = bar_pos // steps_per_beat
     beat_size: int = 32  # beat embedding rows (larger beats clamp)
     memory: str = "none"  # none | xl | xl_knn
-    xl_mem_len: int = 256
-    knn_layer: int = -2  # python index into the layers; -2: near the top, with one above it
-    knn_k: int = 32
-    knn_max_memories: int = 65536  # per batch row; the oldest are dropped beyond this
-    previous_tokens: int = 0  # each position also embeds the n tokens before it (token shift)
+    xl_mem_len: int = default("model", "xl_mem_len")
+    knn_layer: int = default("model", "knn_layer")  # python index; -2: one layer above it
+    knn_k: int = default("model", "knn_k")
+    knn_max_memories: int = default("model", "knn_max_memories")  # per row; oldest dropped
+    previous_tokens: int = default("model", "previous_tokens")  # token shift: n tokens back
 
     @property
     def head_dim(self) -> int:

@@ -22,6 +22,12 @@ def schema() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
+def default(section: str, key: str) -> Any:
+    """The schema's default of `section.key`: the one place defaults live (the dataclasses
+    that hold params take theirs from here, and the committed params.yaml must agree)."""
+    return schema()["properties"][section]["properties"][key]["default"]
+
+
 def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
     """Read and validate a params file; raise MidigenError naming the first bad key."""
     path = Path(path)

@@ -27,33 +27,34 @@ from midigen.batching import IGNORE, ContiguousBatches, Segment
 from midigen.corpus import load_shard, load_vocab
 from midigen.errors import MidigenError
 from midigen.model import ModelConfig, MusicTransformer, token_loss
+from midigen.params import default
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 2000
-    batch_size: int = 8
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    memory_lr_scale: float = 10.0  # learning-rate multiplier of the memory-steering parameters
-    grad_clip: float = 1.0
-    seed: int = 0
-    seeds: int = 1  # models per variant (train stage): seeds seed, seed + 1, ...
-    pitch_shift: tuple[int, int] = (-5, 6)
-    repeat_fraction: float = 0.0  # curriculum: share of training songs played twice
-    eval_every: int = 250
-    checkpoint_every: int = 250
-    location: str = "cpu"  # where the shards live while training: disk | cpu | gpu
+    steps: int = default("train", "steps")
+    batch_size: int = default("train", "batch_size")
+    lr: float = default("train", "lr")
+    min_lr: float = default("train", "min_lr")
+    warmup_steps: int = default("train", "warmup_steps")
+    weight_decay: float = default("train", "weight_decay")
+    memory_lr_scale: float = default("train", "memory_lr_scale")  # lr x, memory-steering params
+    grad_clip: float = default("train", "grad_clip")
+    seed: int = default("train", "seed")
+    seeds: int = default("train", "seeds")  # models per variant: seeds seed, seed + 1, ...
+    pitch_shift: tuple[int, int] = tuple(default("train", "pitch_shift"))
+    repeat_fraction: float = default("train", "repeat_fraction")  # songs played twice
+    eval_every: int = default("train", "eval_every")
+    checkpoint_every: int = default("train", "checkpoint_every")
+    location: str = default("data", "location")  # where the shards live: disk | cpu | gpu
 
     @classmethod
     def from_params(cls, train: dict, data: dict | None = None) -> TrainConfig:
         known = {k: v for k, v in train.items() if k in cls.__dataclass_fields__}
         known["pitch_shift"] = tuple(known.get("pitch_shift", cls.pitch_shift))
-        return cls(**known, location=(data or {}).get("location", "cpu"))
+        return cls(**known, location=(data or {}).get("location", cls.location))
 
 
 def seed_runs(config: TrainConfig) -> list[tuple[int, str]]:
