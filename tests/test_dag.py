@@ -176,6 +176,14 @@ def test_snakemake_run_rerun_and_params_change(tmp_path):
     set_param(project, "model.dropout", 0.2)
     assert planned_snakemake(project) == AFTER_TRAIN
 
+    edit_code(project, "midi.py")  # every stage but the report imports it
+    assert planned_snakemake(project) == STAGES
+
+
+def edit_code(project: Path, module: str) -> None:
+    with open(project / "src" / "midigen" / module, "a") as f:
+        f.write("\n# an edit\n")
+
 
 def test_dvc_run_rerun_and_params_change(tmp_path):
     project = make_project(tmp_path)
@@ -199,6 +207,11 @@ def test_dvc_run_rerun_and_params_change(tmp_path):
     assert ran_stages_dvc(run(["dvc", "repro"], project)) == AFTER_TRAIN
     set_param(project, "model.dropout", 0.2)
     assert ran_stages_dvc(run(["dvc", "repro"], project)) == AFTER_TRAIN
+
+    edit_code(project, "midi.py")
+    changed = set(json.loads(run(["dvc", "status", "--json"], project)))
+    assert {f"{stage}@{v}" for stage in ("generate", "evaluate") for v in VARIANTS} <= changed
+    assert "report" not in changed  # it never imports midi.py
 
     diff = run(["dvc", "metrics", "diff", "--json"], project)
     changed = json.loads(diff)

@@ -1,29 +1,21 @@
-# Helpers shared by the rule files.
+# Helpers shared by the rule files. What each rule reads (params, code) is declared once, in
+# src/midigen/dag.py; dvc.yaml is checked against the same declaration by tests/test_dag.py.
 import json
 
+from midigen.dag import code_deps, sections_of
 
-def stage_params(**sections):
-    """The params a rule reads, as JSON for `midigen --params-json`.
+
+def stage_params(stage):
+    """The params `stage` reads (midigen.dag.STAGE_PARAMS), as JSON for `midigen --params-json`.
 
     Passing them through `params:` makes Snakemake re-run the rule exactly when they change.
-    `sections` maps a params section to the keys read from it (None = the whole section).
     """
     chosen = {
         name: config[name] if keys is None else {k: config[name][k] for k in keys if k in config[name]}
-        for name, keys in sections.items()
+        for name, keys in sections_of(stage).items()
     }
     return json.dumps(chosen, sort_keys=True)
 
 
-# The encode keys that change what a token stream looks like (not `workers`).
-ENCODE_KEYS = [
-    "steps_per_beat",
-    "max_duration",
-    "instruments",
-    "max_steps",
-    "max_notes",
-    "max_file_mb",
-    "chunks",
-]
 CHUNKS = config["encode"]["chunks"]
 VARIANTS = config["train"]["variants"]

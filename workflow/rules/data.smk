@@ -3,13 +3,11 @@
 
 rule download:
     input:
-        "src/midigen/stages/download.py",
-        "src/midigen/download.py",
-        "src/midigen/midi.py",
+        code_deps("download"),
     output:
         directory("data/raw"),
     params:
-        cfg=stage_params(download=None),
+        cfg=stage_params("download"),
     log:
         "logs/download.log",
     conda:
@@ -20,15 +18,12 @@ rule download:
 
 rule encode:
     input:
+        code_deps("encode"),
         "data/raw",
-        "src/midigen/stages/encode.py",
-        "src/midigen/corpus.py",
-        "src/midigen/encoding.py",
-        "src/midigen/midi.py",
     output:
         directory("data/encoded/chunk-{chunk}"),
     params:
-        cfg=stage_params(encode=ENCODE_KEYS),
+        cfg=stage_params("encode"),
     threads: config["encode"]["workers"] or workflow.cores
     log:
         "logs/encode-{chunk}.log",
@@ -41,14 +36,12 @@ rule encode:
 
 rule shard:
     input:
+        code_deps("shard"),
         expand("data/encoded/chunk-{chunk}", chunk=CHUNKS),
-        "src/midigen/stages/shard.py",
-        "src/midigen/corpus.py",
-        "src/midigen/encoding.py",
     output:
         directory("data/shards"),
     params:
-        cfg=stage_params(encode=[*ENCODE_KEYS, "flag_lost_fraction"]),
+        cfg=stage_params("shard"),
     log:
         "logs/shard.log",
     conda:

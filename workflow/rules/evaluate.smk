@@ -3,19 +3,14 @@
 
 rule generate:
     input:
+        code_deps("generate"),
         "models/{variant}",
         "data/shards",
         "data/raw",
-        "src/midigen/stages/generate.py",
-        "src/midigen/generate.py",
-        "src/midigen/encoding.py",
-        "src/midigen/media.py",
-        "src/midigen/model.py",
-        "src/midigen/memory.py",
     output:
         directory("samples/{variant}"),
     params:
-        cfg=stage_params(generate=None, encode=["steps_per_beat"]),
+        cfg=stage_params("generate"),
     threads: workflow.cores
     log:
         "logs/generate-{variant}.log",
@@ -29,17 +24,13 @@ rule generate:
 
 rule baselines:
     input:
+        code_deps("baselines"),
         "data/shards",
-        "src/midigen/stages/baselines.py",
-        "src/midigen/baselines.py",
-        "src/midigen/evaluate.py",
-        "src/midigen/paired.py",
-        "src/midigen/musical.py",
     output:
         metrics="metrics/baselines.json",
         plots=directory("plots/baselines"),
     params:
-        cfg=stage_params(evaluate=None),
+        cfg=stage_params("baselines"),
     log:
         "logs/baselines.log",
     conda:
@@ -51,26 +42,15 @@ rule baselines:
 
 rule evaluate:
     input:
+        code_deps("evaluate"),
         "models/{variant}",
         "data/shards",
         "samples/{variant}",
-        "src/midigen/stages/evaluate.py",
-        "src/midigen/evaluate.py",
-        "src/midigen/paired.py",
-        "src/midigen/musical.py",
-        "src/midigen/model.py",
-        "src/midigen/memory.py",
-        "src/midigen/batching.py",
     output:
         metrics="metrics/eval/{variant}.json",
         plots=directory("plots/eval/{variant}"),
     params:
-        cfg=stage_params(
-            evaluate=None,
-            encode=["steps_per_beat"],
-            model=["xl_mem_len"],
-            train=["seed", "seeds"],
-        ),
+        cfg=stage_params("evaluate"),
     threads: workflow.cores
     log:
         "logs/evaluate-{variant}.log",

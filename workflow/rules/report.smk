@@ -3,20 +3,17 @@
 
 rule report:
     input:
+        code_deps("report"),
         expand("metrics/train/{variant}/metrics.json", variant=VARIANTS),
         expand("metrics/eval/{variant}.json", variant=VARIANTS),
         expand("plots/eval/{variant}", variant=VARIANTS),
         expand("samples/{variant}", variant=VARIANTS),
         "metrics/baselines.json",
         "data/shards",
-        "src/midigen/stages/report.py",
-        "src/midigen/report.py",
-        "src/midigen/paired.py",
-        "src/midigen/templates/report.html.j2",
     output:
         "reports/index.html",
     params:
-        cfg=stage_params(**{section: None for section in config}),
+        cfg=stage_params("report"),
     log:
         "logs/report.log",
     conda:

@@ -3,18 +3,14 @@
 
 rule train:
     input:
+        code_deps("train"),
         "data/shards",
-        "src/midigen/stages/train.py",
-        "src/midigen/train.py",
-        "src/midigen/batching.py",
-        "src/midigen/model.py",
-        "src/midigen/memory.py",
     output:
         model=directory("models/{variant}"),
         metrics="metrics/train/{variant}/metrics.json",
         plots=directory("metrics/train/{variant}/plots"),
     params:
-        cfg=stage_params(data=None, model=None, train=None, encode=["steps_per_beat"]),
+        cfg=stage_params("train"),
     threads: workflow.cores
     log:
         "logs/train-{variant}.log",
