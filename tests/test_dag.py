@@ -24,7 +24,8 @@ from midigen.corpus import load_shard, load_vocab
 from midigen.encoding import decode_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_FILES = 16  # with val and test at 0.25, every split gets songs (train 9 / val 3 / test 4)
+TINY = yaml.safe_load((ROOT / ".test" / "params.yaml").read_text())  # the committed tiny config
+TINY_FILES = TINY["download"]["max_files"]  # val and test at 0.25: every split gets songs
 VARIANTS = ("vanilla", "xl", "xl_knn")
 # What a change of a train.* value must re-run: every variant's training and what follows it.
 AFTER_TRAIN = {"report"} | {f"{s}@{v}" for s in ("train", "generate", "evaluate") for v in VARIANTS}
@@ -57,34 +58,7 @@ def make_project(tmp: Path) -> Path:
         if (ROOT / name).is_file() and not name.startswith("tests/"):
             (project / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, project / name)
-    set_param(project, "download.max_files", TINY_FILES)
-    set_param(project, "download.val_fraction", 0.25)
-    set_param(project, "download.test_fraction", 0.25)
-    tiny_model = {
-        "n_layer": 1,
-        "n_head": 2,
-        "d_model": 16,
-        "d_ff": 32,
-        "segment_len": 32,
-        "xl_mem_len": 32,
-        "knn_k": 2,
-        "knn_layer": -1,  # one layer: the kNN memory sits on it
-    }
-    tiny_train = {
-        "steps": 2,
-        "batch_size": 2,
-        "warmup_steps": 1,
-        "eval_every": 2,
-        "checkpoint_every": 2,
-    }
-    tiny_generate = {"prompts": 1, "prompt_bars": 1, "length": 24, "min_length": 4}
-    for section, values in (
-        ("model", tiny_model),
-        ("train", tiny_train),
-        ("generate", tiny_generate),
-    ):
-        for key, value in values.items():
-            set_param(project, f"{section}.{key}", value)
+    shutil.copy2(ROOT / ".test" / "params.yaml", project / "params.yaml")  # the tiny config
     run(["git", "init", "-q"], project)
     run(["git", "add", "-A"], project)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], project)
