@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import platform
+import random
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +163,48 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(shards, tmp_path, var
     assert straight.history[-1]["val_loss"] == pytest.approx(second.history[-1]["val_loss"])
 
 
+def train_command(shards: Path, params: dict, out: Path, variant: str = "xl_knn") -> list[str]:
+    """`midigen train` as the DAG runs it, with its own metrics and checkpoints beside OUT."""
+    return [
+        *(sys.executable, "-m", "midigen", "train", "--variant", variant),
+        *("--shards", str(shards), "--params-json", json.dumps(params)),
+        *("--out", str(out), "--metrics", str(out.parent / f"{out.name}-live")),
+        *("--checkpoints", str(out.parent / f"{out.name}-checkpoints")),
+    ]
+
+
+def test_a_killed_stage_resumes_from_its_last_checkpoint(shards, tmp_path):
+    """SIGKILL `midigen train` once a checkpoint waits; run it again: it says it resumes and
+    ends with the weights and logs of a run never killed, and clears its checkpoints."""
+    params = tiny_params(steps=60, checkpoint_every=2, eval_every=20)
+    straight = subprocess.run(train_command(shards, params, tmp_path / "straight"), check=True)
+    assert straight.returncode == 0
+    command = train_command(shards, params, tmp_path / "killed")
+    store = tmp_path / "killed-checkpoints"
+    job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(store.rglob("checkpoint.pt")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.Random(0).uniform(0, 0.5))
+    job.kill()
+    assert job.wait() == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "model.pt").exists()
+    again = subprocess.run([*command, "--log", str(tmp_path / "again.log")], check=True)
+    assert again.returncode == 0
+    resumed = re.search(r"resuming from step (\d+)", (tmp_path / "again.log").read_text())
+    assert resumed and 0 < int(resumed.group(1)) < 60
+    a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "killed" / "model.pt", weights_only=True)["model"]
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    for log in ("train_loss.tsv", "val_loss.tsv"):
+        live = Path("plots") / "metrics" / log
+        straight_log = (tmp_path / "straight-live" / live).read_text()
+        assert straight_log.count("\n") == (61 if log == "train_loss.tsv" else 4)  # + header
+        assert (tmp_path / "killed-live" / live).read_text() == straight_log
+    assert list(store.rglob("*.pt")) == []
+
+
 def test_checkpoint_loads_with_weights_only(shards, tmp_path):
     run = trainer(shards, tmp_path / "m", "xl_knn", tiny_params(steps=3))
     run.run()
@@ -171,7 +218,12 @@ def test_stage_trains_one_model_per_seed(shards, tmp_path):
     own run from its own seed (the main one equal to a plain seed-5 run), DVCLive for both."""
     params = tiny_params(seed=5, seeds=2, steps=3)
     args = argparse.Namespace(
-        variant="xl", shards=shards, out=tmp_path / "xl", metrics=tmp_path / "live", resume=False
+        variant="xl",
+        shards=shards,
+        out=tmp_path / "xl",
+        metrics=tmp_path / "live",
+        resume=False,
+        checkpoints=tmp_path / "checkpoints",
     )
     summary = train_stage.run(args, params)
     assert "seed 5: train loss" in summary and "seed 6: train loss" in summary
@@ -194,6 +246,7 @@ def test_torchrun_two_processes_match_one_process(shards, tmp_path, variant):
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
     common = ["train", "--variant", variant, "--shards", str(shards), "--params", str(params_file)]
+    common += ["--checkpoints", str(tmp_path / "checkpoints")]
     single = subprocess.run(
         [
             sys.executable,

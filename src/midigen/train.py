@@ -138,9 +138,11 @@ class Trainer:
         shards: Path,
         out: Path,
         live_dir: Path | None = None,
+        checkpoint: Path | None = None,
     ):
         self.config, self.model_config = config, model_config
         self.out, self.live_dir = Path(out), live_dir
+        self.checkpoint = Path(checkpoint) if checkpoint else self.out / "checkpoint.pt"
         self.env = Distributed.setup()
         torch.manual_seed(config.seed)
         vocab = load_vocab(shards)
@@ -222,9 +224,10 @@ class Trainer:
 
     def run(self, resume: bool = False, stop_after: int | None = None) -> dict:
         """Train to `config.steps` (or `stop_after` steps, to test resuming); return metrics."""
-        if resume and (self.out / "checkpoint.pt").exists():
-            self.load_checkpoint(self.out / "checkpoint.pt")
-        live = self._live(resume)
+        if resume and self.checkpoint.exists():
+            self.load_checkpoint(self.checkpoint)
+            log.info("resuming from step %d (%s)", self.step, self.checkpoint)
+        live = self._live()
         start, stop = self.env.rows(self.config.batch_size)
         bar = tqdm(
             total=self.config.steps,
@@ -265,21 +268,27 @@ class Trainer:
                         live.log_metric(key, value)
                 live.next_step()
             if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
-                self.save_checkpoint(self.out / "checkpoint.pt")
+                self.save_checkpoint(self.checkpoint)
         bar.close()
         if live is not None:
             live.end()
         return self.history[-1] if self.history else {}
 
-    def _live(self, resume: bool):
+    def _live(self):
+        """DVCLive logs written anew, the steps a resumed run already made replayed from its
+        checkpoint's history: the same files as an uninterrupted run's, even where the DAG
+        tool deleted them before the re-run."""
         if self.live_dir is None or self.env.rank != 0:
             return None
         from dvclive import Live
 
-        live = Live(
-            str(self.live_dir), dvcyaml=False, save_dvc_exp=False, resume=resume, report=None
-        )
+        live = Live(str(self.live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
         live.log_params({"model": asdict(self.model_config), "train": asdict(self.config)})
+        for record in self.history:
+            for key, value in record.items():
+                if key != "step":
+                    live.log_metric(key, value)
+            live.next_step()
         return live
 
     # ---- checkpoints --------------------------------------------------------------------

@@ -2,17 +2,23 @@
 
 Writes OUT/model.pt (final weights), OUT/checkpoint.pt (for --resume) and DVCLive metrics to
 --metrics; with train.seeds > 1 the same for every further seed S in OUT/seed-S (DVCLive
-metrics in OUT/seed-S/live). Under `torchrun --nproc_per_node N -m midigen train ...` it
-trains with DDP.
+metrics in OUT/seed-S/live). While it trains, its checkpoints wait in CHECKPOINTS/V/<key>/,
+outside what the DAG tools delete before a re-run: killed and run again with the same
+params, shards and code (the key), it resumes from the last one; done, it removes them.
+Under `torchrun --nproc_per_node N -m midigen train ...` it trains with DDP.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from midigen.corpus import load_vocab
+from midigen.dag import PACKAGE, SOURCE_ROOT, code_deps
 from midigen.errors import MidigenError
 from midigen.model import ModelConfig, variant_memory
 from midigen.train import TrainConfig, Trainer, seed_runs
@@ -26,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--metrics", type=Path, help="DVCLive folder (default: metrics/train/VARIANT)"
     )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument(
+        "--checkpoints",
+        type=Path,
+        default=Path("checkpoints/train"),
+        help="where checkpoints wait while training (default: checkpoints/train)",
+    )
 
 
 def model_config(params: dict, variant: str, vocab_size: int, steps_per_beat: int) -> ModelConfig:
@@ -40,6 +52,19 @@ def model_config(params: dict, variant: str, vocab_size: int, steps_per_beat: in
     return config
 
 
+def run_key(config: ModelConfig, train: TrainConfig, shards: Path) -> str:
+    """What a checkpoint was made by: the model and training settings, the shards' content and
+    the code of the train stage. A run resumes only from a checkpoint with its own key."""
+    digest = hashlib.sha256(
+        json.dumps({"model": asdict(config), "train": asdict(train)}, sort_keys=True).encode()
+    )
+    files = sorted(p for p in Path(shards).rglob("*") if p.is_file())
+    files += [PACKAGE / d.removeprefix(f"{SOURCE_ROOT}/") for d in code_deps("train")]
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def run(args: argparse.Namespace, params: dict) -> str:
     if args.variant not in params["train"]["variants"]:
         raise MidigenError(
@@ -52,15 +77,24 @@ def run(args: argparse.Namespace, params: dict) -> str:
     train_config = TrainConfig.from_params(params["train"], params["data"])
     done = []
     for seed, folder in seed_runs(train_config):  # the main model first, then the others
+        seeded = replace(train_config, seed=seed)
+        store = args.checkpoints / args.variant / run_key(config, seeded, args.shards)
+        if args.resume and (out / folder / "checkpoint.pt").exists():
+            store.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(out / folder / "checkpoint.pt", store / "checkpoint.pt")
         trainer = Trainer(
             config,
-            replace(train_config, seed=seed),
+            seeded,
             args.shards,
             out / folder,
             out / folder / "live" if folder else metrics,
+            checkpoint=store / "checkpoint.pt",
         )
-        last = trainer.run(resume=args.resume)
+        last = trainer.run(resume=True)  # from the store's checkpoint, if a run left one
         trainer.save_model(out / folder / "model.pt")
+        trainer.save_checkpoint(out / folder / "checkpoint.pt")
+        if trainer.env.rank == 0:
+            shutil.rmtree(store, ignore_errors=True)
         done.append(
             f"seed {seed}: train loss {last.get('train_loss', 0):.3f}, "
             f"val loss {last.get('val_loss', float('nan')):.3f}"
