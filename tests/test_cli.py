@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import resource
+import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from builders import shards_via_stages
 
 from midigen.cli import STAGES, stage_summary
+from midigen.midi import Notes, write_midi
 
 HEAVY = ("torch", "matplotlib")
 
@@ -45,3 +51,33 @@ def test_help_lists_every_stage_by_its_docstring():
     for name in STAGES:
         summary = stage_summary(name)
         assert summary and " ".join(summary.split())[:40] in text, name
+
+
+def _no_room():
+    """In the child: writes past 1 kB fail (EFBIG) as on a full disk, instead of a signal."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+
+
+def test_a_full_disk_is_one_clear_message_and_earlier_outputs_survive(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(3):
+        notes = Notes(*(np.array(c) for c in ([0, 4 * i + 4], [0, 0], [60, 62 + i], [4, 4])))
+        (corpus / f"{i}.mid").write_bytes(write_midi(notes, 4))
+    shards = shards_via_stages(tmp_path, source="dir", dir=str(corpus), test_fraction=0)
+    before = {p: p.read_bytes() for p in shards.rglob("*") if p.is_file()}
+    params = json.dumps({"encode": {"steps_per_beat": 4, "max_duration": 8, "chunks": [0]}})
+    result = subprocess.run(
+        [sys.executable, "-m", "midigen", "shard", "--encoded", str(tmp_path / "encoded")]
+        + ["--out", str(shards), "--params-json", params],
+        capture_output=True,
+        text=True,
+        preexec_fn=_no_room,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "midigen shard: error: no room to write" in result.stderr
+    assert "earlier outputs are untouched" in result.stderr
+    assert {p: p.read_bytes() for p in shards.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "encoded", "raw", "shards"]

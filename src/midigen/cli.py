@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import errno
 import importlib
 import importlib.util
 import json
@@ -31,6 +32,7 @@ STAGES = (
     "report",
     "roundtrip",
 )
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # full disk, quota, file size limit
 log = logging.getLogger("midigen")
 
 
@@ -99,6 +101,17 @@ def main(argv: list[str] | None = None) -> int:
         summary = args.module.run(args, _params(args))
     except MidigenError as e:
         log.error("midigen %s: error: %s", args.stage, e)
+        return 2
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        log.error(
+            "midigen %s: error: no room to write %s (%s); its earlier outputs are untouched "
+            "(outputs are written to a temp file and renamed): free some space and run it again",
+            args.stage,
+            e.filename or "its outputs",
+            e.strerror,
+        )
         return 2
     print(f"midigen {args.stage}: {summary}")
     log.info("%s: %s", args.stage, summary)
