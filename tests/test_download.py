@@ -146,7 +146,11 @@ def check_output(out: Path) -> list[dict]:
         assert row["path"] == f"midi/{row['sha256'][:16]}.mid"
         assert sha(data) == row["sha256"] and len(data) == row["size"]
         assert row["split"] in SPLITS
-        assert row["group"] == (tune_of(data) or row["sha256"])[:16]
+        assert re.fullmatch(r"[0-9a-f]{16}", row["group"])
+    by_group: dict[str, set[str]] = {}
+    for row in rows:
+        by_group.setdefault(row["group"], set()).add(row["split"])
+    assert all(len(splits) == 1 for splits in by_group.values())  # a tune stays in one split
     assert (out / "skipped.csv").read_text().startswith("source,reason\n")
     return rows
 
@@ -228,8 +232,19 @@ def test_one_tune_in_two_keys_shares_a_split(tmp_path: Path) -> None:
     assert "4 files (" in str(summary) and ", 2 in 1 shared-tune groups, " in str(summary)
 
 
+def test_split_of_by_hand() -> None:
+    """The first 8 hex digits as a fraction of 2**32: below test_fraction is test, then val."""
+    assert split_of("0" * 64, 0.1, 0.1) == "test"
+    assert split_of("19999999" + "f" * 56, 0.1, 0.1) == "test"  # 0.09999...
+    assert split_of("1a000000" + "0" * 56, 0.1, 0.1) == "val"  # 0.1016
+    assert split_of("33333334" + "0" * 56, 0.1, 0.1) == "train"  # 0.2000...1
+    assert split_of("f" * 64, 0.1, 0.1) == "train"
+
+
 def test_a_tune_is_the_top_voices_intervals() -> None:
     tune = tune_of(chorale(0, 48))
+    # TUNE's first 13 pitches 67 67 69 71 71 69 67 66 64 66 67 67 66, as 12 intervals:
+    assert tune == hashlib.sha256(b"tune 0 2 2 0 -2 -2 -1 -2 2 1 0 -1").hexdigest()
     assert tune is not None and tune == tune_of(chorale(7, 36))  # another key, another bass
     # The soprano holds its first note while an inner voice moves: still the same tune.
     held = song([(67, 2), *[(p, 1) for p in TUNE[1:]]], [(60, 1), (62, 1)], [(48, 15)])

@@ -511,3 +511,53 @@ def test_stage_errors_are_one_clear_message(chorales, tmp_path):
     with pytest.raises(MidigenError, match="prompt 0 has no id, prompt_steps"):
         stage.run(args, PARAMS)
     assert not (tmp_path / "metrics").exists() and not (tmp_path / "plots").exists()
+
+
+def test_music_comparison_by_hand():
+    """Two prompts (C for a beat, then silence to step 4); hand-computed statistics and
+    histogram overlaps, averaged over the prompts (an undefined one left out)."""
+    vocab = Vocab(8)
+    prompt = vocab.from_text("<sos><n60><d4><sep><d4>").tolist()
+    c_then = {  # a continuation: the C again at step 4, then another note at step 8
+        pitch: vocab.from_text(f"<n60><d4><sep><d4><n{pitch}><d4><sep><d4><eos>").tolist()
+        for pitch in (64, 67)
+    }
+    short_c_sharp = vocab.from_text("<n61><d2><sep><d8><eos>").tolist()
+    samples = {
+        "steps_per_beat": 4,
+        "prompts": [
+            {
+                "id": "00",
+                "prompt_steps": 4,
+                "bar_steps": 16,
+                "tokens": {"prompt": prompt, "real": c_then[64], "generated": c_then[64]},
+            },
+            {
+                "id": "01",
+                "prompt_steps": 4,
+                "bar_steps": 16,
+                "tokens": {"prompt": prompt, "real": c_then[67], "generated": short_c_sharp},
+            },
+        ],
+    }
+    metrics, counts = compare_music(samples, vocab)
+    assert metrics["prompts"] == 2
+    mean = {
+        group: {k: v["mean"] for k, v in metrics[group].items()}
+        for group in metrics
+        if group != "prompts"
+    }
+    # real: C+E and C+G, each two pitch classes half the notes each (1 bit), 4 and 7 semitones
+    assert mean["real"]["pitch_class_entropy"] == 1.0 and mean["real"]["pitch_range"] == 5.5
+    # generated: C+E (1 bit, 4 semitones), then one C# (0 bits, 0 semitones)
+    assert mean["generated"]["pitch_class_entropy"] == 0.5
+    assert mean["generated"]["pitch_range"] == 2.0
+    assert mean["real"]["scale_consistency"] == mean["generated"]["scale_consistency"] == 1.0
+    assert mean["real"]["empty_beat_rate"] == 0.0  # every beat from step 4 to 12 sounds
+    assert mean["real"]["groove_consistency"] is None  # all onsets in one bar: undefined
+    # overlaps: prompt 0 identical (1); prompt 1 disjoint pitches and durations (0), its C#
+    # has no IOI (left out), one voice at every sounding step in both (1)
+    assert mean["overlap"] == {"pitch": 0.5, "duration": 0.5, "ioi": 1.0, "polyphony": 1.0}
+    assert metrics["overlap"]["pitch"]["low"] == 0.0 and metrics["overlap"]["pitch"]["high"] == 1.0
+    assert counts["real"]["pitch"][[60, 64, 67]].tolist() == [2, 1, 1]
+    assert counts["generated"]["duration"][[2, 4]].tolist() == [1, 2]
