@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from sections import commit, write_section
 
 from midigen.corpus import ARRAYS, SONG_FIELDS, load_shard
 from midigen.encoding import Vocab
@@ -171,7 +172,7 @@ def main() -> None:
         "--set", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
         help="override the bench's settings, e.g. model.knn_layer=0 train.lr=0.001",
     )  # fmt: skip
-    parser.add_argument("--results", type=Path, help="append the table to this markdown file")
+    parser.add_argument("--results", type=Path, help="write the table as its section there")
     args = parser.parse_args()
     args.overrides = overrides(args.set)
     torch.set_num_threads(args.threads)
@@ -187,8 +188,8 @@ def main() -> None:
     print(report)
     if args.results:
         command = shlex.join(["python", "bench/copying.py", *sys.argv[1:]])
-        with open(args.results, "a") as f:
-            f.write(f"\n### Copy demonstration, {date.today()} (`{command}`)\n\n{report}")
+        title = f"### Copy demonstration, {date.today()}, commit {commit()} (`{command}`)"
+        write_section(args.results, "copying", f"{title}\n\n{report}")
 
 
 if __name__ == "__main__":

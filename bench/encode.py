@@ -24,6 +24,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -34,6 +35,7 @@ from importlib import metadata
 from pathlib import Path
 
 import symusic
+from sections import commit, write_section
 
 from midigen.corpus import EncodeConfig, encode_bytes, encode_chunk
 from midigen.midi import SkipSong
@@ -183,7 +185,7 @@ def chunk_stage(paths: list[Path], config: EncodeConfig, notes: int, repeats: in
         src = Path(tmp) / "src"
         src.mkdir()
         for i, path in enumerate(paths):  # only the chosen files, named in order
-            (src / f"{i:05d}_{path.name}").symlink_to(path.resolve())
+            shutil.copyfile(path, src / f"{i:05d}_{path.name}")  # links out are refused
         raw = Path(tmp) / "raw"
         download(
             validate_params({"download": {"source": "dir", "dir": str(src)}}, partial=True)[
@@ -242,7 +244,7 @@ def results_markdown(
     verdict = "meets" if ratio >= 1.0 else "MISSES"
     return f"""# Encode benchmark: midigen vs MidiTok REMI
 
-Measured by `bench/encode.py` on {datetime.date.today().isoformat()}.
+Measured by `bench/encode.py` on {datetime.date.today().isoformat()}, commit {commit()}.
 
 - command: `{command}`
 - machine: {machine()}
@@ -300,7 +302,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nmidigen / MidiTok files/s: {ratio:.2f}x (target >= 1.0x)")
     if args.results:
         command = "python " + shlex.join(["bench/encode.py", *(argv or sys.argv[1:])])
-        args.results.write_text(results_markdown(timings, ratio, corpus, command, config))
+        write_section(
+            args.results, "encode", results_markdown(timings, ratio, corpus, command, config)
+        )
         print(f"wrote {args.results}", file=sys.stderr)
 
 

@@ -210,12 +210,12 @@ def _first_meter_track(score: symusic.Score, data: bytes, repairs: dict[str, int
     """Keep the time signatures of the first track that has any (the conductor track of a
     type-1 file); those on later tracks that differ are dropped and counted. Without this,
     two tracks that disagree by a tick would restart the bar at whichever came last."""
-    if len(score.time_signatures) < 2:
-        return
-    per_track = []
-    for body in Layout.of(data).tracks:
+    if len({(t.time, t.numerator, t.denominator) for t in score.time_signatures}) < 2:
+        return  # one signature, however many tracks repeat it: nothing to disagree about
+    per_track, layout = [], Layout.of(data)
+    for body in layout.tracks:
         try:
-            one = symusic.Score.from_midi(Layout.of(data).to_bytes([body], fmt=0))
+            one = symusic.Score.from_midi(layout.to_bytes([body], fmt=0))
         except Exception:  # a track that cannot stand alone: its signatures are in `score`
             continue
         per_track.append({(t.time, t.numerator, t.denominator) for t in one.time_signatures})
@@ -297,7 +297,7 @@ def quantize(
         pitch[kept],
         end_overlaps(onset[kept], program[kept], pitch[kept], duration[kept]),
     )
-    distinct_ticks = len(np.unique(np.stack([time, program, pitch], axis=1), axis=0))
+    distinct_ticks = len(np.unique((time << 14) | (program << 7) | pitch))  # one int per key
     changes = {
         "drums": drums,
         "duplicate": len(time) - distinct_ticks,
