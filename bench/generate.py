@@ -3,6 +3,7 @@
     python bench/generate.py                     # default model (params.yaml), 512 tokens, CPU
     python bench/generate.py --repeats 5         # more timed runs per side
     python bench/generate.py --threads 2         # torch threads (default 1: a shared machine)
+    python bench/generate.py --results bench/RESULTS.md  # also write its section there
 
 Every side continues the same prompt (the first 4 bars of the first test song in data/shards;
 random notes in 4/4 when there are no shards) with the same seed and sampling params, the
@@ -14,21 +15,28 @@ draws exactly `--length` tokens (min_length = length: no <eos>). Sides:
   recomputed), for vanilla the last segment_len tokens. The target is measured against this;
 - `from start` (xl, xl_knn; one run, for information): every token re-runs the whole sequence
   segment by segment from the song's start, training's forward, as the tests' reference does.
-Sides are timed in turns; the median run is reported. `same` counts the leading tokens on which
-cached and recompute agree: all of them for xl and xl_knn (their cache is exact), the first
-window for vanilla (beyond it its cache is XL-like, not a re-encoded window).
+Each side runs once untimed (warm-up), then the sides are timed in turns; the median run is
+reported. `same` counts the leading tokens on which cached and recompute agree: all of them for
+xl and xl_knn (their cache is exact). Vanilla's cache is exact only within its first window
+(beyond it, it keeps keys a re-encoded window would drop: XL-like), so vanilla draws only the
+tokens that fit its first window, where both sides do the same work and agree token for token.
 Target: cached >= 5x recompute at the default context.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import shlex
 import statistics
+import sys
 import time
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
+from sections import commit, write_section
 
 from midigen.corpus import load_shard, load_vocab
 from midigen.encoding import Vocab
@@ -87,7 +95,8 @@ class FromStart:
 
 
 def load(variant: str, params: dict, vocab: Vocab) -> tuple[MusicTransformer, str]:
-    """Trained weights when models/VARIANT/model.pt has the default config, else random ones."""
+    """Trained weights when models/VARIANT/model.pt has the default config (named by the file
+    and the start of its sha256), else random ones."""
     config = model_config(params, variant, len(vocab), params["encode"]["steps_per_beat"])
     torch.manual_seed(0)
     model = MusicTransformer(config)
@@ -96,8 +105,9 @@ def load(variant: str, params: dict, vocab: Vocab) -> tuple[MusicTransformer, st
         saved = torch.load(path, weights_only=True)
         if ModelConfig(**saved["model_config"]) == config:
             model.load_state_dict(saved["model"])
-            return model.eval(), "trained"
-    return model.eval(), "random"
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+            return model.eval(), f"{path} ({digest})"
+    return model.eval(), "random (seed 0)"
 
 
 def main() -> None:
@@ -107,6 +117,7 @@ def main() -> None:
     parser.add_argument("--shards", type=Path, default=Path("data/shards"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--results", type=Path, help="write the table as its section there")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -115,23 +126,27 @@ def main() -> None:
     prompt, vocab, source = prompt_and_vocab(
         args.shards, params["generate"]["prompt_bars"], params["encode"]["steps_per_beat"]
     )
-    settings = {**params["generate"], "length": args.length, "min_length": args.length}
-    config = GenerateConfig.from_params(settings)
     m = params["model"]
-    print(
+    lines = [
         f"model: {m['n_layer']} layers, {m['n_head']} heads, d_model {m['d_model']}, d_ff "
         f"{m['d_ff']}, segment_len {m['segment_len']}, xl_mem_len {m['xl_mem_len']}; prompt: "
-        f"{len(prompt.tokens)} tokens ({source}); {args.length} tokens drawn (temperature "
-        f"{config.temperature}, top_k {config.top_k}, top_p {config.top_p}); "
-        f"{torch.get_num_threads()} threads; CPU"
-    )
-    print(
-        f"{'variant':<8} {'weights':<8} {'cached tok/s':>13} {'recompute tok/s':>16} "
-        f"{'speed-up':>9} {'same':>9} {'from start tok/s':>17} {'speed-up':>9}"
-    )
+        f"{len(prompt.tokens)} tokens ({source}); temperature "
+        f"{params['generate']['temperature']}, top_k {params['generate']['top_k']}, top_p "
+        f"{params['generate']['top_p']}; {torch.get_num_threads()} threads; CPU",
+        "",
+        "| variant | weights | tokens | cached tok/s | recompute tok/s | speed-up | same "
+        "| from start tok/s | speed-up | target |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     sides = {"cached": KVCache, "recompute": Recompute}
     for variant, memory in VARIANT_MEMORY.items():
         model, weights = load(variant, params, vocab)
+        # vanilla: only what fits its first window, where both sides do the same work
+        length = args.length if memory != "none" else m["segment_len"] - len(prompt.tokens)
+        settings = {**params["generate"], "length": length, "min_length": length}
+        config = GenerateConfig.from_params(settings)
+        for context in sides.values():  # warm-up
+            generate(model, prompt, vocab, config, context=context)
         runs: dict[str, list[float]] = {side: [] for side in sides}
         drawn: dict[str, list[int]] = {}
         for _ in range(args.repeats):
@@ -139,22 +154,28 @@ def main() -> None:
                 started = time.perf_counter()
                 drawn[side] = generate(model, prompt, vocab, config, context=context).tokens
                 runs[side].append(time.perf_counter() - started)
-        rate = {side: args.length / statistics.median(t) for side, t in runs.items()}
+        rate = {side: length / statistics.median(t) for side, t in runs.items()}
         pairs = zip(drawn["cached"], drawn["recompute"], strict=True)
-        same = next((i for i, (a, b) in enumerate(pairs) if a != b), args.length)
+        same = next((i for i, (a, b) in enumerate(pairs) if a != b), length)
         speedup = rate["cached"] / rate["recompute"]
         verdict = "meets" if speedup >= TARGET else "MISSES"
-        from_start = "-"
+        from_start = "- | -"
         if memory != "none":  # vanilla's window is its whole context: nothing more to redo
             started = time.perf_counter()
             generate(model, prompt, vocab, config, context=FromStart)
-            slow = args.length / (time.perf_counter() - started)
-            from_start = f"{slow:>17,.1f} {rate['cached'] / slow:>8.2f}x"
-        print(
-            f"{variant:<8} {weights:<8} {rate['cached']:>13,.1f} {rate['recompute']:>16,.1f} "
-            f"{speedup:>8.2f}x {same:>4}/{args.length} {from_start:>27}  "
-            f"({verdict} >= {TARGET:g}x)"
+            slow = length / (time.perf_counter() - started)
+            from_start = f"{slow:,.1f} | {rate['cached'] / slow:.2f}x"
+        lines.append(
+            f"| {variant} | {weights} | {length} | {rate['cached']:,.1f} | "
+            f"{rate['recompute']:,.1f} | **{speedup:.2f}x** | {same}/{length} | {from_start} | "
+            f"{verdict} >= {TARGET:g}x |"
         )
+    report = "\n".join(lines)
+    print(report)
+    if args.results:
+        command = shlex.join(["python", "bench/generate.py", *sys.argv[1:]])
+        title = f"# Generation speed, {date.today()}, commit {commit()} (`{command}`)"
+        write_section(args.results, "generate", f"{title}\n\n{report}")
 
 
 if __name__ == "__main__":
