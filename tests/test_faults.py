@@ -1,8 +1,8 @@
 """Faults inside the DAG: each stage SIGKILLed while it runs, then the DAG run again, under
 both tools (Snakemake after the `snakemake --unlock`, DVC after removing `.dvc/tmp/rwlock`,
-the recoveries their messages ask for). Every re-run finishes, the killed training resumes from its checkpoint (its log
-says from which step), and the outputs equal those of a run never killed: nothing
-half-written is ever taken as finished."""
+the recoveries their messages ask for). Every re-run finishes, the killed training resumes
+from its checkpoint (its log says from which step), and the outputs equal those of a run
+never killed: nothing half-written is ever taken as finished."""
 
 from __future__ import annotations
 
