@@ -24,17 +24,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shlex
-import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
-from sections import commit, write_section
+from sections import record
 
 from midigen.corpus import ARRAYS, SONG_FIELDS, load_shard
 from midigen.encoding import Vocab
@@ -187,9 +184,7 @@ def main() -> None:
     report = table(rows, args)
     print(report)
     if args.results:
-        command = shlex.join(["python", "bench/copying.py", *sys.argv[1:]])
-        title = f"### Copy demonstration, {date.today()}, commit {commit()} (`{command}`)"
-        write_section(args.results, "copying", f"{title}\n\n{report}")
+        record(args.results, "copying", "### Copy demonstration", report)
 
 
 if __name__ == "__main__":

@@ -27,16 +27,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import shlex
 import statistics
-import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
-from sections import commit, write_section
+from sections import record
 
 from midigen.corpus import load_shard, load_vocab
 from midigen.encoding import Vocab
@@ -173,9 +170,7 @@ def main() -> None:
     report = "\n".join(lines)
     print(report)
     if args.results:
-        command = shlex.join(["python", "bench/generate.py", *sys.argv[1:]])
-        title = f"# Generation speed, {date.today()}, commit {commit()} (`{command}`)"
-        write_section(args.results, "generate", f"{title}\n\n{report}")
+        record(args.results, "generate", "# Generation speed", report)
 
 
 if __name__ == "__main__":

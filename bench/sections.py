@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
+import sys
 import tempfile
+from datetime import date
 from pathlib import Path
 
 
@@ -42,3 +45,11 @@ def write_section(path: Path, name: str, markdown: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def record(path: Path, name: str, heading: str, report: str) -> None:
+    """Write `report` as section `name`, titled `heading`, the date, the commit and the
+    command that ran (this script with its arguments)."""
+    command = shlex.join(["python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    title = f"{heading}, {date.today()}, commit {commit()} (`{command}`)"
+    write_section(path, name, f"{title}\n\n{report}")

@@ -23,17 +23,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import date
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from sections import commit, write_section
+from sections import record
 from torch import nn
 
 from midigen.model import IGNORE, ModelConfig, MusicTransformer
@@ -207,9 +204,7 @@ def main() -> None:
     report = "\n".join(lines)
     print(report)
     if args.results:
-        command = shlex.join(["python", "bench/train.py", *sys.argv[1:]])
-        title = f"# Training throughput, {date.today()}, commit {commit()} (`{command}`)"
-        write_section(args.results, "train", f"{title}\n\n{report}")
+        record(args.results, "train", "# Training throughput", report)
 
 
 if __name__ == "__main__":
