@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from midigen.corpus import EncodeConfig, encode_bytes, roundtrip_bytes
 from midigen.encoding import (
     DecodeError,
+    SparseScore,
     Vocab,
     decode_tokens,
     encode_notes,
@@ -106,23 +107,110 @@ def test_instrument_tokens_open_each_program_run_within_a_step():
 @pytest.mark.parametrize(
     "text, problem",
     [
-        ("<n60><d4><eos>", "start with <sos>"),
-        ("<sos><n60><d4>", "end with <eos>"),
-        ("<sos><n60><n61><d4><eos>", "a duration must follow"),
-        ("<sos><d4><eos>", "expected a note or <sep>"),
-        ("<sos><sep><eos>", "a duration must follow"),
+        ("<n60><d4><eos>", "a song must start with <sos>"),
+        ("<sos><n60><d4>", "a song must end with <eos>"),
+        ("<sos><n60><n61><d4><eos>", "token 2: a duration must follow <n60>"),
+        ("<sos><d4><eos>", "token 1 <d4>: expected a note or <sep>"),
+        ("<sos><sep><eos>", "token 2: a duration must follow <sep>"),
+        ("<sos><sep><d1><n60><eos>", "token 4: a duration must follow <n60>"),
     ],
 )
 def test_invalid_token_sequences_are_rejected_with_a_reason(text, problem):
     vocab = Vocab(max_duration=8)
-    with pytest.raises(DecodeError, match=problem):
+    with pytest.raises(DecodeError) as error:
         index_to_position(vocab.from_text(text), vocab)
+    assert str(error.value) == problem
+
+
+@pytest.mark.parametrize("instruments", [False, True])
+def test_ids_outside_the_vocabulary_are_rejected_by_number(instruments):
+    vocab = Vocab(max_duration=8, instruments=instruments)
+    for bad in (len(vocab), len(vocab) + 7, -1):
+        with pytest.raises(DecodeError) as error:
+            index_to_position([vocab.sos, bad, vocab.duration(1), vocab.eos], vocab)
+        assert str(error.value) == f"token 1 {bad}: expected a note or <sep>"
+
+
+def test_a_note_must_be_followed_by_a_duration_not_the_next_id():
+    """The id just past the durations is <i0> in instrument mode: not a duration."""
+    vocab = Vocab(max_duration=8, instruments=True)
+    tokens = [vocab.sos, vocab.program(0), vocab.note(60), vocab.program(0), vocab.eos]
+    with pytest.raises(DecodeError, match="a duration must follow <n60>"):
+        index_to_position(tokens, vocab)
 
 
 def test_note_without_instrument_is_rejected_in_instrument_mode():
     vocab = Vocab(max_duration=8, instruments=True)
-    with pytest.raises(DecodeError, match="before any instrument"):
-        index_to_position(vocab.from_text("<sos><n60><d4><eos>"), vocab)
+    for text in ("<sos><n60><d4><eos>", "<sos><i3><n60><d4><sep><d1><n62><d1><eos>"):
+        with pytest.raises(DecodeError, match="before any instrument"):
+            index_to_position(vocab.from_text(text), vocab)
+
+
+def test_unknown_token_names_are_rejected_by_name():
+    vocab = Vocab(max_duration=8)
+    with pytest.raises(DecodeError) as error:
+        vocab.from_text("<sos><d9><eos>")
+    assert str(error.value) == "unknown token <d9>"
+
+
+def test_instrument_vocabulary_names_and_kinds_every_id():
+    vocab = Vocab(max_duration=8, instruments=True)
+    names, kinds = vocab.names(), vocab.kinds()
+    assert len(names) == len(kinds) == len(vocab) == 4 + 128 + 8 + 128
+    assert names[-1] == "<i127>" and names[vocab.program(0)] == "<i0>"
+    assert kinds.dtype.kind == "i"  # used as indices into per-kind tallies
+    expected = [0, 0, 0, 3] + [1] * 128 + [2] * 8 + [4] * 128
+    assert kinds.tolist() == expected
+
+
+def test_an_empty_song_is_all_gaps_and_decodes_back():
+    vocab = Vocab(max_duration=8)
+    silent = Notes(*(np.zeros(0, dtype=np.int64) for _ in range(4)))
+    tokens, times = encode_notes(silent, vocab)
+    assert vocab.to_text(tokens) == "<sos><eos>"
+    assert times.tolist() == [0, 0]
+    position = index_to_position(tokens, vocab)
+    assert position.shape == (0, 3) and position.dtype == np.int64
+    sparse = position_to_sparse(position)
+    assert sparse.steps == 0 and sparse_to_notes(sparse).equals(silent)
+    rests = SparseScore.from_cells([], [], [], [], steps=20)
+    assert sparse_to_position(rests, 8).tolist() == [[-1, 8, -1], [-1, 8, -1], [-1, 4, -1]]
+
+
+def test_a_generated_note_may_outlast_the_last_gap():
+    """Sampled songs can end on a sounding note: the song lasts until it ends."""
+    vocab = Vocab(max_duration=8)
+    sparse = position_to_sparse(index_to_position(vocab.from_text("<sos><n60><d8><eos>"), vocab))
+    assert sparse.steps == 8 and sparse.dense().shape == (8, 1, 128)
+
+
+def test_of_repeated_cells_the_last_written_wins():
+    step, program, pitch, length = (
+        [0, 0, 2, 0, 1, 0],
+        [0, 0, 0, 0, 0, 9],
+        [60, 62, 60, 60, 60, 60],
+        [1, 2, 3, 4, 5, 6],
+    )
+    sparse = SparseScore.from_cells(
+        *(np.array(a, dtype=np.int32) for a in (step, program, pitch, length)), steps=5
+    )
+    array = np.zeros((5, 2, 128), dtype=np.int64)
+    for s, p, k, n in zip(step, program, pitch, length):
+        array[s, 0 if p == 0 else 1, k] = n
+    dense = sparse.dense()
+    assert dense.dtype == np.int64 and np.array_equal(dense, array)
+    assert len(sparse.step) == 5 and sparse.programs == (0, 9)
+    assert all(
+        a.dtype == np.int64 for a in (sparse.step, sparse.instrument, sparse.pitch, sparse.length)
+    )
+
+
+def test_every_score_is_integer():
+    notes = seed_notes()
+    position = sparse_to_position(notes_to_sparse(notes), 32)
+    assert position.dtype == np.int64
+    back = decode_tokens(encode_notes(notes, Vocab(32))[0], Vocab(32))
+    assert all(a.dtype == np.int64 for a in (back.onset, back.program, back.pitch, back.duration))
 
 
 @st.composite

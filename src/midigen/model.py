@@ -141,8 +141,7 @@ class RelativeBias(nn.Module):
     it sits in memory or in the current segment. The table starts as ALiBi's linear penalty:
     Adam moves each entry by about the learning rate per step, so a table starting flat needs
     thousands of steps to learn locality, and until then every extra key (the XL memory above
-    all) only dilutes attention. Measured on the chorales, 200 steps: val loss 2.00 from a flat
-    start vs 1.60 with ALiBi (see the `test_relative_bias_starts_local` test).
+    all) only dilutes attention (`test_relative_bias_starts_local` checks the start).
     """
 
     def __init__(self, n_head: int, max_distance: int):

@@ -1,0 +1,173 @@
+"""Mutation testing of the core modules with mutmut: the score per module and every survivor.
+
+    python bench/mutation.py                          # run (reusing mutants/ where unchanged)
+    python bench/mutation.py --fresh --results bench/RESULTS.md   # from scratch, and record
+
+mutmut (configured in pyproject.toml, [tool.mutmut]) copies src/ into mutants/, makes small
+changes to the code (a `<` for a `<=`, a constant plus one, an argument dropped...) and runs
+the fast tests that reach each changed function; a mutant that no test fails "survived".
+Here only the functions that decide what users believe are mutated (MUTANTS below): the
+encoding, the memories and attention, evaluation and baselines, the download's checks and the
+report's escaping and verdicts. Survivors reviewed as equivalent (no test can tell them apart:
+same behaviour) are listed with the reason in bench/mutation_equivalent.txt; the score is
+killed / (all - equivalent), target >= 90% per module. Run outside CI (about 20 minutes here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from sections import record
+
+REPO = Path(__file__).resolve().parent.parent
+EQUIVALENT = Path(__file__).resolve().parent / "mutation_equivalent.txt"
+TARGET = 0.90
+
+# mutmut names a mutant <module>.x_<function>__mutmut_<n> (methods: xǁClassǁmethod).
+MUTANTS = {
+    "encoding": ["midigen.encoding.*"],
+    "memory": ["midigen.memory.*"],
+    "model (attention, memories)": [
+        "midigen.model.x_token_loss__mutmut_*", "midigen.model.x_alibi_slopes__mutmut_*",
+        "midigen.model.x_local_logsumexp__mutmut_*", "midigen.model.x_knn_attention__mutmut_*",
+        *(
+            f"midigen.model.x\u01c1{cls}\u01c1*"
+            for cls in (
+                "RelativeBias", "ALiBi", "BiasedAttention", "Attention", "KNNAttention", "Block",
+                "SegmentTrace", "Memory", "XLRecurrence", "KNNRetrieval", "MusicTransformer",
+            )
+        ),
+    ],
+    "evaluate": ["midigen.evaluate.*"],
+    "baselines": ["midigen.baselines.*"],
+    "paired (intervals)": ["midigen.paired.*"],
+    "musical": ["midigen.musical.*"],
+    "download (checks)": [
+        f"midigen.download.x_{name}__mutmut_*"
+        for name in (
+            "split_of", "_is_midi", "_dir_entries", "_read_inside", "_fetched", "_fetch",
+            "_refuse", "_check_name", "_check_tar_member", "_check_zip_member",
+            "_read_capped", "_budgeted",
+        )
+    ],
+    "report (escaping, verdicts)": [
+        f"midigen.report.x_{name}__mutmut_*"
+        for name in (
+            "_environment", "_plain_name", "format_interval", "effect_outcome",
+            "memory_verdict", "floor_verdict",
+        )
+    ],
+}  # fmt: skip
+
+
+def group_of(mutant: str) -> str | None:
+    from fnmatch import fnmatchcase
+
+    for group, patterns in MUTANTS.items():
+        if any(fnmatchcase(mutant, p) for p in patterns):
+            return group
+    return None
+
+
+def equivalents() -> dict[str, str]:
+    """Reviewed survivors: mutant name -> why no test can fail it."""
+    found = {}
+    for line in EQUIVALENT.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, reason = line.partition(" ")
+            found[name] = reason.strip()
+    return found
+
+
+def run_mutmut(fresh: bool) -> None:
+    if fresh:
+        shutil.rmtree(REPO / "mutants", ignore_errors=True)
+    # One thread per child: mutmut forks, and a forked OpenMP pool deadlocks (false timeouts).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    patterns = [p for group in MUTANTS.values() for p in group]
+    subprocess.run(["mutmut", "run", *patterns], cwd=REPO, env=env, check=True)
+
+
+def results() -> dict[str, str]:
+    """Mutant name -> mutmut's status (killed, survived, no tests, timeout, ...)."""
+    out = subprocess.run(
+        ["mutmut", "results", "--all", "true"], cwd=REPO, capture_output=True, text=True
+    ).stdout
+    statuses = {}
+    for line in out.splitlines():
+        name, sep, status = line.strip().rpartition(": ")
+        if sep and group_of(name):
+            statuses[name] = status
+    return statuses
+
+
+def summarize(statuses: dict[str, str], reviewed: dict[str, str]) -> tuple[str, list[str]]:
+    counts: dict[str, Counter] = defaultdict(Counter)
+    survivors = []
+    for name, status in sorted(statuses.items()):
+        group = group_of(name)
+        if status in ("killed", "timeout"):  # a mutant that hangs the tests is caught
+            counts[group]["killed"] += 1
+        elif name in reviewed:
+            counts[group]["equivalent"] += 1
+        else:
+            counts[group][status] += 1
+            survivors.append(f"- `{name}` ({status})")
+    rows = [
+        "| module | mutants | killed | equivalent | survived | no tests | not checked | score |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for group in MUTANTS:
+        c = counts[group]
+        total = sum(c.values())
+        scored = total - c["equivalent"]
+        score = c["killed"] / scored if scored else float("nan")
+        verdict = "" if score >= TARGET else " MISSES"
+        rows.append(
+            f"| {group} | {total} | {c['killed']} | {c['equivalent']} | {c['survived']} | "
+            f"{c['no tests']} | {c['not checked']} | {score:.1%}{verdict} |"
+        )
+    return "\n".join(rows), survivors
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fresh", action="store_true", help="delete mutants/ first")
+    parser.add_argument("--no-run", action="store_true", help="only summarize the last run")
+    parser.add_argument("--results", type=Path, default=None, help="write its RESULTS section")
+    args = parser.parse_args(argv)
+    if not args.no_run:
+        run_mutmut(args.fresh)
+    reviewed = equivalents()
+    statuses = results()
+    stale = sorted(n for n in reviewed if statuses.get(n) not in (None, "survived"))
+    table, survivors = summarize(statuses, reviewed)
+    report = (
+        f"mutmut {mutmut_version()}, mutants in the functions listed in bench/mutation.py, the "
+        "fast tests named in pyproject.toml [tool.mutmut]; score = killed / (mutants - "
+        f"equivalent), target >= {TARGET:.0%}. Equivalent mutants and why: "
+        "bench/mutation_equivalent.txt.\n\n"
+        f"{table}\n\nSurvivors not reviewed as equivalent: {len(survivors)}\n\n"
+        + "\n".join(survivors)
+    )
+    print(report)
+    if stale:
+        print("listed as equivalent but not surviving (remove them):", *stale, sep="\n  ")
+    if args.results:
+        record(args.results, "mutation", "# Mutation testing", report)
+
+
+def mutmut_version() -> str:
+    from importlib import metadata
+
+    return metadata.version("mutmut")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
