@@ -195,7 +195,7 @@ def test_of_repeated_cells_the_last_written_wins():
         *(np.array(a, dtype=np.int32) for a in (step, program, pitch, length)), steps=5
     )
     array = np.zeros((5, 2, 128), dtype=np.int64)
-    for s, p, k, n in zip(step, program, pitch, length):
+    for s, p, k, n in zip(step, program, pitch, length, strict=True):
         array[s, 0 if p == 0 else 1, k] = n
     dense = sparse.dense()
     assert dense.dtype == np.int64 and np.array_equal(dense, array)
