@@ -139,10 +139,32 @@ def test_probabilities_sum_to_one_for_any_context(random_model, context):
 
 
 def test_unfitted_or_orderless_models_are_refused():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as error:
         NGramModel(0, V)
-    with pytest.raises(RuntimeError):
+    assert str(error.value) == "n-gram order must be at least 1 (got 0)"
+    with pytest.raises(RuntimeError) as error:
         NGramModel(2, V).distribution([1])
+    assert str(error.value) == "fit the n-gram model before asking for probabilities"
+
+
+def test_the_shortest_songs_count_and_a_one_token_song_is_skipped():
+    """Songs [3] (no target: skipped) then [1, 2]: one bigram <1 2> and one continuation count
+    for 2, each seen once, so n1 = 1, n2 = 0 and D = 1 at both orders; by hand
+    P_1(w) = max(c - 1, 0) / 1 + 1 * 1 / 1 * 1/4 = 1/4 and P_2(w | 1) = 0 + 1 * P_1(w)."""
+    model = NGramModel(2, 4).fit([np.array([3]), np.array([1, 2])])
+    assert list(model.tables[1]) == [(1,)]
+    tokens, counts = model.tables[1][(1,)]
+    assert tokens.tolist() == [2] and counts.tolist() == [1.0]
+    assert model.discounts == [1.0, 1.0]
+    np.testing.assert_allclose(model.distribution([]), [0.25] * 4)
+    np.testing.assert_allclose(model.distribution([1]), [0.25] * 4)
+
+
+def test_songs_too_short_for_any_gram_leave_every_order_uniform():
+    model = NGramModel(3, 5).fit([np.array([4]), np.array([2])])
+    assert model.tables == [{}, {}, {}]
+    for context in ([], [2], [4, 2]):
+        np.testing.assert_allclose(model.distribution(context), np.full(5, 0.2))
 
 
 # ---- the stage on real shards --------------------------------------------------------------

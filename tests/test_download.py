@@ -361,37 +361,104 @@ def add_device(archive: tarfile.TarFile) -> None:
     archive.addfile(info)
 
 
-def make_zip_symlink(path: Path, members: dict[str, bytes]) -> Path:
-    link = zipfile.ZipInfo("songs/link.mid")
-    link.external_attr = 0o120777 << 16  # S_IFLNK, as zip -y stores a symlink
+def make_zip_special(path: Path, members: dict[str, bytes], name: str, mode: int) -> Path:
+    """A zip holding one member whose Unix mode bits say `mode` (as zip -y stores links)."""
+    special = zipfile.ZipInfo(name)
+    special.external_attr = mode << 16
     with zipfile.ZipFile(path, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-        archive.writestr(link, "/etc/passwd")
+        for member, data in members.items():
+            archive.writestr(member, data)
+        archive.writestr(special, "/etc/passwd")
     return path
 
 
-# Archives that try to write outside their target: case -> (build(path, abs_dir), bad member).
-# An absolute member name points into `abs_dir` so the test can check it was never written.
-HOSTILE: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
-    "tar-dotdot": (lambda p, _: make_tar(p, {"a.mid": A, "../evil.mid": B}), "../evil.mid"),
-    "tar-absolute": (lambda p, d: make_tar(p, {"a.mid": A, f"{d}/evil.mid": B}), "{abs}"),
-    "tar-symlink": (lambda p, _: make_tar(p, {"a.mid": A}, add_symlink), "songs/link.mid"),
-    "tar-hardlink": (lambda p, _: make_tar(p, {"a.mid": A}, add_hardlink), "songs/hard.mid"),
-    "tar-fifo": (lambda p, _: make_tar(p, {"a.mid": A}, add_fifo), "songs/pipe.mid"),
-    "tar-device": (lambda p, _: make_tar(p, {"a.mid": A}, add_device), "songs/null.mid"),
+def add_unknown_type(archive: tarfile.TarFile) -> None:
+    info = tarfile.TarInfo("songs/odd.mid")
+    info.type = b"Z"  # no type tarfile knows: neither file, folder, link nor device
+    archive.addfile(info)
+
+
+# Archives that try to write outside their target: case -> (build(path, abs_dir), bad member,
+# the reason the refusal gives). An absolute member name points into `abs_dir` so the test can
+# check it was never written.
+Build = Callable[[Path, Path], Path]
+HOSTILE: dict[str, tuple[Build, str, str]] = {
+    "tar-dotdot": (
+        lambda p, _: make_tar(p, {"a.mid": A, "../evil.mid": B}),
+        "../evil.mid",
+        "points outside the target folder (..)",
+    ),
+    "tar-backslash-dotdot": (
+        lambda p, _: make_tar(p, {"a.mid": A, "songs\\..\\..\\evil.mid": B}),
+        "songs\\..\\..\\evil.mid",
+        "points outside the target folder (..)",
+    ),
+    "tar-absolute": (
+        lambda p, d: make_tar(p, {"a.mid": A, f"{d}/evil.mid": B}),
+        "{abs}",
+        "has an absolute path",
+    ),
+    "tar-symlink": (
+        lambda p, _: make_tar(p, {"a.mid": A}, add_symlink),
+        "songs/link.mid",
+        "is a link (to '/etc/passwd')",
+    ),
+    "tar-hardlink": (
+        lambda p, _: make_tar(p, {"a.mid": A}, add_hardlink),
+        "songs/hard.mid",
+        "is a link (to '../../outside.mid')",
+    ),
+    "tar-fifo": (
+        lambda p, _: make_tar(p, {"a.mid": A}, add_fifo),
+        "songs/pipe.mid",
+        "is a device or fifo",
+    ),
+    "tar-device": (
+        lambda p, _: make_tar(p, {"a.mid": A}, add_device),
+        "songs/null.mid",
+        "is a device or fifo",
+    ),
+    "tar-unknown-type": (
+        lambda p, _: make_tar(p, {"a.mid": A}, add_unknown_type),
+        "songs/odd.mid",
+        "is neither a regular file nor a folder",
+    ),
     "zip-dotdot": (
         lambda p, _: make_zip(p, {"a.mid": A, "songs/../../evil.mid": B}),
         "songs/../../evil.mid",
+        "points outside the target folder (..)",
     ),
-    "zip-absolute": (lambda p, _: make_zip(p, {"a.mid": A, "/evil.mid": B}), "/evil.mid"),
-    "zip-symlink": (lambda p, _: make_zip_symlink(p, {"a.mid": A}), "songs/link.mid"),
+    "zip-absolute": (
+        lambda p, _: make_zip(p, {"a.mid": A, "/evil.mid": B}),
+        "/evil.mid",
+        "has an absolute path",
+    ),
+    "zip-drive-upper": (
+        lambda p, _: make_zip(p, {"a.mid": A, "C:evil.mid": B}),
+        "C:evil.mid",
+        "has an absolute path",
+    ),
+    "zip-drive-lower": (
+        lambda p, _: make_zip(p, {"a.mid": A, "d:/evil.mid": B}),
+        "d:/evil.mid",
+        "has an absolute path",
+    ),
+    "zip-symlink": (
+        lambda p, _: make_zip_special(p, {"a.mid": A}, "songs/link.mid", 0o120777),
+        "songs/link.mid",
+        "is a symlink",
+    ),
+    "zip-fifo": (
+        lambda p, _: make_zip_special(p, {"a.mid": A}, "songs/pipe.mid", 0o010644),
+        "songs/pipe.mid",
+        "is neither a regular file nor a folder",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", HOSTILE)
 def test_hostile_archive_is_refused(case: str, tmp_path: Path) -> None:
-    build, member = HOSTILE[case]
+    build, member, reason = HOSTILE[case]
     elsewhere = tmp_path / "elsewhere"
     archive = build(tmp_path / "archive", elsewhere)
     member = member.replace("{abs}", f"{elsewhere}/evil.mid")
@@ -400,10 +467,31 @@ def test_hostile_archive_is_refused(case: str, tmp_path: Path) -> None:
     assert member in names  # the archive really holds the hostile name
     work = tmp_path / "work" / "deep"
     work.mkdir(parents=True)
-    with pytest.raises(MidigenError, match=f"archive member {re.escape(repr(member))} "):
+    with pytest.raises(MidigenError) as error:
         run_download(url_params(archive), work / "out")
+    assert str(error.value) == f"archive member {member!r} {reason}; refusing the archive"
     assert list(work.iterdir()) == []  # no output, no temp folder
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["archive", "deep", "work"]
+
+
+def test_members_are_read_up_to_the_cap_and_budget_exactly() -> None:
+    """A member of exactly MAX_MEMBER_BYTES is read, one byte more refused; an archive whose
+    members add up to exactly the budget is read, one byte more refused (naming that member)."""
+    exact = dl.MAX_MEMBER_BYTES
+    assert len(dl._read_capped(io.BytesIO(bytes(exact)), "big.mid")) == exact
+    with pytest.raises(MidigenError) as error:
+        dl._read_capped(io.BytesIO(bytes(exact + 1)), "big.mid")
+    assert str(error.value) == (
+        f"archive member 'big.mid' is larger than {exact} bytes; refusing the archive"
+    )
+    entries = [("a.mid", b"123"), ("b.mid", b"45")]
+    assert list(dl._budgeted(entries, budget=5)) == entries
+    with pytest.raises(MidigenError) as error:
+        list(dl._budgeted(entries, budget=4))
+    assert str(error.value) == (
+        "archive member 'b.mid' takes the extracted total past 4 bytes (a zip bomb?); "
+        "refusing the archive"
+    )
 
 
 def test_oversized_member_is_refused(tmp_path: Path, monkeypatch) -> None:

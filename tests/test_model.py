@@ -481,8 +481,13 @@ def test_memory_steering_parameters_learn_fast_without_decay():
     assert {id(p) for p in steering["params"]} == want
     assert steering["weight_decay"] == 0.0 and steering["lr_scale"] == 10.0
     assert decay["weight_decay"] == 0.1 and "lr_scale" not in decay
+    assert plain["weight_decay"] == 0.0 and "lr_scale" not in plain
     everything = [id(p) for g in (decay, plain, steering) for p in g["params"]]
     assert sorted(everything) == sorted(id(p) for p in model.parameters())
+    alibi = tiny(memory="xl_knn", position="alibi")  # no table to steer: the kNN pair only
+    steering = alibi.optimizer_groups(weight_decay=0.1, memory_lr_scale=10.0)[2]
+    knn = knn_attention_of(alibi)
+    assert {id(p) for p in steering["params"]} == {id(knn.memory_bias), id(knn.log_temperature)}
 
 
 # ---- 7. memories the model composes -----------------------------------------------------------
@@ -506,3 +511,103 @@ def test_each_memory_kind_is_a_module_the_model_composes(memory, kinds, knn_laye
     assert found == knn_layers
     state = model.initial_state(2, "cpu")
     assert (state.knn is not None) == bool(knn_layers) and state.xl is None
+
+
+# ---- 8. what generation does to a state: pick rows, save, restore --------------------------------
+
+
+@pytest.mark.parametrize("memory", ["none", "xl", "xl_knn"])
+@pytest.mark.parametrize("previous_tokens", [0, 2])
+def test_selected_rows_go_on_as_they_would_in_the_whole_batch(memory, previous_tokens):
+    """Generation drops and reorders rows (beams, finished samples): the rows picked out of a
+    state continue exactly as those rows of the whole batch do."""
+    model = tiny(memory=memory, previous_tokens=previous_tokens)
+    tokens, bar_pos = stream(3, 3 * T, seed=21)
+    doc = torch.zeros_like(tokens)
+    doc[1, T + 2 :] = 1
+    first, last = slice(0, 2 * T), slice(2 * T, 3 * T)
+    rows = torch.tensor([2, 0, 1])[:2]
+    with torch.no_grad():
+        _, state = run(model, tokens[:, first], bar_pos[:, first], doc[:, first])
+        if memory == "none":  # generation's key/value cache lives in `xl` for every model
+            _, trace = model.read(tokens[:, first], bar_pos[:, first], doc[:, first])
+            state = trace.cached(2 * T)
+        chosen = state.select(rows)
+        assert chosen.batch == 2 and chosen.offset == state.offset
+        whole, _, _ = model(tokens[:, last], bar_pos[:, last], doc[:, last], state)
+        picked, _, _ = model(tokens[rows, last], bar_pos[rows, last], doc[rows, last], chosen)
+    torch.testing.assert_close(picked, whole[rows])
+
+
+@pytest.mark.parametrize("memory", ["none", "xl", "xl_knn"])
+def test_one_row_state_survives_its_state_dict(memory):
+    """A single-row state (one generated sample), each memory kind, back from plain tensors."""
+    model = tiny(memory=memory)
+    tokens, bar_pos = stream(1, 2 * T, seed=22)
+    doc = torch.zeros_like(tokens)
+    with torch.no_grad():
+        _, state = run(model, tokens[:, :T], bar_pos[:, :T], doc[:, :T])
+        restored = model.memory_state_from(state.state_dict())
+        want, _, _ = model(tokens[:, T:], bar_pos[:, T:], doc[:, T:], state)
+        got, _, _ = model(tokens[:, T:], bar_pos[:, T:], doc[:, T:], restored)
+    torch.testing.assert_close(got, want)
+    assert (restored.xl is None) == (state.xl is None)
+    assert (restored.knn is None) == (state.knn is None)
+
+
+def test_a_knn_checkpoint_with_missing_values_is_refused():
+    memory = KNNMemory(batch=2, n_head=1, head_dim=4, max_memories=10)
+    saved = memory.state_dict()
+    saved["values"] = saved["values"][:1]
+    with pytest.raises(ValueError):
+        KNNMemory.from_state_dict(saved, max_memories=10)
+
+
+def test_rows_with_nothing_stored_retrieve_nothing_and_the_rest_still_retrieve():
+    """An empty row first, a filled one after it: the empty one gets -1 ids and zero keys and
+    values, the filled one what brute force finds."""
+    torch.manual_seed(1)
+    memory = KNNMemory(batch=3, n_head=2, head_dim=8, max_memories=100)
+    stored = torch.randn(2, 20, 8)
+    memory.doc[:] = 4
+    memory.add(1, stored, -stored)
+    queries = torch.randn(3, 2, 5, 8)
+    keys, values, found = memory.search(queries, torch.full((3, 5), 4), k=3)
+    assert not found[0].any() and not found[2].any() and found[1].all()
+    assert (keys[0] == 0).all() and (values[0] == 0).all()
+    assert (keys[2] == 0).all() and (values[2] == 0).all()
+    _, ids = retrieve_bruteforce(queries[1], stored, 3)
+    torch.testing.assert_close(keys[1], stored[torch.arange(2)[:, None, None], ids])
+    torch.testing.assert_close(values[1], -keys[1])
+    with pytest.raises(ValueError) as error:
+        memory.search(queries[:2], torch.full((2, 5), 4), k=3)
+    assert str(error.value) == "kNN memory holds 3 rows, got a batch of 2"
+
+
+def test_knn_write_follows_the_song_of_each_rows_last_token():
+    """A song starting at the last token: the row keeps that one key; a padding row before a
+    real one does not stop the real one being written."""
+    memory = KNNMemory(batch=2, n_head=1, head_dim=4, max_memories=100)
+    keys = torch.arange(32.0).reshape(2, 1, 4, 4)
+    memory.write(keys, keys, torch.tensor([[-1, -1, -1, -1], [3, 3, 3, 5]]))
+    assert memory.size(0) == 0 and memory.size(1) == 1
+    torch.testing.assert_close(memory.stored(1)[0], keys[1, :, 3:])
+    assert memory.doc.tolist() == [-1, 5]
+
+
+def test_model_runs_in_bfloat16_with_every_memory():
+    """Reduced precision (GPU autocast, bf16 weights): memories hand back the query's dtype."""
+    model = tiny(memory="xl_knn").to(torch.bfloat16)
+    reference = tiny(memory="xl_knn")
+    tokens, bar_pos = stream(2, 2 * T, seed=23)
+    doc = torch.zeros_like(tokens)
+    with torch.no_grad():
+        low, state = run(model, tokens, bar_pos, doc)
+        high, _ = run(reference, tokens, bar_pos, doc)
+    assert low.dtype == torch.bfloat16 and state.knn.size(0) == 2 * T
+    torch.testing.assert_close(low.float(), high, atol=0.1, rtol=0.05)
+
+
+def test_alibi_slopes_are_not_saved_with_the_weights():
+    """They are a function of the head count: checkpoints hold learned weights only."""
+    assert not any("slopes" in name for name in tiny(position="alibi").state_dict())

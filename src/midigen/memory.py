@@ -260,7 +260,8 @@ class KNNMemory:
         return scores, ids
 
     def fetch(self, ids: Tensor) -> tuple[Tensor, Tensor]:
-        """The raw keys and values (B, H, T, k, Dh) behind `ids`; zeros where an id is -1."""
+        """The raw keys and values (B, H, T, k, Dh) behind `ids`: zeros in a row with nothing
+        stored; where an id is -1 in another row, some stored entry (`search`'s mask drops it)."""
         ids = ids.to(self.device)
         keys = torch.empty(*ids.shape, self.head_dim, device=self.device)
         values = torch.empty_like(keys)
