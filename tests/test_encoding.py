@@ -129,6 +129,9 @@ def test_ids_outside_the_vocabulary_are_rejected_by_number(instruments):
         with pytest.raises(DecodeError) as error:
             index_to_position([vocab.sos, bad, vocab.duration(1), vocab.eos], vocab)
         assert str(error.value) == f"token 1 {bad}: expected a note or <sep>"
+    with pytest.raises(DecodeError) as error:  # ids inside it are named
+        index_to_position([vocab.sos, vocab.pad, vocab.duration(1), vocab.eos], vocab)
+    assert str(error.value) == "token 1 <pad>: expected a note or <sep>"
 
 
 def test_a_note_must_be_followed_by_a_duration_not_the_next_id():
@@ -151,6 +154,8 @@ def test_unknown_token_names_are_rejected_by_name():
     with pytest.raises(DecodeError) as error:
         vocab.from_text("<sos><d9><eos>")
     assert str(error.value) == "unknown token <d9>"
+    nothing = vocab.from_text("")
+    assert nothing.dtype == np.int64 and len(nothing) == 0
 
 
 def test_instrument_vocabulary_names_and_kinds_every_id():

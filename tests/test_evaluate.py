@@ -35,6 +35,7 @@ from midigen.evaluate import (
     second_copy,
     song_table,
     with_reach,
+    write_plots,
 )
 from midigen.model import MEMORY_KINDS, ModelConfig, MusicTransformer, token_loss
 from midigen.paired import CELLS, REACH, read_song_cells
@@ -561,3 +562,32 @@ def test_music_comparison_by_hand():
     assert metrics["overlap"]["pitch"]["low"] == 0.0 and metrics["overlap"]["pitch"]["high"] == 1.0
     assert counts["real"]["pitch"][[60, 64, 67]].tolist() == [2, 1, 1]
     assert counts["generated"]["duration"][[2, 4]].tolist() == [1, 2]
+
+
+def test_plot_tables_by_hand(tmp_path):
+    """histograms.csv: shares of each histogram over the bins either side uses; a side with
+    nothing (no generated notes) has shares 0, not NaN."""
+
+    def hist(*values):
+        return np.array(values, dtype=np.int64)
+
+    counts = {
+        "real": {"pitch": hist(0, 1, 3, 0), "duration": hist(2, 2), "ioi": hist(0, 5),
+                 "polyphony": hist(1, 0, 0)},
+        "generated": {"pitch": hist(0, 0, 0, 0), "duration": hist(0, 4), "ioi": hist(0, 1),
+                      "polyphony": hist(0, 0, 0)},
+    }  # fmt: skip
+    write_plots(tmp_path, "xl", {"0-127": 1.5, "128-255": 1.25}, counts)
+    with open(tmp_path / "histograms.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows == [
+        ["feature", "bin", "real", "generated"],
+        ["pitch", "1", "0.25", "0"],
+        ["pitch", "2", "0.75", "0"],
+        ["duration", "0", "0.5", "0"],
+        ["duration", "1", "0.5", "1"],
+        ["ioi", "1", "1", "1"],
+        ["polyphony", "0", "1", "0"],
+    ]
+    with open(tmp_path / "nll_by_position.csv") as f:
+        assert list(csv.reader(f)) == [["bucket", "nll"], ["0-127", "1.5"], ["128-255", "1.25"]]

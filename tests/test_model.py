@@ -611,3 +611,30 @@ def test_model_runs_in_bfloat16_with_every_memory():
 def test_alibi_slopes_are_not_saved_with_the_weights():
     """They are a function of the head count: checkpoints hold learned weights only."""
     assert not any("slopes" in name for name in tiny(position="alibi").state_dict())
+
+
+def test_room_for_the_cache_keeps_the_memory_and_is_made_once():
+    """with_room: the same keys and values in bigger buffers; asking again for no more room
+    gives the same memory, more room new buffers; picking rows keeps the buffered layout."""
+    model = tiny(memory="xl")
+    tokens, bar_pos = stream(3, T, seed=24)
+    with torch.no_grad():
+        _, _, state = model(tokens, bar_pos, torch.zeros_like(tokens))
+    xl = state.xl
+    roomy = xl.with_room(3 * T)
+    assert roomy.buffers[0][0].shape[2] == roomy.buffers[1][1].shape[2] == 3 * T
+    for got, want in zip(roomy.keys + roomy.values, xl.keys + xl.values, strict=True):
+        torch.testing.assert_close(got, want)
+    assert roomy.with_room(3 * T) is roomy and roomy.with_room(T) is roomy
+    bigger = roomy.with_room(4 * T)
+    assert bigger is not roomy and bigger.buffers[0][0].shape[2] == 4 * T
+    torch.testing.assert_close(bigger.keys[1], xl.keys[1])
+    rows = torch.tensor([2, 0])
+    picked, plain = roomy.select(rows), xl.select(rows)
+    assert picked.buffers is not None and picked.buffers[1][0].shape[::2] == (2, 3 * T)
+    for side in (0, 1):
+        for got, buffer in zip(picked.buffers[side], roomy.buffers[side], strict=True):
+            torch.testing.assert_close(got[:, :, :T], buffer[rows, :, :T])
+    for got, want in zip(picked.keys + picked.values, plain.keys + plain.values, strict=True):
+        torch.testing.assert_close(got, want)
+    assert torch.equal(picked.doc, xl.doc[rows]) and torch.equal(picked.pos, xl.pos)
