@@ -23,9 +23,12 @@ from midigen.encoding import Vocab
 from midigen.errors import MidigenError
 from midigen.evaluate import (
     TokenScores,
+    check_buckets,
     compare_music,
     continuation_notes,
     evaluate_model,
+    likelihood_metrics,
+    load_samples,
     reach_buckets,
     repeat_distance,
     repeat_probe,
@@ -591,3 +594,68 @@ def test_plot_tables_by_hand(tmp_path):
     ]
     with open(tmp_path / "nll_by_position.csv") as f:
         assert list(csv.reader(f)) == [["bucket", "nll"], ["0-127", "1.5"], ["128-255", "1.25"]]
+
+
+def test_metric_edge_cases_by_hand(tmp_path):
+    """Buckets one token wide are allowed; no predictions is one clear error; predictions
+    without a note have no bits per note; a context whose repeat lies exactly at the segment
+    offset is inside the segment."""
+    check_buckets([0, 1, 2])
+    vocab = Vocab(max_duration=8)
+    nothing = TokenScores(*(np.zeros(0, dtype=np.int64) for _ in range(4)))
+    with pytest.raises(MidigenError) as error:
+        likelihood_metrics(nothing, vocab, [0])
+    assert str(error.value) == "nothing to evaluate: the test split has no tokens to predict"
+    durations = TokenScores(
+        nll=np.array([1.0, 2.0]), target=np.array([vocab.duration(1)] * 2),
+        position=np.array([0, 1]), song=np.array([0, 0]),
+    )  # fmt: skip
+    metrics = likelihood_metrics(durations, vocab, [0, 1])
+    assert math.isnan(metrics["bits_per_note"]) and metrics["nll"] == 1.5
+    assert metrics["nll_by_position"] == {"0-0": 1.0, "1+": 2.0}
+    distance, offset = np.array([0, 3, 4, 9, 10]), np.array([3, 3, 3, 3, 3])
+    assert reach_buckets(distance, offset, xl_mem_len=6).tolist() == [0, 1, 2, 2, 3]
+
+
+def test_repeated_songs_keep_each_songs_times():
+    """Two songs each played twice: the second copy's times continue from the first's end."""
+    shard = Shard(
+        tokens=np.array([1, 10, 2, 1, 20, 21, 2]),
+        times=np.array([0, 0, 4, 0, 0, 2, 6]),
+        bar_pos=np.zeros(7, dtype=np.int64),
+        offsets=np.array([0, 3, 7]),
+        songs=[{"sha256": "a"}, {"sha256": "b"}],
+    )
+    twice = repeated(shard)
+    assert twice.offsets.tolist() == [0, 5, 12]
+    assert twice.tokens.tolist() == [1, 10, 2, 10, 2, 1, 20, 21, 2, 20, 21, 2]
+    assert twice.times.tolist() == [0, 0, 4, 4, 8, 0, 0, 2, 6, 6, 8, 12]
+
+
+@pytest.mark.parametrize(
+    ("samples", "problem"),
+    [
+        ([], "not a samples file (needs steps_per_beat and prompts)"),
+        ({"prompts": []}, "not a samples file (needs steps_per_beat and prompts)"),
+        (
+            {"steps_per_beat": 4, "prompts": [{"id": "p7", "tokens": {"prompt": []}}]},
+            "prompt p7 has no prompt_steps, bar_steps, tokens.real, tokens.generated",
+        ),
+        ({"steps_per_beat": 4, "prompts": [{}]}, "prompt 0 has no id, prompt_steps, bar_steps, "
+         "tokens, tokens.prompt, tokens.real, tokens.generated"),
+    ],
+)  # fmt: skip
+def test_a_samples_file_lacking_what_evaluate_reads_is_named(tmp_path, samples, problem):
+    (tmp_path / "samples.json").write_text(json.dumps(samples))
+    with pytest.raises(MidigenError) as error:
+        load_samples(tmp_path)
+    assert str(error.value) == f"{tmp_path / 'samples.json'}: {problem}"
+
+
+def test_continuation_notes_keep_their_instruments():
+    vocab = Vocab(max_duration=8, instruments=True)
+    prompt = vocab.from_text("<sos><i5><n60><d2><sep><d2>")
+    continuation = vocab.from_text("<i7><n62><d1><sep><d1><eos>")
+    added = continuation_notes(prompt, continuation, prompt_steps=2, vocab=vocab)
+    assert added.onset.tolist() == [2] and added.program.tolist() == [7]
+    assert added.pitch.tolist() == [62] and added.duration.tolist() == [1]

@@ -93,3 +93,28 @@ def test_statistics_of_nothing_are_nan():
     statistics = musical.statistics(EMPTY, 4, 16)
     assert list(statistics) == list(musical.STATISTICS)
     assert all(math.isnan(v) for v in statistics.values())
+
+
+def test_histogram_bins_by_hand():
+    """Bin i counts value i: 128 pitches, durations and IOIs 0..8 beats, 0..16 voices."""
+    assert musical.histogram_bins(4) == {"pitch": 128, "duration": 33, "ioi": 33, "polyphony": 17}
+    assert musical.histogram_bins(2)["ioi"] == 17
+    counts = musical.histograms([notes([0, 0], [60, 64], [1, 1])], steps_per_beat=4)
+    assert all(c.dtype.kind == "i" for c in counts.values())
+
+
+def test_overlap_with_either_side_empty_is_undefined():
+    a = np.array([1, 1, 0])
+    assert math.isnan(musical.overlap(np.zeros(3), a))
+    assert math.isnan(musical.overlap(np.zeros(3), np.zeros(3)))
+
+
+def test_a_single_note_is_in_a_major_scale():
+    assert musical.scale_consistency(melody([61])) == 1.0
+
+
+def test_groove_is_measured_from_the_first_bar_with_an_onset():
+    """Bars 2..5 of 4 steps: [1 0 0 0] [0 1 0 0] [1 0 0 0] [1 0 0 0]: changes between
+    successive bars at 2 + 2 + 0 of 12 positions."""
+    late = notes([8, 13, 16, 20], [60] * 4, [1] * 4)
+    assert musical.groove_consistency(late, bar_steps=4) == pytest.approx(1 - 4 / 12)

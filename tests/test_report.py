@@ -18,6 +18,7 @@ from dataclasses import fields
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import jinja2
 import numpy as np
 import pytest
 import symusic
@@ -30,7 +31,7 @@ from midigen.media import piano_roll, render_audio
 from midigen.midi import Notes, write_midi
 from midigen.paired import CELLS, CONTRASTS, REACH, SongCells, memory_effect, write_song_cells
 from midigen.params import load_params
-from midigen.report import floor_verdict, format_interval, memory_verdict
+from midigen.report import _environment, floor_verdict, format_interval, memory_verdict
 from midigen.stages import report as report_stage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -635,3 +636,16 @@ def test_floor_verdict_names_the_best_baseline_and_who_beats_it():
     assert said.startswith("Best baseline: 8-gram, 4.63 bits per note")
     assert "vanilla 4.34 (beats it)" in said and "xl 4.70 (does not beat it)" in said
     assert floor_verdict({"baselines": {}, "variants": summary["variants"]}) is None
+
+
+def test_the_page_templates_show_missing_numbers_as_a_dash_and_refuse_unknown_names():
+    """The filters the page uses, and a template naming a value the page was not given stops
+    the report instead of leaving a blank cell."""
+    env = _environment()
+    num, signed, percent = (env.filters[f] for f in ("num", "signed", "percent"))
+    assert (num(None), num(1.23456), num(2.5, 1)) == ("\u2014", "1.235", "2.5")
+    assert (signed(None), signed(0.25), signed(-0.0625)) == ("\u2014", "+0.250", "-0.062")
+    assert (percent(None), percent(0.1234)) == ("\u2014", "12.3%")
+    with pytest.raises(jinja2.UndefinedError, match="'missing' is undefined"):
+        env.from_string("{{ missing }}").render()
+    assert env.from_string("{{ x }}").render(x="<b>") == "&lt;b&gt;"
