@@ -100,12 +100,10 @@ def equivalents() -> dict[str, str]:
     return found
 
 
-def run_mutmut(fresh: bool) -> None:
-    if fresh:
-        shutil.rmtree(REPO / "mutants", ignore_errors=True)
+def run_mutmut(patterns: list[str]) -> None:
+    """mutmut runs every mutant matching `patterns`, even those with a result already."""
     # One thread per child: mutmut forks, and a forked OpenMP pool deadlocks (false timeouts).
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    patterns = [p for group in MUTANTS.values() for p in group]
     subprocess.run(["mutmut", "run", *patterns], cwd=REPO, env=env, check=True)
 
 
@@ -154,11 +152,22 @@ def summarize(statuses: dict[str, str], reviewed: dict[str, str]) -> tuple[str, 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fresh", action="store_true", help="delete mutants/ first")
+    parser.add_argument(
+        "--survivors",
+        action="store_true",
+        help="run again only the mutants the last run left alive (after adding tests)",
+    )
     parser.add_argument("--no-run", action="store_true", help="only summarize the last run")
     parser.add_argument("--results", type=Path, default=None, help="write its RESULTS section")
     args = parser.parse_args(argv)
-    if not args.no_run:
-        run_mutmut(args.fresh)
+    if args.fresh:
+        shutil.rmtree(REPO / "mutants", ignore_errors=True)
+    if args.survivors:
+        alive = [n for n, status in results().items() if status not in ("killed", "timeout")]
+        if alive:
+            run_mutmut(alive)
+    elif not args.no_run:
+        run_mutmut([p for group in MUTANTS.values() for p in group])
     reviewed = equivalents()
     statuses = results()
     stale = sorted(n for n in reviewed if statuses.get(n) not in (None, "survived"))
