@@ -1,0 +1,141 @@
+"""MusicBox's codebook scheme: every note one row of three fields (seed 001).
+
+    field 0  pitch: 0..127, or <sos> / <eos> (a row that opens / ends the song)
+    field 1  step: time since the previous note's onset (the song's start for the first),
+             the index of the nearest value in the steps codebook
+    field 2  duration: the index of the nearest value in the durations codebook
+
+Notes of one onset come in pitch order, the later ones with step 0. Instruments are merged
+(the scheme has no program field): of two notes on one onset and pitch, the longer is kept.
+Quantizing to a codebook is lossy unless every time between onsets and every duration is one
+of its values; a value past the last entry is clamped to it. Each note's onset is the sum of
+the quantized steps before it, so one changed step moves every later note: `changes` counts
+the notes whose step or duration the codebook changed (and the clamped ones among them), and
+decode(encode(notes)) gives the notes exactly when they count 0 and no instruments merge.
+The <sos> and <eos> rows carry index 0 in the other two fields, which decode ignores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from midigen.encodings import DecodeError, Encoded
+from midigen.midi import Notes
+
+SOS, EOS = 128, 129  # values of the pitch field beyond the 128 pitches
+PITCH, STEP, DURATION = range(3)  # the fields
+
+
+@dataclass(frozen=True)
+class Codebook:
+    """The scheme for two codebooks of grid steps (sorted, distinct; steps from 0, durations
+    from 1)."""
+
+    steps: tuple[int, ...]
+    durations: tuple[int, ...]
+    name: str = "codebook"
+
+    def __post_init__(self) -> None:
+        for label, book, low in (("steps", self.steps, 0), ("durations", self.durations, 1)):
+            if not book or list(book) != sorted(set(book)) or book[0] != low:
+                raise ValueError(
+                    f"the {label} codebook must be distinct increasing steps from {low} "
+                    f"(got {list(book)})"
+                )
+
+    @property
+    def fields(self) -> tuple[int, int, int]:
+        return 130, len(self.steps), len(self.durations)
+
+    def encode(self, notes: Notes) -> Encoded:
+        onset, pitch, duration = merged(notes)
+        step = nearest(self.steps, np.diff(onset, prepend=0))
+        rows = np.column_stack([pitch, step, nearest(self.durations, duration)])
+        tokens = np.concatenate([[[SOS, 0, 0]], rows, [[EOS, 0, 0]]]).astype(np.int64)
+        onsets = np.cumsum(np.asarray(self.steps)[step])  # where decode puts each note
+        end = int((onsets + np.asarray(self.durations)[rows[:, 2]]).max(initial=0))
+        return Encoded(tokens, np.concatenate([[0], onsets, [end]]).astype(np.int64))
+
+    def decode(self, tokens: np.ndarray) -> Notes:
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1, 3)
+        problem = self._problem(tokens)
+        if problem:
+            raise DecodeError(problem)
+        rows = tokens[1:-1]
+        onset = np.cumsum(np.asarray(self.steps)[rows[:, STEP]])
+        duration = np.asarray(self.durations)[rows[:, DURATION]]
+        return sorted_notes(onset, rows[:, PITCH], duration)
+
+    def _problem(self, tokens: np.ndarray) -> str | None:
+        """The first thing wrong with a song's rows, or None."""
+        if len(tokens) < 2 or tokens[0, PITCH] != SOS:
+            return "a song must start with a <sos> row"
+        if tokens[-1, PITCH] != EOS:
+            return "a song must end with an <eos> row"
+        for field, size in enumerate(self.fields):
+            bad = np.flatnonzero((tokens[:, field] < 0) | (tokens[:, field] >= size))
+            if len(bad):
+                return f"row {bad[0]}: field {field} value {tokens[bad[0], field]} not below {size}"
+        special = np.flatnonzero(tokens[1:-1, PITCH] >= SOS)
+        if len(special):
+            return f"row {special[0] + 1}: <sos> or <eos> inside the song"
+        return None
+
+    def changes(self, notes: Notes) -> dict[str, int]:
+        onset, _, duration = merged(notes)
+        ioi = np.diff(onset, prepend=0)
+        return {
+            "merged_instruments": len(notes) - len(onset),
+            "step_changed": _off_book(self.steps, ioi),
+            "step_clamped": int(np.count_nonzero(ioi > self.steps[-1])),
+            "duration_changed": _off_book(self.durations, duration),
+            "duration_clamped": int(np.count_nonzero(duration > self.durations[-1])),
+        }
+
+    def note_rows(self, tokens: np.ndarray) -> np.ndarray:
+        return np.asarray(tokens).reshape(-1, 3)[:, PITCH] < SOS
+
+    def allowed(self, prefix: np.ndarray) -> list[np.ndarray]:
+        """Per field, the values the next row may take after the rows `prefix`: <sos> first;
+        then a note or <eos> in the pitch field, any codebook index in the others."""
+        sizes = self.fields
+        pitch = np.zeros(sizes[PITCH], dtype=bool)
+        if len(prefix) == 0:
+            pitch[SOS] = True
+        elif np.asarray(prefix).reshape(-1, 3)[-1, PITCH] != EOS:
+            pitch[:128] = pitch[EOS] = True
+        return [pitch, np.ones(sizes[STEP], dtype=bool), np.ones(sizes[DURATION], dtype=bool)]
+
+
+def merged(notes: Notes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Onset, pitch, duration with instruments merged: by (onset, pitch), the longest kept."""
+    order = np.lexsort((-notes.duration, notes.pitch, notes.onset))
+    onset, pitch, duration = (a[order] for a in (notes.onset, notes.pitch, notes.duration))
+    first = np.ones(len(onset), dtype=bool)
+    first[1:] = (onset[1:] != onset[:-1]) | (pitch[1:] != pitch[:-1])
+    return onset[first], pitch[first], duration[first]
+
+
+def nearest(book: tuple[int, ...], values: np.ndarray) -> np.ndarray:
+    """Index of the nearest codebook value (the lower one on a tie); past the end, the last."""
+    book_array, values = np.asarray(book), np.asarray(values)
+    if len(book_array) == 1:
+        return np.zeros(len(values), dtype=np.int64)
+    upper = np.clip(np.searchsorted(book_array, values), 1, len(book_array) - 1)
+    lower = upper - 1
+    closer_above = book_array[upper] - values < values - book_array[lower]
+    return np.where(closer_above, upper, lower).astype(np.int64)
+
+
+def sorted_notes(onset: np.ndarray, pitch: np.ndarray, duration: np.ndarray) -> Notes:
+    """Notes in Notes' order, one per (onset, pitch): the longest where a song repeats one."""
+    onset, pitch, duration = merged(
+        Notes(onset, np.zeros(len(onset), dtype=np.int64), pitch, duration)
+    )
+    return Notes(onset, np.zeros(len(onset), dtype=np.int64), pitch, duration)
+
+
+def _off_book(book: tuple[int, ...], values: np.ndarray) -> int:
+    return int(np.count_nonzero(~np.isin(values, book)))

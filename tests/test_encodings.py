@@ -1,0 +1,176 @@
+"""Token schemes behind the one interface (src/midigen/encodings): round trips, what the lossy
+ones change, and grammars whose every sampled song decodes (property tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from midigen.encodings import DecodeError
+from midigen.encodings.codebook import EOS, SOS, Codebook
+from midigen.midi import Notes
+
+BOOK = Codebook(steps=(0, 1, 2, 4, 8), durations=(1, 2, 4, 8))
+
+
+def notes_of(rows: list[tuple[int, int, int]]) -> Notes:
+    """(onset, pitch, duration) rows, any order, one instrument."""
+    onset, pitch, duration = (np.array(c, dtype=np.int64) for c in zip(*rows, strict=True))
+    order = np.lexsort((pitch, onset))
+    zeros = np.zeros(len(rows), dtype=np.int64)
+    return Notes(onset[order], zeros, pitch[order], duration[order])
+
+
+# ---- codebook (MusicBox) --------------------------------------------------------------------
+
+
+def test_codebook_rows_by_hand():
+    """A chord of two on step 0, a note 3 steps later (3: a tie between 2 and 4, the lower
+    wins), one 1 step after that lasting 9 (past the last duration: clamped to 8)."""
+    song = notes_of([(0, 64, 2), (0, 60, 2), (3, 62, 4), (4, 60, 9)])
+    encoded = BOOK.encode(song)
+    assert encoded.tokens.tolist() == [
+        [SOS, 0, 0], [60, 0, 1], [64, 0, 1], [62, 2, 2], [60, 1, 3], [EOS, 0, 0]
+    ]  # fmt: skip
+    assert encoded.times.tolist() == [0, 0, 0, 2, 3, 11]  # where decode puts them
+    back = BOOK.decode(encoded.tokens)
+    assert back.onset.tolist() == [0, 0, 2, 3] and back.pitch.tolist() == [60, 64, 62, 60]
+    assert back.duration.tolist() == [2, 2, 4, 8]
+    assert BOOK.changes(song) == {
+        "merged_instruments": 0,
+        "step_changed": 1,
+        "step_clamped": 0,
+        "duration_changed": 1,
+        "duration_clamped": 1,
+    }
+    assert BOOK.note_rows(encoded.tokens).tolist() == [False, True, True, True, True, False]
+
+
+def test_codebook_merges_instruments_keeping_the_longer_note():
+    song = Notes(
+        onset=np.array([0, 0, 2]),
+        program=np.array([0, 40, 0]),
+        pitch=np.array([60, 60, 62]),
+        duration=np.array([1, 4, 2]),
+    )
+    assert BOOK.changes(song)["merged_instruments"] == 1
+    back = BOOK.decode(BOOK.encode(song).tokens)
+    assert back.pitch.tolist() == [60, 62] and back.duration.tolist() == [4, 2]
+    assert back.program.tolist() == [0, 0]
+
+
+@st.composite
+def songs(draw, steps=BOOK.steps, durations=BOOK.durations, free: bool = False) -> Notes:
+    """Notes whose times between onsets and durations are codebook values (any, if `free`)."""
+    n = draw(st.integers(0, 40))
+    step = st.integers(0, 20) if free else st.sampled_from(steps)
+    length = st.integers(1, 20) if free else st.sampled_from(durations)
+    gaps = draw(st.lists(step, min_size=n, max_size=n))
+    rows = {}
+    for onset, pitch, duration in zip(
+        np.cumsum(gaps, dtype=np.int64),
+        draw(st.lists(st.integers(0, 127), min_size=n, max_size=n)),
+        draw(st.lists(length, min_size=n, max_size=n)),
+        strict=True,
+    ):
+        rows.setdefault((int(onset), pitch), duration)  # one note per onset and pitch
+    return notes_of([(o, p, d) for (o, p), d in rows.items()]) if rows else notes_of_nothing()
+
+
+def notes_of_nothing() -> Notes:
+    return Notes(*(np.zeros(0, dtype=np.int64) for _ in range(4)))
+
+
+@given(songs())
+@settings(max_examples=200, deadline=None)
+def test_codebook_round_trip_is_exact_on_codebook_values(song: Notes):
+    encoded = BOOK.encode(song)
+    assert BOOK.decode(encoded.tokens).equals(song)
+    assert set(BOOK.changes(song).values()) == {0}
+    assert encoded.times[1:-1].tolist() == song.onset.tolist()
+    assert int(BOOK.note_rows(encoded.tokens).sum()) == len(song)
+
+
+def snap(book: tuple[int, ...], value: int) -> int:
+    """The codebook value nearest to `value`, the lower on a tie (by brute force)."""
+    return min(book, key=lambda entry: (abs(entry - value), entry))
+
+
+@given(songs(free=True))
+@settings(max_examples=200, deadline=None)
+def test_codebook_changes_exactly_what_it_counts(song: Notes):
+    """Any notes: each onset moves by the snapped steps before it, each duration snaps, and
+    `changes` counts the notes whose step or duration is not a codebook value."""
+    back = BOOK.decode(BOOK.encode(song).tokens)
+    ioi = np.diff(song.onset, prepend=0)
+    want_onset = np.cumsum([snap(BOOK.steps, int(v)) for v in ioi], dtype=np.int64)
+    want_duration = [snap(BOOK.durations, int(v)) for v in song.duration]
+    assert back.pitch.tolist() == song.pitch.tolist()
+    assert back.onset.tolist() == want_onset.tolist()
+    assert back.duration.tolist() == want_duration
+    changes = BOOK.changes(song)
+    assert changes["step_changed"] == sum(int(v) not in BOOK.steps for v in ioi)
+    assert changes["duration_changed"] == sum(int(v) not in BOOK.durations for v in song.duration)
+    assert changes["step_clamped"] == int(np.count_nonzero(ioi > 8))
+    assert changes["duration_clamped"] == int(np.count_nonzero(song.duration > 8))
+
+
+@given(st.randoms(use_true_random=False), st.integers(0, 60))
+@settings(max_examples=100, deadline=None)
+def test_codebook_grammar_every_sampled_song_decodes(rng, limit: int):
+    """Rows drawn at random among what `allowed` permits, <eos> forced at the limit."""
+    rows: list[list[int]] = []
+    while not rows or rows[-1][0] != EOS:
+        masks = BOOK.allowed(np.array(rows, dtype=np.int64).reshape(-1, 3))
+        if len(rows) >= limit and masks[0][EOS]:
+            masks[0] = np.zeros_like(masks[0])
+            masks[0][EOS] = True
+        rows.append([rng.choice(np.flatnonzero(m).tolist()) for m in masks])
+    song = BOOK.decode(np.array(rows))
+    onsets = np.cumsum([BOOK.steps[step] for _, step, _ in rows[1:-1]], dtype=np.int64)
+    distinct = {(int(o), pitch) for o, (pitch, _, _) in zip(onsets, rows[1:-1], strict=True)}
+    assert len(song) == len(distinct)  # a sampled song may strike one key twice at once
+    assert not BOOK.allowed(np.array(rows)).pop(0).any()  # nothing after <eos>
+
+
+@pytest.mark.parametrize(
+    ("rows", "problem"),
+    [
+        ([[60, 0, 0], [EOS, 0, 0]], "a song must start with a <sos> row"),
+        ([[SOS, 0, 0], [60, 0, 0]], "a song must end with an <eos> row"),
+        ([[SOS, 0, 0], [60, 5, 0], [EOS, 0, 0]], "row 1: field 1 value 5 not below 5"),
+        ([[SOS, 0, 0], [60, 0, -1], [EOS, 0, 0]], "row 1: field 2 value -1 not below 4"),
+        ([[SOS, 0, 0], [SOS, 0, 0], [EOS, 0, 0]], "row 1: <sos> or <eos> inside the song"),
+    ],
+)
+def test_codebook_rows_it_cannot_read_are_named(rows, problem):
+    with pytest.raises(DecodeError) as error:
+        BOOK.decode(np.array(rows))
+    assert str(error.value) == problem
+
+
+@pytest.mark.parametrize(
+    ("steps", "durations", "problem"),
+    [
+        (
+            (1, 2),
+            (1, 2),
+            "the steps codebook must be distinct increasing steps from 0 (got [1, 2])",
+        ),
+        ((0, 2, 1), (1,), "the steps codebook must be distinct increasing steps from 0"),
+        ((0,), (1, 1), "the durations codebook must be distinct increasing steps from 1"),
+        ((0,), (), "the durations codebook must be distinct increasing steps from 1 (got [])"),
+    ],
+)
+def test_a_bad_codebook_is_refused(steps, durations, problem):
+    with pytest.raises(ValueError) as error:
+        Codebook(steps, durations)
+    assert str(error.value).startswith(problem)
+
+
+def test_a_one_entry_codebook_snaps_everything_to_it():
+    book = Codebook(steps=(0,), durations=(1,))
+    back = book.decode(book.encode(notes_of([(0, 60, 3), (5, 62, 1)])).tokens)
+    assert back.onset.tolist() == [0, 0] and back.duration.tolist() == [1, 1]
