@@ -14,6 +14,8 @@ Both sides run in this one process, one file at a time, from the path on disk:
            only where the program changes), duplicate notes removed, time signatures read;
            and at MidiTok's defaults (velocity, 8 positions per beat, a stream per track) for
            information.
+  codebook the same per-file work in the codebook scheme (src/midigen/encodings/codebook.py),
+           for issue 13's target (each scheme >= 2x MidiTok REMI).
 Each side gets one warm-up pass, then the best of `--repeats` timed passes. Notes/s counts
 the notes symusic finds in the input files (all tracks), the same number for both sides.
 Optionally (default on) the full encode_chunk stage with its process pool, for information.
@@ -43,6 +45,7 @@ import symusic
 from sections import commit, write_section
 
 from midigen.corpus import EncodeConfig, encode_bytes, encode_chunk
+from midigen.encodings.codebook import Codebook
 from midigen.midi import SkipSong
 from midigen.params import load_params, validate_params
 
@@ -129,6 +132,31 @@ def midigen_pass(config: EncodeConfig) -> Callable[[list[Path]], int]:
                 encode_bytes(path.read_bytes(), config)
             except SkipSong:
                 skipped += 1
+        return skipped
+
+    return run
+
+
+# MusicBox-like codebooks on the beat grid, for the codebook scheme's row (until the scheme
+# has its params: issue 13).
+CODEBOOK = Codebook(
+    steps=(0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32), durations=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+)
+
+
+def codebook_pass(config: EncodeConfig) -> Callable[[list[Path]], int]:
+    """The same per-file work in the codebook scheme: parse, quantize, rows, bar positions."""
+
+    def run(paths: list[Path]) -> int:
+        skipped = 0
+        for path in paths:
+            try:
+                song = config.read(path.read_bytes())
+            except SkipSong:
+                skipped += 1
+                continue
+            encoded = CODEBOOK.encode(song.notes)
+            song.meter.bar_position(encoded.times)
         return skipped
 
     return run
@@ -259,6 +287,7 @@ def table(timings: list[Timing]) -> str:
 def results_markdown(timings: list[Timing], corpus: str, command: str, config: EncodeConfig) -> str:
     ratio = timings[0].files_per_s / timings[1].files_per_s
     default_ratio = timings[0].files_per_s / timings[2].files_per_s
+    codebook_ratio = timings[3].files_per_s / timings[1].files_per_s
     verdict = "meets" if ratio >= 1.0 else "MISSES"
     return f"""# Encode benchmark: midigen vs MidiTok REMI
 
@@ -281,6 +310,9 @@ instruments {"program" if config.instruments else "merge"} (from params.yaml)
 notes/s gives the same ratio, both sides counting the same input notes).
 midigen / MidiTok REMI at its defaults (more work: velocities, 8 positions per beat, one
 stream per track): {default_ratio:.2f}x, for information.
+midigen's codebook scheme (MusicBox; issue 13, target >= 2x) / MidiTok REMI like for like:
+{codebook_ratio:.2f}x (codebooks: steps {list(CODEBOOK.steps)}, durations
+{list(CODEBOOK.durations)}).
 
 The encode_chunk row is the whole stage on all cores: manifest, process pool start-up,
 workers encoding, arrays and CSVs written; it is there for information, not for the ratio.
@@ -321,6 +353,7 @@ def main(argv: list[str] | None = None) -> None:
             args.repeats,
         ),
         best_of("MidiTok REMI, defaults", miditok_pass(), paths, notes, args.repeats),
+        best_of("midigen codebook scheme", codebook_pass(config), paths, notes, args.repeats),
     ]
     if not args.no_chunk:
         timings.append(chunk_stage(paths, config, notes, args.repeats))
