@@ -8,8 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from midigen.encoding import Vocab
 from midigen.encodings import DecodeError
 from midigen.encodings.codebook import EOS, SOS, Codebook
+from midigen.encodings.index import Index
 from midigen.midi import Notes
 
 BOOK = Codebook(steps=(0, 1, 2, 4, 8), durations=(1, 2, 4, 8))
@@ -174,3 +176,35 @@ def test_a_one_entry_codebook_snaps_everything_to_it():
     book = Codebook(steps=(0,), durations=(1,))
     back = book.decode(book.encode(notes_of([(0, 60, 3), (5, 62, 1)])).tokens)
     assert back.onset.tolist() == [0, 0] and back.duration.tolist() == [1, 1]
+
+
+# ---- index (MIDIGen) through the interface --------------------------------------------------
+
+INDEX = Index(Vocab(max_duration=8))
+
+
+@given(songs(steps=(0, 1, 2, 3, 5, 9), durations=tuple(range(1, 9))))
+@settings(max_examples=100, deadline=None)
+def test_index_round_trip_is_exact(song: Notes):
+    encoded = INDEX.encode(song)
+    assert encoded.tokens.shape == (len(encoded.times), 1)
+    assert INDEX.decode(encoded.tokens).equals(song)
+    assert int(INDEX.note_rows(encoded.tokens).sum()) == len(song)
+    assert INDEX.changes(song) == {}
+
+
+@pytest.mark.parametrize("instruments", [False, True])
+@given(rng=st.randoms(use_true_random=False), limit=st.integers(0, 60))
+@settings(max_examples=50, deadline=None)
+def test_index_grammar_every_sampled_song_decodes(instruments: bool, rng, limit: int):
+    """Tokens drawn at random among what `allowed` permits, <eos> taken once past the limit."""
+    scheme = Index(Vocab(max_duration=4, instruments=instruments))
+    eos = scheme.vocab.eos
+    tokens: list[int] = []
+    while not tokens or tokens[-1] != eos:
+        (mask,) = scheme.allowed(np.array(tokens, dtype=np.int64))
+        choices = np.flatnonzero(mask).tolist()
+        tokens.append(eos if len(tokens) >= limit and eos in choices else rng.choice(choices))
+    song = scheme.decode(np.array(tokens))
+    assert int(scheme.note_rows(np.array(tokens)).sum()) >= len(song)
+    assert not scheme.allowed(np.array(tokens))[0].any()  # nothing after <eos>

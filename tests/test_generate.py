@@ -21,11 +21,10 @@ from hypothesis import strategies as st
 from midigen.corpus import EncodeConfig, load_shard, load_vocab
 from midigen.download import read_manifest
 from midigen.encoding import DecodeError, Vocab, decode_tokens
+from midigen.encodings.index import NOTE, Grammar, whole_rows
 from midigen.errors import MidigenError
 from midigen.generate import (
-    NOTE,
     GenerateConfig,
-    Grammar,
     KVCache,
     Prompt,
     Recompute,
@@ -33,7 +32,6 @@ from midigen.generate import (
     generate,
     sample,
     split_song,
-    whole_rows,
 )
 from midigen.model import MEMORY_KINDS, ModelConfig, MusicTransformer
 from midigen.params import load_params
@@ -126,7 +124,7 @@ def recomputed(model, prompt: Prompt, config: GenerateConfig, forward) -> list[i
     generator = torch.Generator().manual_seed(config.seed)
     while len(drawn) < config.length:
         logits = forward(model, torch.tensor([tokens]), torch.tensor([bars]))[:, -1]
-        allowed = grammar.allowed([cursor], eos=len(drawn) >= config.min_length)
+        allowed = torch.as_tensor(grammar.allowed([cursor], eos=len(drawn) >= config.min_length))
         drawn.append(int(sample(logits, allowed, config, generator)[0]))
         if drawn[-1] == VOCAB.eos:
             break
@@ -151,7 +149,7 @@ def score(model, prompt: Prompt, drawn: list[int], min_length: int = 0) -> float
     logits = segment_by_segment(model, tokens, torch.tensor([bars]))[0, len(prompt.tokens) - 1 :]
     total = 0.0
     for i, (token, before) in enumerate(zip(drawn, cursors, strict=True)):
-        allowed = grammar.allowed([before], eos=i >= min_length)[0]
+        allowed = torch.as_tensor(grammar.allowed([before], eos=i >= min_length)[0])
         logp = F.log_softmax(logits[i].double().masked_fill(~allowed, float("-inf")), dim=-1)
         total += float(logp[token])
     return total
@@ -463,7 +461,7 @@ def test_beam_search_finds_the_most_likely_continuation(memory):
     prompt = random_prompt(8, rows=6, vocab=vocab)
     grammar = Grammar(vocab)
     cursor = grammar.parse(prompt.tokens.tolist())
-    firsts = torch.nonzero(grammar.mask(cursor)).flatten().tolist()
+    firsts = np.flatnonzero(grammar.mask(cursor)).tolist()
     pairs = [
         (x, d) for x in firsts if x != vocab.eos for d in (vocab.duration(1), vocab.duration(2))
     ]
@@ -474,7 +472,7 @@ def test_beam_search_finds_the_most_likely_continuation(memory):
         logits = segment_by_segment(model, tokens, bars).double()
 
     def log_probs(row: int, position: int, after) -> torch.Tensor:
-        allowed = grammar.mask(after)
+        allowed = torch.as_tensor(grammar.mask(after))
         return F.log_softmax(logits[row, position].masked_fill(~allowed, float("-inf")), dim=-1)
 
     first = log_probs(0, n - 1, cursor)

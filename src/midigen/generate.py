@@ -34,7 +34,8 @@ from torch import Tensor
 from midigen.atomic import atomic_dir
 from midigen.corpus import load_shard, load_vocab
 from midigen.download import read_manifest
-from midigen.encoding import DecodeError, Vocab, decode_tokens
+from midigen.encoding import Vocab, decode_tokens
+from midigen.encodings.index import Cursor, Grammar, whole_rows
 from midigen.errors import MidigenError
 from midigen.media import piano_roll, render_audio
 from midigen.memory import MemoryState
@@ -63,105 +64,6 @@ class GenerateConfig:
     @classmethod
     def from_params(cls, generate: dict) -> GenerateConfig:
         return cls(**{k: v for k, v in generate.items() if k in cls.__dataclass_fields__})
-
-
-# ---- the grammar of the index score ------------------------------------------------------------
-
-ROW, DURATION, NOTE, END = "row", "duration", "note", "end"  # what a row expects next
-
-
-@dataclass(frozen=True)
-class Cursor:
-    """One sequence's place in the grammar, and the time step its next token sounds at."""
-
-    expect: str = ROW
-    step: int = 0
-    program: bool = True  # a note may open a row: always without programs, else after <iK>
-    gap: bool = False  # the awaited duration is a gap's (after <sep>): it advances time
-
-
-class Grammar:
-    """Which tokens may come next: the sequences the encoder writes, every one of which
-    `decode_tokens` accepts. After <sos> or a duration: a note (in instrument mode only once a
-    program token has opened the run), <sep>, a program token, or <eos>; after a note or <sep>:
-    a duration; after a program: a note. <pad> and <sos> never."""
-
-    def __init__(self, vocab: Vocab, device: torch.device | str = "cpu"):
-        self.vocab, self.device = vocab, device
-        ids = torch.arange(len(vocab))
-        notes = (ids >= vocab.note_base) & (ids < vocab.duration_base)
-        durations = (ids >= vocab.duration_base) & (ids < vocab.program_base)
-        programs = ids >= vocab.program_base
-        others = programs | (ids == vocab.sep) | (ids == vocab.eos)  # may open a row, or end
-        self._row_start = {True: others | notes, False: others}  # by Cursor.program
-        self._masks = {DURATION: durations, NOTE: notes}
-        self._rows: dict[tuple, Tensor] = {}  # what `allowed` hands out, made once per kind
-
-    def start(self) -> Cursor:
-        """Right after <sos>."""
-        return Cursor(program=not self.vocab.instruments)
-
-    def mask(self, cursor: Cursor) -> Tensor:
-        """(V,) bool: the tokens allowed after `cursor`."""
-        if cursor.expect == ROW:
-            return self._row_start[cursor.program]
-        if cursor.expect == END:
-            raise ValueError("nothing may follow <eos>")
-        return self._masks[cursor.expect]
-
-    def allowed(self, cursors: list[Cursor], eos: bool = True) -> Tensor:
-        """(B, V) bool on the grammar's device, one row per cursor; `eos=False` holds <eos> back
-        (minimum length). Read-only: rows are shared (generation asks once per token)."""
-        rows = [self._row(cursor, eos) for cursor in cursors]
-        return rows[0] if len(rows) == 1 else torch.cat(rows)
-
-    def _row(self, cursor: Cursor, eos: bool) -> Tensor:
-        key = (cursor.expect, cursor.program, eos)
-        if key not in self._rows:
-            row = self.mask(cursor).clone()
-            row[self.vocab.eos] &= eos
-            self._rows[key] = row[None].to(self.device)
-        return self._rows[key]
-
-    def advance(self, cursor: Cursor, token: int) -> Cursor:
-        """The cursor after `token`; DecodeError if the grammar does not allow it there."""
-        vocab = self.vocab
-        if cursor.expect == END or not self.mask(cursor)[token]:
-            name = vocab.names()[token] if 0 <= token < len(vocab) else str(token)
-            raise DecodeError(f"{name} cannot follow here (expected a {cursor.expect} token)")
-        if token == vocab.eos:
-            return dataclasses.replace(cursor, expect=END)
-        if token == vocab.sep:  # a gap row; in instrument mode a note needs a program again
-            program = not vocab.instruments
-            return dataclasses.replace(cursor, expect=DURATION, gap=True, program=program)
-        if token < vocab.duration_base:  # a note
-            return dataclasses.replace(cursor, expect=DURATION, gap=False)
-        if token >= vocab.program_base:
-            return dataclasses.replace(cursor, expect=NOTE, program=True)
-        steps = token - vocab.duration_base + 1
-        return Cursor(ROW, cursor.step + steps * cursor.gap, cursor.program)
-
-    def parse(self, tokens: list[int]) -> Cursor:
-        """The cursor after a prompt that starts with <sos>."""
-        if not tokens or tokens[0] != self.vocab.sos:
-            raise DecodeError("a prompt must start with <sos>")
-        cursor = self.start()
-        for token in tokens[1:]:
-            cursor = self.advance(cursor, token)
-        return cursor
-
-
-def whole_rows(tokens: list[int], vocab: Vocab) -> list[int]:
-    """`tokens` without an unfinished last row (a note, <sep> or program still waiting for its
-    duration), which is what the length limit may leave."""
-    kept = list(tokens)
-    while kept and kept[-1] != vocab.eos and not is_duration(kept[-1], vocab):
-        kept.pop()
-    return kept
-
-
-def is_duration(token: int, vocab: Vocab) -> bool:
-    return vocab.duration_base <= token < vocab.program_base
 
 
 # ---- prompts -----------------------------------------------------------------------------------
@@ -379,7 +281,7 @@ def generate(
     config.beams > 1. `context=Recompute` runs the whole context again for every token."""
     model.eval()
     device = model.tok_emb.weight.device
-    grammar = Grammar(vocab, device)
+    grammar = Grammar(vocab)
     cursor = grammar.parse([int(t) for t in prompt.tokens])
     context = context(model)
     logits = context.feed(
@@ -391,7 +293,9 @@ def generate(
     generator = torch.Generator(device=device).manual_seed(config.seed if seed is None else seed)
     tokens, drawn_from = [], []  # the tokens, and the (logits, allowed) each was drawn from
     for _ in range(config.length):
-        allowed = grammar.allowed([cursor], eos=len(tokens) >= config.min_length)
+        allowed = torch.as_tensor(
+            grammar.allowed([cursor], eos=len(tokens) >= config.min_length), device=device
+        )
         token = int(sample(logits, allowed, config, generator)[0])
         tokens.append(token)
         drawn_from.append((logits, allowed))
@@ -436,7 +340,9 @@ def _beam_search(
     finished: list[tuple[float, list[int]]] = []  # (score, sequence) ended by <eos>
     full_length: list[tuple[float, list[int]]] = []
     for step in range(config.length):
-        allowed = grammar.allowed(cursors, eos=step >= config.min_length)
+        allowed = torch.as_tensor(
+            grammar.allowed(cursors, eos=step >= config.min_length), device=logits.device
+        )
         totals = scores[:, None] + _log_probs(logits, allowed)
         best, flat = totals.flatten().topk(min(2 * beams, totals.numel()))
         live = []  # (score, row, token) of the extensions kept

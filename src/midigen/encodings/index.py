@@ -1,0 +1,157 @@
+"""The index score (MIDIGen, seed 000) behind the scheme interface, and its grammar.
+
+The score itself is src/midigen/encoding.py (notes -> sparse -> position -> index and back);
+this module gives it the interface every scheme has, one field per row, and the grammar that
+generation masks its sampling with: every sequence the grammar allows decodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from midigen.encoding import DecodeError, Vocab, decode_tokens, encode_notes
+from midigen.encodings import Encoded
+from midigen.midi import Notes
+
+NOTE_KIND = 1  # Vocab.kinds() of a note token
+
+
+@dataclass(frozen=True)
+class Index:
+    """The index score for one vocabulary."""
+
+    vocab: Vocab
+    name: str = "index"
+
+    @property
+    def fields(self) -> tuple[int]:
+        return (len(self.vocab),)
+
+    def encode(self, notes: Notes) -> Encoded:
+        tokens, times = encode_notes(notes, self.vocab)
+        return Encoded(tokens[:, None], times)
+
+    def decode(self, tokens: np.ndarray) -> Notes:
+        return decode_tokens(np.asarray(tokens).reshape(-1), self.vocab)
+
+    def changes(self, notes: Notes) -> dict[str, int]:
+        """Lossless on quantized notes (what the grid changes, midi.NOTE_CHANGES counts)."""
+        return {}
+
+    def note_rows(self, tokens: np.ndarray) -> np.ndarray:
+        return self.vocab.kinds()[np.asarray(tokens).reshape(-1)] == NOTE_KIND
+
+    def allowed(self, prefix: np.ndarray) -> list[np.ndarray]:
+        """The tokens that may follow `prefix` (a song's first rows, from <sos>)."""
+        tokens = [int(t) for t in np.asarray(prefix).reshape(-1)]
+        grammar = Grammar(self.vocab)
+        if not tokens:
+            mask = np.zeros(len(self.vocab), dtype=bool)
+            mask[self.vocab.sos] = True
+            return [mask]
+        cursor = grammar.parse(tokens)
+        if cursor.expect == END:
+            return [np.zeros(len(self.vocab), dtype=bool)]
+        return [grammar.mask(cursor).copy()]
+
+
+# ---- the grammar -------------------------------------------------------------------------------
+
+ROW, DURATION, NOTE, END = "row", "duration", "note", "end"  # what a row expects next
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """One sequence's place in the grammar, and the time step its next token sounds at."""
+
+    expect: str = ROW
+    step: int = 0
+    program: bool = True  # a note may open a row: always without programs, else after <iK>
+    gap: bool = False  # the awaited duration is a gap's (after <sep>): it advances time
+
+
+class Grammar:
+    """Which tokens may come next: the sequences the encoder writes, every one of which
+    `decode_tokens` accepts. After <sos> or a duration: a note (in instrument mode only once a
+    program token has opened the run), <sep>, a program token, or <eos>; after a note or <sep>:
+    a duration; after a program: a note. <pad> and <sos> never."""
+
+    def __init__(self, vocab: Vocab):
+        self.vocab = vocab
+        ids = np.arange(len(vocab))
+        notes = (ids >= vocab.note_base) & (ids < vocab.duration_base)
+        durations = (ids >= vocab.duration_base) & (ids < vocab.program_base)
+        programs = ids >= vocab.program_base
+        others = programs | (ids == vocab.sep) | (ids == vocab.eos)  # may open a row, or end
+        self._row_start = {True: others | notes, False: others}  # by Cursor.program
+        self._masks = {DURATION: durations, NOTE: notes}
+        self._rows: dict[tuple, np.ndarray] = {}  # what `allowed` hands out, made once per kind
+
+    def start(self) -> Cursor:
+        """Right after <sos>."""
+        return Cursor(program=not self.vocab.instruments)
+
+    def mask(self, cursor: Cursor) -> np.ndarray:
+        """(V,) bool: the tokens allowed after `cursor` (read-only: shared)."""
+        if cursor.expect == ROW:
+            return self._row_start[cursor.program]
+        if cursor.expect == END:
+            raise ValueError("nothing may follow <eos>")
+        return self._masks[cursor.expect]
+
+    def allowed(self, cursors: list[Cursor], eos: bool = True) -> np.ndarray:
+        """(B, V) bool, one row per cursor; `eos=False` holds <eos> back (minimum length).
+        Read-only: rows are shared (generation asks once per token)."""
+        rows = [self._row(cursor, eos) for cursor in cursors]
+        return rows[0] if len(rows) == 1 else np.concatenate(rows)
+
+    def _row(self, cursor: Cursor, eos: bool) -> np.ndarray:
+        key = (cursor.expect, cursor.program, eos)
+        if key not in self._rows:
+            row = self.mask(cursor).copy()
+            row[self.vocab.eos] &= eos
+            self._rows[key] = row[None]
+        return self._rows[key]
+
+    def advance(self, cursor: Cursor, token: int) -> Cursor:
+        """The cursor after `token`; DecodeError if the grammar does not allow it there."""
+        vocab = self.vocab
+        if cursor.expect == END or not 0 <= token < len(vocab) or not self.mask(cursor)[token]:
+            name = vocab.names()[token] if 0 <= token < len(vocab) else str(token)
+            raise DecodeError(f"{name} cannot follow here (expected a {cursor.expect} token)")
+        if token == vocab.eos:
+            return dataclasses.replace(cursor, expect=END)
+        if token == vocab.sep:  # a gap row; in instrument mode a note needs a program again
+            program = not vocab.instruments
+            return dataclasses.replace(cursor, expect=DURATION, gap=True, program=program)
+        if token < vocab.duration_base:  # a note
+            return dataclasses.replace(cursor, expect=DURATION, gap=False)
+        if token >= vocab.program_base:
+            return dataclasses.replace(cursor, expect=NOTE, program=True)
+        steps = token - vocab.duration_base + 1
+        return Cursor(ROW, cursor.step + steps * cursor.gap, cursor.program)
+
+    def parse(self, tokens: list[int]) -> Cursor:
+        """The cursor after a prompt that starts with <sos>."""
+        if not tokens or tokens[0] != self.vocab.sos:
+            raise DecodeError("a prompt must start with <sos>")
+        cursor = self.start()
+        for token in tokens[1:]:
+            cursor = self.advance(cursor, token)
+        return cursor
+
+
+def whole_rows(tokens: list[int], vocab: Vocab) -> list[int]:
+    """`tokens` without an unfinished last row (a note, <sep> or program still waiting for its
+    duration), which is what the length limit may leave."""
+    kept = list(tokens)
+    while kept and kept[-1] != vocab.eos and not is_duration(kept[-1], vocab):
+        kept.pop()
+    return kept
+
+
+def is_duration(token: int, vocab: Vocab) -> bool:
+    return vocab.duration_base <= token < vocab.program_base
