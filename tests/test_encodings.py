@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from midigen.encoding import Vocab
 from midigen.encodings import DecodeError
+from midigen.encodings.bpe import BPE
 from midigen.encodings.codebook import EOS, SOS, Codebook
 from midigen.encodings.index import Index
 from midigen.midi import Notes
@@ -47,7 +48,7 @@ def test_codebook_rows_by_hand():
         "duration_changed": 1,
         "duration_clamped": 1,
     }
-    assert BOOK.note_rows(encoded.tokens).tolist() == [False, True, True, True, True, False]
+    assert BOOK.note_counts(encoded.tokens).tolist() == [0, 1, 1, 1, 1, 0]
 
 
 def test_codebook_merges_instruments_keeping_the_longer_note():
@@ -92,7 +93,7 @@ def test_codebook_round_trip_is_exact_on_codebook_values(song: Notes):
     assert BOOK.decode(encoded.tokens).equals(song)
     assert set(BOOK.changes(song).values()) == {0}
     assert encoded.times[1:-1].tolist() == song.onset.tolist()
-    assert int(BOOK.note_rows(encoded.tokens).sum()) == len(song)
+    assert int(BOOK.note_counts(encoded.tokens).sum()) == len(song)
 
 
 def snap(book: tuple[int, ...], value: int) -> int:
@@ -189,7 +190,7 @@ def test_index_round_trip_is_exact(song: Notes):
     encoded = INDEX.encode(song)
     assert encoded.tokens.shape == (len(encoded.times), 1)
     assert INDEX.decode(encoded.tokens).equals(song)
-    assert int(INDEX.note_rows(encoded.tokens).sum()) == len(song)
+    assert int(INDEX.note_counts(encoded.tokens).sum()) == len(song)
     assert INDEX.changes(song) == {}
 
 
@@ -206,5 +207,80 @@ def test_index_grammar_every_sampled_song_decodes(instruments: bool, rng, limit:
         choices = np.flatnonzero(mask).tolist()
         tokens.append(eos if len(tokens) >= limit and eos in choices else rng.choice(choices))
     song = scheme.decode(np.array(tokens))
-    assert int(scheme.note_rows(np.array(tokens)).sum()) >= len(song)
+    assert int(scheme.note_counts(np.array(tokens)).sum()) >= len(song)
     assert not scheme.allowed(np.array(tokens))[0].any()  # nothing after <eos>
+
+
+# ---- learned vocabulary (BPE) on the index score ---------------------------------------------
+
+
+def training_songs(seed: int, count: int = 30) -> list[Notes]:
+    """Songs that repeat a few motifs, so that merges pay."""
+    rng = np.random.default_rng(seed)
+    motifs = [[(0, 60, 2), (2, 64, 2), (4, 67, 4)], [(0, 62, 1), (1, 65, 1), (2, 69, 2)]]
+    songs = []
+    for _ in range(count):
+        rows, start = [], 0
+        for _ in range(rng.integers(2, 6)):
+            motif = motifs[rng.integers(len(motifs))]
+            rows += [(start + o, p + int(rng.integers(0, 2)) * 12, d) for o, p, d in motif]
+            start += 8
+        songs.append(notes_of(rows))
+    return songs
+
+
+@pytest.fixture(scope="module")
+def bpe() -> BPE:
+    base = Index(Vocab(max_duration=8))
+    return BPE.train(base, [base.encode(s).tokens.reshape(-1) for s in training_songs(0)], 40)
+
+
+def test_bpe_learns_merges_across_time_steps(bpe: BPE):
+    size = len(bpe.base.vocab)
+    assert size < bpe.fields[0] <= size + 40
+    sep = bpe.base.vocab.sep
+    crossing = [p for p in bpe.pieces[size:] if sep in p[:-1].tolist()]
+    assert crossing, "some merge spans a gap row into the next step"
+
+
+@given(st.integers(0, 10**6))
+@settings(max_examples=25, deadline=None)
+def test_bpe_round_trip_is_exact_and_counts_the_same_notes(bpe: BPE, seed: int):
+    """Unseen songs too: every merged token expands back to its base tokens, sounds at its
+    first base token's step, and the notes are those of the base scheme."""
+    for song in training_songs(seed, count=2):
+        base = bpe.base.encode(song)
+        merged = bpe.encode(song)
+        assert len(merged.times) < len(base.times)
+        assert np.array_equal(bpe.expand(merged.tokens), base.tokens.reshape(-1))
+        starts = np.cumsum([0] + [len(bpe.pieces[t]) for t in merged.tokens[:-1, 0]])
+        assert np.array_equal(merged.times, base.times[starts])
+        assert bpe.decode(merged.tokens).equals(song)
+        assert bpe.note_counts(merged.tokens).sum() == len(song)
+
+
+def test_bpe_survives_its_json(bpe: BPE):
+    again = BPE.from_json(bpe.base, bpe.to_json())
+    song = training_songs(5, count=1)[0]
+    assert np.array_equal(again.encode(song).tokens, bpe.encode(song).tokens)
+
+
+def test_bpe_refuses_ids_it_never_learned(bpe: BPE):
+    with pytest.raises(DecodeError) as error:
+        bpe.decode(np.array([bpe.base.vocab.sos, bpe.fields[0], bpe.base.vocab.eos]))
+    assert str(error.value) == f"token 1: {bpe.fields[0]} is not in the learned vocabulary"
+
+
+@given(rng=st.randoms(use_true_random=False), limit=st.integers(0, 40))
+@settings(max_examples=25, deadline=None)
+def test_bpe_grammar_every_sampled_song_decodes(bpe: BPE, rng, limit: int):
+    eos = bpe.base.vocab.eos
+    ends = [i for i, p in enumerate(bpe.pieces) if p[-1] == eos]
+    tokens: list[int] = []
+    while not tokens or bpe.pieces[tokens[-1]][-1] != eos:
+        (mask,) = bpe.allowed(np.array(tokens, dtype=np.int64))
+        choices = np.flatnonzero(mask).tolist()
+        closing = [c for c in choices if c in ends]
+        tokens.append(rng.choice(closing if len(tokens) >= limit and closing else choices))
+    bpe.decode(np.array(tokens))
+    assert not bpe.allowed(np.array(tokens))[0].any()

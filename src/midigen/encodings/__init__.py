@@ -54,6 +54,12 @@ class Scheme(Protocol):
         """How many of `notes` encode() changes or drops, by cause (0 for a lossless scheme)."""
         ...
 
-    def note_rows(self, tokens: np.ndarray) -> np.ndarray:
-        """(N,) bool: the rows that start a note (bits per note divide by their count)."""
+    def note_counts(self, tokens: np.ndarray) -> np.ndarray:
+        """(N,) int: the notes each row starts (bits per note divide by their sum; a learned
+        token may hold several)."""
+        ...
+
+    def allowed(self, prefix: np.ndarray) -> list[np.ndarray]:
+        """Per field, a bool mask of the values the next row may take after the rows `prefix`
+        (none after <eos>): generation samples inside it, so every song it writes decodes."""
         ...

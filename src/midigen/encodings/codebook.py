@@ -94,8 +94,8 @@ class Codebook:
             "duration_clamped": int(np.count_nonzero(duration > self.durations[-1])),
         }
 
-    def note_rows(self, tokens: np.ndarray) -> np.ndarray:
-        return np.asarray(tokens).reshape(-1, 3)[:, PITCH] < SOS
+    def note_counts(self, tokens: np.ndarray) -> np.ndarray:
+        return (np.asarray(tokens).reshape(-1, 3)[:, PITCH] < SOS).astype(np.int64)
 
     def allowed(self, prefix: np.ndarray) -> list[np.ndarray]:
         """Per field, the values the next row may take after the rows `prefix`: <sos> first;

@@ -41,8 +41,8 @@ class Index:
         """Lossless on quantized notes (what the grid changes, midi.NOTE_CHANGES counts)."""
         return {}
 
-    def note_rows(self, tokens: np.ndarray) -> np.ndarray:
-        return self.vocab.kinds()[np.asarray(tokens).reshape(-1)] == NOTE_KIND
+    def note_counts(self, tokens: np.ndarray) -> np.ndarray:
+        return (self.vocab.kinds()[np.asarray(tokens).reshape(-1)] == NOTE_KIND).astype(np.int64)
 
     def allowed(self, prefix: np.ndarray) -> list[np.ndarray]:
         """The tokens that may follow `prefix` (a song's first rows, from <sos>)."""

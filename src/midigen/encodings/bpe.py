@@ -1,0 +1,134 @@
+"""A learned vocabulary on top of the index score: byte-pair merges (Hugging Face tokenizers).
+
+Each base token id becomes one character, each song one string, and BPE learns merges on the
+training split's songs only. The whole song is one word, so merges cross time steps (a note
+with its duration, a chord, a note and the gap after it): the merge the MIDIGen author could
+not make with his bar-and-beat layout (seed 003). A merged token sounds at the step of its
+first base token. Decoding expands every token into its base tokens, so the notes, and the
+number of notes a song's NLL is divided by for bits per note, are exactly the base scheme's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from tokenizers import Tokenizer, models, trainers
+
+from midigen.encodings import DecodeError, Encoded
+from midigen.encodings.index import END, Cursor, Grammar, Index
+from midigen.midi import Notes
+
+FIRST_CHAR = 0x4E00  # base id i is the character chr(FIRST_CHAR + i) (a CJK block, as MidiTok)
+
+
+@dataclass(frozen=True)
+class BPE:
+    """The index score with `tokenizer`'s merges; ids below the base vocabulary's size are the
+    base tokens themselves, merged tokens follow."""
+
+    base: Index
+    tokenizer: Tokenizer
+    name: str = "index+bpe"
+    pieces: list[np.ndarray] = field(init=False, repr=False)  # our id -> base tokens
+    ours: np.ndarray = field(init=False, repr=False)  # the tokenizer's id -> ours
+
+    def __post_init__(self) -> None:
+        size = len(self.base.vocab)
+        learned = sorted(
+            (i, text)
+            for text, i in self.tokenizer.get_vocab().items()
+            if len(text) > 1 or ord(text) - FIRST_CHAR >= size
+        )
+        pieces = [np.array([i]) for i in range(size)]
+        ours = np.zeros(self.tokenizer.get_vocab_size(), dtype=np.int64)
+        for text, i in self.tokenizer.get_vocab().items():
+            if len(text) == 1:
+                ours[i] = ord(text) - FIRST_CHAR
+        for i, text in learned:
+            ours[i] = len(pieces)
+            pieces.append(np.array([ord(c) - FIRST_CHAR for c in text], dtype=np.int64))
+        object.__setattr__(self, "pieces", pieces)
+        object.__setattr__(self, "ours", ours)
+
+    @classmethod
+    def train(cls, base: Index, songs: list[np.ndarray], merges: int) -> BPE:
+        """Learn up to `merges` merges from the base tokens of the training songs."""
+        size = len(base.vocab)
+        alphabet = [chr(FIRST_CHAR + i) for i in range(size)]
+        tokenizer = Tokenizer(models.BPE())
+        trainer = trainers.BpeTrainer(
+            vocab_size=size + merges,
+            initial_alphabet=alphabet,
+            limit_alphabet=size,
+            min_frequency=2,
+            show_progress=False,
+        )
+        tokenizer.train_from_iterator((text_of(s) for s in songs), trainer)
+        return cls(base, tokenizer)
+
+    @classmethod
+    def from_json(cls, base: Index, text: str) -> BPE:
+        return cls(base, Tokenizer.from_str(text))
+
+    def to_json(self) -> str:
+        return self.tokenizer.to_str()
+
+    @property
+    def fields(self) -> tuple[int]:
+        return (len(self.pieces),)
+
+    def encode(self, notes: Notes) -> Encoded:
+        base = self.base.encode(notes)
+        return self.merge(base.tokens.reshape(-1), base.times)
+
+    def merge(self, tokens: np.ndarray, times: np.ndarray) -> Encoded:
+        """Base tokens (and the step of each) -> merged tokens, each at its first's step."""
+        encoding = self.tokenizer.encode(text_of(tokens))
+        first = np.array([start for start, _ in encoding.offsets], dtype=np.int64)
+        ids = self.ours[np.asarray(encoding.ids, dtype=np.int64)]
+        return Encoded(ids[:, None], np.asarray(times)[first])
+
+    def expand(self, tokens: np.ndarray) -> np.ndarray:
+        """Merged tokens -> the base tokens they stand for."""
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        bad = np.flatnonzero((tokens < 0) | (tokens >= len(self.pieces)))
+        if len(bad):
+            raise DecodeError(f"token {bad[0]}: {tokens[bad[0]]} is not in the learned vocabulary")
+        if not len(tokens):
+            return tokens
+        return np.concatenate([self.pieces[t] for t in tokens])
+
+    def decode(self, tokens: np.ndarray) -> Notes:
+        return self.base.decode(self.expand(tokens))
+
+    def changes(self, notes: Notes) -> dict[str, int]:
+        return self.base.changes(notes)
+
+    def note_counts(self, tokens: np.ndarray) -> np.ndarray:
+        """Notes each token starts (a merged token may hold several)."""
+        return np.array([self.base.note_counts(self.pieces[t]).sum() for t in tokens.reshape(-1)])
+
+    def allowed(self, prefix: np.ndarray) -> list[np.ndarray]:
+        """The merged tokens whose every base token the index grammar allows in turn."""
+        base = self.expand(prefix)
+        if not len(base):
+            mask = np.zeros(len(self.pieces), dtype=bool)
+            mask[[i for i, p in enumerate(self.pieces) if p[0] == self.base.vocab.sos]] = True
+            return [mask]
+        grammar = Grammar(self.base.vocab)
+        cursor = grammar.parse(base.tolist())
+        return [np.array([_follows(grammar, cursor, piece) for piece in self.pieces])]
+
+
+def _follows(grammar: Grammar, cursor: Cursor, piece: np.ndarray) -> bool:
+    """Whether the base tokens `piece` may come one after the other from `cursor`."""
+    for token in piece.tolist():
+        if cursor.expect == END or not grammar.mask(cursor)[token]:
+            return False
+        cursor = grammar.advance(cursor, token)
+    return True
+
+
+def text_of(tokens: np.ndarray) -> str:
+    return "".join(chr(FIRST_CHAR + int(t)) for t in np.asarray(tokens).reshape(-1))
