@@ -13,6 +13,7 @@ from midigen.encodings import DecodeError
 from midigen.encodings.bpe import BPE
 from midigen.encodings.codebook import EOS, SOS, Codebook
 from midigen.encodings.index import Index
+from midigen.encodings.remi import Remi
 from midigen.midi import Notes
 
 BOOK = Codebook(steps=(0, 1, 2, 4, 8), durations=(1, 2, 4, 8))
@@ -284,3 +285,72 @@ def test_bpe_grammar_every_sampled_song_decodes(bpe: BPE, rng, limit: int):
         tokens.append(rng.choice(closing if len(tokens) >= limit and closing else choices))
     bpe.decode(np.array(tokens))
     assert not bpe.allowed(np.array(tokens))[0].any()
+
+
+# ---- MidiTok REMI through the interface ----------------------------------------------------
+
+REMI = Remi(steps_per_beat=4, max_duration=32)
+
+
+@st.composite
+def remi_songs(draw) -> Notes:
+    """Songs within what REMI keeps: pitches 21-108, durations up to 8 beats, two programs."""
+    rows = draw(
+        st.dictionaries(
+            st.tuples(st.integers(0, 80), st.sampled_from([0, 41]), st.integers(21, 108)),
+            st.integers(1, 32),
+            max_size=30,
+        )
+    )
+    if not rows:
+        return notes_of_nothing()
+    keys = sorted(rows)
+    onset, program, pitch = (np.array(c, dtype=np.int64) for c in zip(*keys, strict=True))
+    return Notes(onset, program, pitch, np.array([rows[k] for k in keys], dtype=np.int64))
+
+
+@given(remi_songs())
+@settings(max_examples=50, deadline=None)
+def test_remi_round_trip_is_exact_within_its_range(song: Notes):
+    encoded = REMI.encode(song)
+    assert REMI.decode(encoded.tokens).equals(song)
+    assert REMI.changes(song) == {"not_given_back": 0}
+    counts = REMI.note_counts(encoded.tokens)
+    assert counts.sum() == len(song)
+    assert encoded.times[counts == 1].tolist() == sorted(song.onset.tolist())
+    assert np.all(np.diff(encoded.times) >= 0)
+
+
+def test_remi_counts_the_pitches_it_cannot_write():
+    song = notes_of([(0, 10, 2), (0, 60, 2), (4, 120, 1)])
+    assert REMI.changes(song) == {"not_given_back": 2}
+
+
+@given(rng=st.randoms(use_true_random=False), limit=st.integers(0, 60))
+@settings(max_examples=25, deadline=None)
+def test_remi_grammar_every_sampled_song_decodes(rng, limit: int):
+    kinds = REMI.kinds
+    tokens: list[int] = []
+    while not tokens or kinds[tokens[-1]] != "EOS":
+        (mask,) = REMI.allowed(np.array(tokens, dtype=np.int64))
+        choices = np.flatnonzero(mask).tolist()
+        closing = [c for c in choices if kinds[c] in ("EOS", "Bar")]
+        tokens.append(rng.choice(closing if len(tokens) >= limit and closing else choices))
+    song = REMI.decode(np.array(tokens))
+    assert len(song) <= int(REMI.note_counts(np.array(tokens)).sum())
+    assert not REMI.allowed(np.array(tokens))[0].any()
+
+
+def test_remi_sequences_it_cannot_read_are_named():
+    vocab = REMI.tokenizer.vocab
+    bos, eos, bar = vocab["BOS_None"], vocab["EOS_None"], vocab["Bar_None"]
+    pitch = vocab["Pitch_60"]
+    for ids, problem in (
+        ([bar, eos], "a song must start with BOS"),
+        ([bos, bar], "a song must end with EOS"),
+        ([bos, pitch, eos], "token 1: Pitch cannot follow BOS"),
+        ([bos, 10**6, eos], "token 1: 1000000 is not in the vocabulary"),
+    ):
+        with pytest.raises(DecodeError) as error:
+            REMI.decode(np.array(ids))
+        assert str(error.value) == problem
