@@ -15,6 +15,7 @@ Both sides run in this one process, one file at a time, from the path on disk:
            and at MidiTok's defaults (velocity, 8 positions per beat, a stream per track) for
            information.
   codebook the same per-file work in the codebook scheme (src/midigen/encodings/codebook.py),
+  bpe      and the index score with learned merges applied (src/midigen/encodings/bpe.py),
            for issue 13's target (each scheme >= 2x MidiTok REMI).
 Each side gets one warm-up pass, then the best of `--repeats` timed passes. Notes/s counts
 the notes symusic finds in the input files (all tracks), the same number for both sides.
@@ -45,7 +46,9 @@ import symusic
 from sections import commit, write_section
 
 from midigen.corpus import EncodeConfig, encode_bytes, encode_chunk
+from midigen.encodings.bpe import BPE
 from midigen.encodings.codebook import Codebook
+from midigen.encodings.index import Index
 from midigen.midi import SkipSong
 from midigen.params import load_params, validate_params
 
@@ -157,6 +160,33 @@ def codebook_pass(config: EncodeConfig) -> Callable[[list[Path]], int]:
                 continue
             encoded = CODEBOOK.encode(song.notes)
             song.meter.bar_position(encoded.times)
+        return skipped
+
+    return run
+
+
+BPE_MERGES = 200  # learned tokens for the BPE row, trained on the first 80% of the files
+
+
+def bpe_pass(config: EncodeConfig, paths: list[Path]) -> Callable[[list[Path]], int]:
+    """The encode stage's per-file work, then the learned merges applied (issue 13); the
+    merges are learned once, untimed, from the index tokens of the first 80% of the files."""
+    index = Index(config.vocab)
+    training = []
+    for path in paths[: max(1, len(paths) * 4 // 5)]:
+        with contextlib.suppress(SkipSong):
+            training.append(encode_bytes(path.read_bytes(), config).tokens)
+    bpe = BPE.train(index, training, BPE_MERGES)
+
+    def run(paths: list[Path]) -> int:
+        skipped = 0
+        for path in paths:
+            try:
+                song = encode_bytes(path.read_bytes(), config)
+            except SkipSong:
+                skipped += 1
+                continue
+            bpe.merge(song.tokens, song.times)
         return skipped
 
     return run
@@ -288,6 +318,7 @@ def results_markdown(timings: list[Timing], corpus: str, command: str, config: E
     ratio = timings[0].files_per_s / timings[1].files_per_s
     default_ratio = timings[0].files_per_s / timings[2].files_per_s
     codebook_ratio = timings[3].files_per_s / timings[1].files_per_s
+    bpe_ratio = timings[4].files_per_s / timings[1].files_per_s
     verdict = "meets" if ratio >= 1.0 else "MISSES"
     return f"""# Encode benchmark: midigen vs MidiTok REMI
 
@@ -312,7 +343,7 @@ midigen / MidiTok REMI at its defaults (more work: velocities, 8 positions per b
 stream per track): {default_ratio:.2f}x, for information.
 midigen's codebook scheme (MusicBox; issue 13, target >= 2x) / MidiTok REMI like for like:
 {codebook_ratio:.2f}x (codebooks: steps {list(CODEBOOK.steps)}, durations
-{list(CODEBOOK.durations)}).
+{list(CODEBOOK.durations)}); index + BPE: {bpe_ratio:.2f}x.
 
 The encode_chunk row is the whole stage on all cores: manifest, process pool start-up,
 workers encoding, arrays and CSVs written; it is there for information, not for the ratio.
@@ -354,6 +385,13 @@ def main(argv: list[str] | None = None) -> None:
         ),
         best_of("MidiTok REMI, defaults", miditok_pass(), paths, notes, args.repeats),
         best_of("midigen codebook scheme", codebook_pass(config), paths, notes, args.repeats),
+        best_of(
+            f"midigen index + BPE ({BPE_MERGES} merges)",
+            bpe_pass(config, paths),
+            paths,
+            notes,
+            args.repeats,
+        ),
     ]
     if not args.no_chunk:
         timings.append(chunk_stage(paths, config, notes, args.repeats))
