@@ -14,8 +14,8 @@ Both sides run in this one process, one file at a time, from the path on disk:
            only where the program changes), duplicate notes removed, time signatures read;
            and at MidiTok's defaults (velocity, 8 positions per beat, a stream per track) for
            information.
-  codebook the same per-file work in the codebook scheme (src/midigen/encodings/codebook.py),
-  bpe      and the index score with learned merges applied (src/midigen/encodings/bpe.py),
+  schemes  the same per-file work in the codebook and events schemes (src/midigen/encodings/),
+           and the index score with learned merges applied (encodings/bpe.py),
            for issue 13's target (each scheme >= 2x MidiTok REMI).
 Each side gets one warm-up pass, then the best of `--repeats` timed passes. Notes/s counts
 the notes symusic finds in the input files (all tracks), the same number for both sides.
@@ -46,8 +46,10 @@ import symusic
 from sections import commit, write_section
 
 from midigen.corpus import EncodeConfig, encode_bytes, encode_chunk
+from midigen.encodings import Scheme
 from midigen.encodings.bpe import BPE
 from midigen.encodings.codebook import Codebook
+from midigen.encodings.events import Events
 from midigen.encodings.index import Index
 from midigen.midi import SkipSong
 from midigen.params import load_params, validate_params
@@ -147,8 +149,12 @@ CODEBOOK = Codebook(
 )
 
 
-def codebook_pass(config: EncodeConfig) -> Callable[[list[Path]], int]:
-    """The same per-file work in the codebook scheme: parse, quantize, rows, bar positions."""
+# Performance-RNN events on the grid, for the events scheme's row (the same caveat).
+EVENTS = Events(max_shift=16, velocity_bins=32, sustain="extend")
+
+
+def scheme_pass(config: EncodeConfig, scheme: Scheme) -> Callable[[list[Path]], int]:
+    """The same per-file work in another scheme: parse, quantize, rows, bar positions."""
 
     def run(paths: list[Path]) -> int:
         skipped = 0
@@ -158,7 +164,7 @@ def codebook_pass(config: EncodeConfig) -> Callable[[list[Path]], int]:
             except SkipSong:
                 skipped += 1
                 continue
-            encoded = CODEBOOK.encode(song.notes)
+            encoded = scheme.encode(song.notes, song.pedals)
             song.meter.bar_position(encoded.times)
         return skipped
 
@@ -318,7 +324,8 @@ def results_markdown(timings: list[Timing], corpus: str, command: str, config: E
     ratio = timings[0].files_per_s / timings[1].files_per_s
     default_ratio = timings[0].files_per_s / timings[2].files_per_s
     codebook_ratio = timings[3].files_per_s / timings[1].files_per_s
-    bpe_ratio = timings[4].files_per_s / timings[1].files_per_s
+    events_ratio = timings[4].files_per_s / timings[1].files_per_s
+    bpe_ratio = timings[5].files_per_s / timings[1].files_per_s
     verdict = "meets" if ratio >= 1.0 else "MISSES"
     return f"""# Encode benchmark: midigen vs MidiTok REMI
 
@@ -343,7 +350,8 @@ midigen / MidiTok REMI at its defaults (more work: velocities, 8 positions per b
 stream per track): {default_ratio:.2f}x, for information.
 midigen's codebook scheme (MusicBox; issue 13, target >= 2x) / MidiTok REMI like for like:
 {codebook_ratio:.2f}x (codebooks: steps {list(CODEBOOK.steps)}, durations
-{list(CODEBOOK.durations)}); index + BPE: {bpe_ratio:.2f}x.
+{list(CODEBOOK.durations)}); events ({EVENTS.max_shift} shifts, {EVENTS.velocity_bins} velocity
+bins, sustain {EVENTS.sustain}): {events_ratio:.2f}x; index + BPE: {bpe_ratio:.2f}x.
 
 The encode_chunk row is the whole stage on all cores: manifest, process pool start-up,
 workers encoding, arrays and CSVs written; it is there for information, not for the ratio.
@@ -384,7 +392,10 @@ def main(argv: list[str] | None = None) -> None:
             args.repeats,
         ),
         best_of("MidiTok REMI, defaults", miditok_pass(), paths, notes, args.repeats),
-        best_of("midigen codebook scheme", codebook_pass(config), paths, notes, args.repeats),
+        *(
+            best_of(f"midigen {scheme.name} scheme", scheme_pass(config, scheme), paths, notes, r)
+            for scheme, r in ((CODEBOOK, args.repeats), (EVENTS, args.repeats))
+        ),
         best_of(
             f"midigen index + BPE ({BPE_MERGES} merges)",
             bpe_pass(config, paths),

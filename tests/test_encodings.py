@@ -3,6 +3,9 @@ ones change, and grammars whose every sampled song decodes (property tests)."""
 
 from __future__ import annotations
 
+import io
+
+import mido
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -10,11 +13,13 @@ from hypothesis import strategies as st
 
 from midigen.encoding import Vocab
 from midigen.encodings import DecodeError
+from midigen.encodings import events as ev
 from midigen.encodings.bpe import BPE
 from midigen.encodings.codebook import EOS, SOS, Codebook
+from midigen.encodings.events import Events
 from midigen.encodings.index import Index
 from midigen.encodings.remi import Remi
-from midigen.midi import Notes
+from midigen.midi import Limits, Notes, read_song
 
 BOOK = Codebook(steps=(0, 1, 2, 4, 8), durations=(1, 2, 4, 8))
 
@@ -354,3 +359,164 @@ def test_remi_sequences_it_cannot_read_are_named():
         with pytest.raises(DecodeError) as error:
             REMI.decode(np.array(ids))
         assert str(error.value) == problem
+
+
+# ---- Performance-RNN events --------------------------------------------------------------------
+
+
+def velocity_notes(rows: list[tuple[int, int, int, int]]) -> Notes:
+    """(onset, pitch, duration, velocity) rows in Notes' order, one instrument."""
+    onset, pitch, duration, velocity = (
+        np.array(c, dtype=np.int64) for c in zip(*rows, strict=True)
+    )
+    order = np.lexsort((pitch, onset))
+    zeros = np.zeros(len(rows), dtype=np.int64)
+    return Notes(onset[order], zeros, pitch[order], duration[order], velocity[order])
+
+
+def test_events_by_hand():
+    """C and E at step 0 (velocities 90, 40), D at 3; the pedal down over steps 1-5. Four
+    velocity bins: 1-32, 33-64, 65-96, 97-127, so 90 -> bin 2 (middle 80), 40 -> bin 1 (48),
+    100 -> bin 3 (112)."""
+    song = velocity_notes([(0, 60, 2, 90), (0, 64, 6, 40), (3, 62, 1, 100)])
+    pedals = np.array([[1, 5]])
+    on, off, shift = ev.NOTE_ON, ev.NOTE_OFF, ev.TIME_SHIFT
+    plain = Events(max_shift=4, velocity_bins=4, sustain="ignore")
+    vel = plain.velocity_base
+    encoded = plain.encode(song, pedals)
+    assert encoded.tokens.ravel().tolist() == [
+        ev.SOS, vel + 2, on + 60, vel + 1, on + 64, shift + 1, off + 60, shift + 0,
+        vel + 3, on + 62, shift + 0, off + 62, shift + 1, off + 64, ev.EOS,
+    ]  # fmt: skip
+    assert encoded.times.tolist() == [0, 0, 0, 0, 0, 0, 2, 2, 3, 3, 3, 4, 4, 6, 6]
+    back = plain.decode(encoded.tokens)
+    assert back.duration.tolist() == [2, 6, 1] and back.velocity.tolist() == [80, 48, 112]
+    assert plain.changes(song, pedals) == {
+        "merged_instruments": 0, "cut_restrike": 0, "velocity_binned": 3,
+        "sustain_ignored": 2, "sustain_extended": 0,
+    }  # fmt: skip
+    held = Events(max_shift=4, velocity_bins=0, sustain="explicit")
+    encoded = held.encode(song, pedals)
+    down, up = held.sustain_on, held.sustain_on + 1
+    assert encoded.tokens.ravel().tolist() == [
+        ev.SOS, on + 60, on + 64, shift + 0, down, shift + 0, off + 60, shift + 0, on + 62,
+        shift + 0, off + 62, shift + 0, up, shift + 0, off + 64, ev.EOS,
+    ]  # fmt: skip
+    back = held.decode(encoded.tokens)
+    assert back.duration.tolist() == [5, 6, 2] and back.velocity is None  # C and D held to 5
+    extended = Events(max_shift=4, velocity_bins=0, sustain="extend")
+    assert extended.decode(extended.encode(song, pedals).tokens).duration.tolist() == [5, 6, 2]
+    assert extended.changes(song, pedals)["sustain_extended"] == 2
+
+
+def sounding_by_hand(song: Notes, pedals: np.ndarray, sustain: str) -> list[tuple[int, ...]]:
+    """(onset, pitch, duration) the events should give back, by loops: one note per onset and
+    key (the longest), cut where its key strikes again, held by the pedal unless ignored."""
+    longest: dict[tuple[int, int], int] = {}
+    for o, p, d in zip(
+        song.onset.tolist(), song.pitch.tolist(), song.duration.tolist(), strict=True
+    ):
+        longest[(o, p)] = max(d, longest.get((o, p), 0))
+    notes = sorted(longest.items())
+    result = []
+    for (onset, pitch), duration in notes:
+        end = onset + duration
+        if sustain != "ignore":
+            for down, up in pedals.tolist():
+                if down < end < up:
+                    end = up
+        strikes = [o for (o, p), _ in notes if p == pitch and o > onset]
+        if strikes:
+            end = min(end, strikes[0])
+        result.append((onset, pitch, end - onset))
+    return result
+
+
+@st.composite
+def pedal_spans(draw) -> np.ndarray:
+    edges = sorted(set(draw(st.lists(st.integers(0, 60), max_size=6))))
+    pairs = list(zip(edges[::2], edges[1::2], strict=False))  # an odd last edge is dropped
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+@pytest.mark.parametrize("sustain", ev.SUSTAIN_MODES)
+@given(song=songs(free=True), pedals=pedal_spans(), velocities=st.integers(0, 2**32 - 1))
+@settings(max_examples=60, deadline=None)
+def test_events_give_back_the_sounding_notes(sustain, song, pedals, velocities):
+    rng = np.random.default_rng(velocities)
+    song = Notes(song.onset, song.program, song.pitch, song.duration,
+                 rng.integers(1, 128, len(song)))  # fmt: skip
+    scheme = Events(max_shift=8, velocity_bins=127, sustain=sustain)
+    encoded = scheme.encode(song, pedals)
+    back = scheme.decode(encoded.tokens)
+    got = list(zip(back.onset.tolist(), back.pitch.tolist(), back.duration.tolist(), strict=True))
+    assert got == sounding_by_hand(song, pedals, sustain)
+    assert back.velocity.tolist() == song.velocity.tolist()  # 127 bins: every velocity kept
+    assert scheme.changes(song, pedals)["velocity_binned"] == 0
+    assert int(scheme.note_counts(encoded.tokens).sum()) == len(song)
+    assert np.all(np.diff(encoded.times) >= 0)
+
+
+@pytest.mark.parametrize("sustain", ev.SUSTAIN_MODES)
+@given(rng=st.randoms(use_true_random=False), limit=st.integers(0, 60))
+@settings(max_examples=30, deadline=None)
+def test_events_grammar_every_sampled_song_decodes(sustain, rng, limit: int):
+    scheme = Events(max_shift=4, velocity_bins=8, sustain=sustain)
+    tokens: list[int] = []
+    while not tokens or tokens[-1] != ev.EOS:
+        (mask,) = scheme.allowed(np.array(tokens, dtype=np.int64))
+        choices = np.flatnonzero(mask).tolist()
+        tokens.append(ev.EOS if len(tokens) >= limit and ev.EOS in choices else rng.choice(choices))
+    song = scheme.decode(np.array(tokens))
+    now, struck = 0, set()  # a key struck, released and struck again at once is one note
+    for token in tokens:
+        if ev.TIME_SHIFT <= token < scheme.velocity_base:
+            now += token - ev.TIME_SHIFT + 1
+        elif ev.NOTE_ON <= token < ev.NOTE_OFF:
+            struck.add((now, token - ev.NOTE_ON))
+    assert len(song) == len(struck) and np.all(song.duration >= 1)
+
+
+def test_events_refuse_what_they_cannot_read():
+    scheme = Events(max_shift=4, velocity_bins=0, sustain="ignore")
+    for tokens, problem in (
+        ([ev.NOTE_ON + 60, ev.EOS], "a song must start with <sos>"),
+        ([ev.SOS, ev.NOTE_ON + 60], "a song must end with <eos>"),
+        ([ev.SOS, scheme.fields[0], ev.EOS], f"token 1: {scheme.fields[0]} is not an event here"),
+        ([ev.SOS, ev.PAD, ev.EOS], "token 1: 0 is not an event here"),
+    ):
+        with pytest.raises(DecodeError) as error:
+            scheme.decode(np.array(tokens))
+        assert str(error.value) == problem
+    with pytest.raises(ValueError, match="sustain must be one of"):
+        Events(max_shift=4, velocity_bins=0, sustain="hold")
+
+
+def test_midi_files_give_their_velocities_and_sustain_pedal():
+    """A real MIDI file (mido): two notes with velocities; the pedal down from tick 2 to 10
+    (steps 1 to 5), then pressed and released on one tick (no span), and a pedal on the drum
+    channel (ignored)."""
+    song_file = mido.MidiFile(ticks_per_beat=8)  # two ticks per step at 4 steps per beat
+    piano, drums = mido.MidiTrack(), mido.MidiTrack()
+    song_file.tracks += [piano, drums]
+    piano += [
+        mido.Message("note_on", note=60, velocity=90, time=0),
+        mido.Message("control_change", control=64, value=127, time=2),
+        mido.Message("note_off", note=60, time=2),
+        mido.Message("note_on", note=62, velocity=30, time=0),
+        mido.Message("control_change", control=64, value=0, time=6),
+        mido.Message("control_change", control=64, value=127, time=2),
+        mido.Message("control_change", control=64, value=0, time=0),
+        mido.Message("note_off", note=62, time=4),
+    ]
+    drums += [
+        mido.Message("note_on", channel=9, note=36, velocity=100, time=0),
+        mido.Message("control_change", channel=9, control=64, value=127, time=0),
+        mido.Message("control_change", channel=9, control=64, value=0, time=30),
+    ]
+    data = io.BytesIO()
+    song_file.save(file=data)
+    limits = Limits(max_file_bytes=2**20, max_notes=100, max_steps=1000)
+    song = read_song(data.getvalue(), 4, 32, True, limits)
+    assert song.notes.velocity.tolist() == [90, 30] and song.notes.onset.tolist() == [0, 2]
+    assert song.pedals.tolist() == [[1, 5]]

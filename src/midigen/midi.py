@@ -7,7 +7,7 @@ the tempo, so tempo changes never move notes off the grid.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import symusic
@@ -51,6 +51,7 @@ class Notes:
     program: np.ndarray  # int64 General MIDI program, 0 when instruments are merged
     pitch: np.ndarray  # int64 0..127
     duration: np.ndarray  # int64 steps, 1..max_duration
+    velocity: np.ndarray | None = None  # int64 1..127 where the file said (read_song does)
 
     def __len__(self) -> int:
         return len(self.onset)
@@ -99,6 +100,8 @@ class Song:
     meter: Meter
     changes: dict[str, int]  # by cause, every key of NOTE_CHANGES
     repairs: dict[str, int]  # every key of FILE_REPAIRS
+    pedals: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))
+    # (K, 2) int64 steps [down, up) of the sustain pedal, any non-drum track (`sustain_pedals`)
 
     @property
     def notes_read(self) -> int:
@@ -269,6 +272,7 @@ def quantize(
     time = np.concatenate([c["time"] for c in columns]).astype(np.int64)
     length = np.concatenate([c["duration"] for c in columns]).astype(np.int64)
     pitch = np.concatenate([c["pitch"] for c in columns]).astype(np.int64)
+    velocity = np.concatenate([c["velocity"] for c in columns]).astype(np.int64)
     program = np.concatenate(
         [
             np.full(len(c["time"]), 0 if merge_instruments else t.program)
@@ -296,6 +300,7 @@ def quantize(
         program[kept],
         pitch[kept],
         end_overlaps(onset[kept], program[kept], pitch[kept], duration[kept]),
+        velocity[kept],
     )
     distinct_ticks = len(np.unique((time << 14) | (program << 7) | pitch))  # one int per key
     changes = {
@@ -355,7 +360,29 @@ def read_song(
     the reason."""
     score, repairs = parse(data, limits)
     notes, meter, changes = quantize(score, steps_per_beat, max_duration, merge_instruments, limits)
-    return Song(notes, meter, changes, repairs)
+    return Song(notes, meter, changes, repairs, sustain_pedals(score, steps_per_beat))
+
+
+def sustain_pedals(score: symusic.Score, steps_per_beat: int) -> np.ndarray:
+    """(K, 2) steps [down, up) while a sustain pedal of any non-drum track is down, the
+    overlapping and touching ones joined (on the grid; a press shorter than a step is dropped)."""
+    spans = [t.pedals.numpy() for t in score.tracks if not t.is_drum and len(t.pedals)]
+    if not spans:
+        return np.zeros((0, 2), dtype=np.int64)
+    tpq = score.ticks_per_quarter
+    time = np.concatenate([s["time"] for s in spans]).astype(np.int64)
+    end = time + np.concatenate([s["duration"] for s in spans]).astype(np.int64)
+    down, up = _to_steps(time, tpq, steps_per_beat), _to_steps(end, tpq, steps_per_beat)
+    order = np.argsort(down, kind="stable")
+    joined: list[list[int]] = []
+    for start, stop in zip(down[order].tolist(), up[order].tolist(), strict=True):
+        if stop <= start:
+            continue
+        if joined and start <= joined[-1][1]:
+            joined[-1][1] = max(joined[-1][1], stop)
+        else:
+            joined.append([start, stop])
+    return np.array(joined, dtype=np.int64).reshape(-1, 2)
 
 
 def write_midi(notes: Notes, steps_per_beat: int, meter: Meter | None = None) -> bytes:
@@ -368,7 +395,9 @@ def write_midi(notes: Notes, steps_per_beat: int, meter: Meter | None = None) ->
             time=notes.onset[mine].astype(np.int32),
             duration=notes.duration[mine].astype(np.int32),
             pitch=notes.pitch[mine].astype(np.int8),
-            velocity=np.full(int(mine.sum()), 80, dtype=np.int8),
+            velocity=(
+                np.full(int(mine.sum()), 80) if notes.velocity is None else notes.velocity[mine]
+            ).astype(np.int8),
         )
         score.tracks.append(track)
     if meter is not None:

@@ -20,7 +20,9 @@ import numpy as np
 from midigen.encoding import DecodeError
 from midigen.midi import Notes
 
-__all__ = ["DecodeError", "Encoded", "Scheme"]
+NO_PEDALS = np.zeros((0, 2), dtype=np.int64)  # a song without a sustain pedal
+
+__all__ = ["NO_PEDALS", "DecodeError", "Encoded", "Scheme", "one_instrument"]
 
 
 @dataclass(frozen=True)
@@ -42,15 +44,17 @@ class Scheme(Protocol):
         """The vocabulary size of each field (one entry for flat schemes)."""
         ...
 
-    def encode(self, notes: Notes) -> Encoded:
-        """Rows from <sos> to <eos>."""
+    def encode(self, notes: Notes, pedals: np.ndarray = NO_PEDALS) -> Encoded:
+        """Rows from <sos> to <eos>. `pedals`: the song's sustain pedal spans (midi.Song), for
+        the schemes that model the pedal (events); the others play each note as its key is
+        held, as the encode stage always has."""
         ...
 
     def decode(self, tokens: np.ndarray) -> Notes:
         """The notes of a whole song's rows; DecodeError names the first row it cannot read."""
         ...
 
-    def changes(self, notes: Notes) -> dict[str, int]:
+    def changes(self, notes: Notes, pedals: np.ndarray = NO_PEDALS) -> dict[str, int]:
         """How many of `notes` encode() changes or drops, by cause (0 for a lossless scheme)."""
         ...
 
@@ -63,3 +67,13 @@ class Scheme(Protocol):
         """Per field, a bool mask of the values the next row may take after the rows `prefix`
         (none after <eos>): generation samples inside it, so every song it writes decodes."""
         ...
+
+
+def one_instrument(notes: Notes) -> np.ndarray:
+    """Indices of the notes a scheme without instruments keeps: one per (onset, pitch), the
+    longest, in (onset, pitch) order."""
+    order = np.lexsort((-notes.duration, notes.pitch, notes.onset))
+    onset, pitch = notes.onset[order], notes.pitch[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (onset[1:] != onset[:-1]) | (pitch[1:] != pitch[:-1])
+    return order[first]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tokenizers import Tokenizer, models, trainers
 
-from midigen.encodings import DecodeError, Encoded
+from midigen.encodings import NO_PEDALS, DecodeError, Encoded
 from midigen.encodings.index import END, Cursor, Grammar, Index
 from midigen.midi import Notes
 
@@ -78,7 +78,7 @@ class BPE:
     def fields(self) -> tuple[int]:
         return (len(self.pieces),)
 
-    def encode(self, notes: Notes) -> Encoded:
+    def encode(self, notes: Notes, pedals: np.ndarray = NO_PEDALS) -> Encoded:
         base = self.base.encode(notes)
         return self.merge(base.tokens.reshape(-1), base.times)
 
@@ -102,7 +102,7 @@ class BPE:
     def decode(self, tokens: np.ndarray) -> Notes:
         return self.base.decode(self.expand(tokens))
 
-    def changes(self, notes: Notes) -> dict[str, int]:
+    def changes(self, notes: Notes, pedals: np.ndarray = NO_PEDALS) -> dict[str, int]:
         return self.base.changes(notes)
 
     def note_counts(self, tokens: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from midigen.encodings import DecodeError, Encoded
+from midigen.encodings import NO_PEDALS, DecodeError, Encoded, one_instrument
 from midigen.midi import Notes
 
 SOS, EOS = 128, 129  # values of the pitch field beyond the 128 pitches
@@ -49,7 +49,7 @@ class Codebook:
     def fields(self) -> tuple[int, int, int]:
         return 130, len(self.steps), len(self.durations)
 
-    def encode(self, notes: Notes) -> Encoded:
+    def encode(self, notes: Notes, pedals: np.ndarray = NO_PEDALS) -> Encoded:
         onset, pitch, duration = merged(notes)
         step = nearest(self.steps, np.diff(onset, prepend=0))
         rows = np.column_stack([pitch, step, nearest(self.durations, duration)])
@@ -83,7 +83,7 @@ class Codebook:
             return f"row {special[0] + 1}: <sos> or <eos> inside the song"
         return None
 
-    def changes(self, notes: Notes) -> dict[str, int]:
+    def changes(self, notes: Notes, pedals: np.ndarray = NO_PEDALS) -> dict[str, int]:
         onset, _, duration = merged(notes)
         ioi = np.diff(onset, prepend=0)
         return {
@@ -110,12 +110,9 @@ class Codebook:
 
 
 def merged(notes: Notes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Onset, pitch, duration with instruments merged: by (onset, pitch), the longest kept."""
-    order = np.lexsort((-notes.duration, notes.pitch, notes.onset))
-    onset, pitch, duration = (a[order] for a in (notes.onset, notes.pitch, notes.duration))
-    first = np.ones(len(onset), dtype=bool)
-    first[1:] = (onset[1:] != onset[:-1]) | (pitch[1:] != pitch[:-1])
-    return onset[first], pitch[first], duration[first]
+    """Onset, pitch, duration with instruments merged (`one_instrument`)."""
+    kept = one_instrument(notes)
+    return notes.onset[kept], notes.pitch[kept], notes.duration[kept]
 
 
 def nearest(book: tuple[int, ...], values: np.ndarray) -> np.ndarray:

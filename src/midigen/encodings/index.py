@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from midigen.encoding import DecodeError, Vocab, decode_tokens, encode_notes
-from midigen.encodings import Encoded
+from midigen.encodings import NO_PEDALS, Encoded
 from midigen.midi import Notes
 
 NOTE_KIND = 1  # Vocab.kinds() of a note token
@@ -30,14 +30,14 @@ class Index:
     def fields(self) -> tuple[int]:
         return (len(self.vocab),)
 
-    def encode(self, notes: Notes) -> Encoded:
+    def encode(self, notes: Notes, pedals: np.ndarray = NO_PEDALS) -> Encoded:
         tokens, times = encode_notes(notes, self.vocab)
         return Encoded(tokens[:, None], times)
 
     def decode(self, tokens: np.ndarray) -> Notes:
         return decode_tokens(np.asarray(tokens).reshape(-1), self.vocab)
 
-    def changes(self, notes: Notes) -> dict[str, int]:
+    def changes(self, notes: Notes, pedals: np.ndarray = NO_PEDALS) -> dict[str, int]:
         """Lossless on quantized notes (what the grid changes, midi.NOTE_CHANGES counts)."""
         return {}
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import symusic
 
-from midigen.encodings import DecodeError, Encoded
+from midigen.encodings import NO_PEDALS, DecodeError, Encoded
 from midigen.midi import Notes
 
 NEXT = {  # token type -> the types that may follow it (a REMI song with programs, no velocity)
@@ -67,7 +67,7 @@ class Remi:
     def fields(self) -> tuple[int]:
         return (len(self.kinds),)
 
-    def encode(self, notes: Notes) -> Encoded:
+    def encode(self, notes: Notes, pedals: np.ndarray = NO_PEDALS) -> Encoded:
         sequence = self.tokenizer.encode(self._score(notes))
         sequence = sequence[0] if isinstance(sequence, list) else sequence
         vocab = self.tokenizer.vocab
@@ -101,7 +101,7 @@ class Remi:
             return "a song must end with EOS"
         return None
 
-    def changes(self, notes: Notes) -> dict[str, int]:
+    def changes(self, notes: Notes, pedals: np.ndarray = NO_PEDALS) -> dict[str, int]:
         back = self.decode(self.encode(notes).tokens)
         have = Counter(zip(*(a.tolist() for a in _columns(back)), strict=True))
         lost = Counter(zip(*(a.tolist() for a in _columns(notes)), strict=True)) - have

@@ -1,0 +1,254 @@
+"""Performance-RNN events (seed 004): NOTE_ON, NOTE_OFF, TIME_SHIFT, VELOCITY, on the grid.
+
+    <sos>  then per step with events: NOTE_OFF of the notes ending there, the pedal (explicit
+    mode), VELOCITY when the next note's bin differs from the last one written, NOTE_ON of the
+    notes starting there (pitch order); TIME_SHIFT s (1..max_shift steps) between such steps
+    and up to the song's end;  <eos>
+
+Time is in grid steps (the milliseconds of the original need tempo-mapped note times, which
+the encode stage quantizes away: not built). Instruments are merged (the scheme has no program
+token; of two notes on one onset and key the longer is kept, and a note still sounding when
+its key strikes again is cut there). Velocities fall into `velocity_bins` equal bins of 1..127
+(0: no VELOCITY tokens) and decode to the bin's middle. The sustain pedal, in one of three
+modes: "ignore" (notes end at their key release), "extend" (a note released while the pedal
+is down sounds until the pedal goes up, or its key strikes again; no pedal tokens), or
+"explicit" (SUSTAIN_ON / SUSTAIN_OFF tokens, and decode extends the notes as "extend" does).
+`changes` counts what each of these does to the notes it is given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from midigen.encodings import NO_PEDALS, DecodeError, Encoded, one_instrument
+from midigen.midi import Notes, end_overlaps
+
+SUSTAIN_MODES = ("ignore", "extend", "explicit")
+PAD, SOS, EOS = 0, 1, 2
+NOTE_ON = 3  # + pitch
+NOTE_OFF = NOTE_ON + 128  # + pitch
+TIME_SHIFT = NOTE_OFF + 128  # + steps - 1
+OFF, PEDAL, ON = range(3)  # the order of a step's events
+
+
+@dataclass(frozen=True)
+class Events:
+    max_shift: int  # longest TIME_SHIFT, in steps
+    velocity_bins: int  # 0: no VELOCITY tokens
+    sustain: str  # one of SUSTAIN_MODES
+    name: str = "events"
+
+    def __post_init__(self) -> None:
+        if self.max_shift < 1 or not 0 <= self.velocity_bins <= 127:
+            raise ValueError("events need max_shift >= 1 and 0..127 velocity bins")
+        if self.sustain not in SUSTAIN_MODES:
+            raise ValueError(f"sustain must be one of {SUSTAIN_MODES} (got {self.sustain!r})")
+
+    @property
+    def velocity_base(self) -> int:
+        return TIME_SHIFT + self.max_shift
+
+    @property
+    def sustain_on(self) -> int:
+        return self.velocity_base + self.velocity_bins
+
+    @property
+    def fields(self) -> tuple[int]:
+        return (self.sustain_on + (2 if self.sustain == "explicit" else 0),)
+
+    # -- notes -> events -----------------------------------------------------------------------
+
+    def encode(self, notes: Notes, pedals: np.ndarray = NO_PEDALS) -> Encoded:
+        onset, pitch, duration, velocity = self._notes(notes, pedals)
+        rows = list(
+            zip(onset.tolist(), pitch.tolist(), duration.tolist(), velocity.tolist(), strict=True)
+        )
+        events = [(o, ON, p, v) for o, p, _, v in rows]
+        events += [(o + d, OFF, p, 0) for o, p, d, _ in rows]
+        if self.sustain == "explicit":
+            events += [(down, PEDAL, 1, 0) for down, _ in pedals.tolist()]
+            events += [(up, PEDAL, 0, 0) for _, up in pedals.tolist()]
+        end = max([e[0] for e in events], default=0)
+        tokens, times, now, last_bin = [SOS], [0], 0, None
+        for step, kind, value, vel in sorted(events):  # offs, pedal (up before down), ons
+            tokens, times, now = self._shift(tokens, times, now, step)
+            if kind == OFF:
+                tokens.append(NOTE_OFF + value)
+            elif kind == PEDAL:
+                tokens.append(self.sustain_on + (0 if value else 1))
+            else:
+                if self.velocity_bins and self._bin(vel) != last_bin:
+                    last_bin = self._bin(vel)
+                    tokens.append(self.velocity_base + last_bin)
+                    times.append(now)
+                tokens.append(NOTE_ON + value)
+            times.append(now)
+        tokens, times, now = self._shift(tokens, times, now, end)
+        tokens.append(EOS)
+        times.append(now)
+        return Encoded(np.array(tokens, dtype=np.int64)[:, None], np.array(times, dtype=np.int64))
+
+    def _shift(self, tokens: list, times: list, now: int, step: int) -> tuple[list, list, int]:
+        while now < step:
+            shift = min(self.max_shift, step - now)
+            tokens.append(TIME_SHIFT + shift - 1)
+            times.append(now)
+            now += shift
+        return tokens, times, now
+
+    def _notes(self, notes: Notes, pedals: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Onset, pitch, duration and velocity of what the events write: instruments merged,
+        restrikes cut, and in "extend" mode the pedal's sustain applied."""
+        onset, pitch, duration, velocity = _one_instrument(notes)
+        duration = end_overlaps(onset, np.zeros_like(onset), pitch, duration)
+        if self.sustain == "extend":
+            duration = sustained(onset, pitch, duration, pedals)
+        return onset, pitch, duration, velocity
+
+    def _bin(self, velocity: int) -> int:
+        return min(self.velocity_bins - 1, (max(1, velocity) - 1) * self.velocity_bins // 127)
+
+    def _velocity_of(self, bin_: int) -> int:
+        """The middle velocity of a bin (the lower of two middles): v with _bin(v) == bin_."""
+        low = -(-bin_ * 127 // self.velocity_bins)  # v - 1 from here...
+        high = -(-(bin_ + 1) * 127 // self.velocity_bins) - 1  # ...to here
+        return 1 + (low + high) // 2
+
+    # -- events -> notes -----------------------------------------------------------------------
+
+    def decode(self, tokens: np.ndarray) -> Notes:
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1).tolist()
+        if not tokens or tokens[0] != SOS:
+            raise DecodeError("a song must start with <sos>")
+        if tokens[-1] != EOS:
+            raise DecodeError("a song must end with <eos>")
+        now, velocity, sounding = 0, 64, {}
+        rows, downs, ups = [], [], []
+        for i, token in enumerate(tokens[1:-1], start=1):
+            if NOTE_ON <= token < NOTE_OFF:
+                pitch = token - NOTE_ON
+                if pitch in sounding:
+                    rows.append(_ended(sounding.pop(pitch), pitch, now))
+                sounding[pitch] = (now, velocity)
+            elif NOTE_OFF <= token < TIME_SHIFT:
+                start = sounding.pop(token - NOTE_OFF, None)
+                if start is not None:
+                    rows.append(_ended(start, token - NOTE_OFF, now))
+            elif TIME_SHIFT <= token < self.velocity_base:
+                now += token - TIME_SHIFT + 1
+            elif self.velocity_base <= token < self.sustain_on:
+                velocity = self._velocity_of(token - self.velocity_base)
+            elif token in (self.sustain_on, self.sustain_on + 1) and self.sustain == "explicit":
+                (downs if token == self.sustain_on else ups).append(now)
+            else:
+                raise DecodeError(f"token {i}: {token} is not an event here")
+        rows += [_ended(start, pitch, now) for pitch, start in sounding.items()]
+        return self._sounding(rows, _spans(downs, ups, now))
+
+    def _sounding(self, rows: list[tuple[int, int, int, int]], pedals: np.ndarray) -> Notes:
+        """Notes from decoded (onset, pitch, duration, velocity) rows: one per onset and key,
+        the pedal applied in explicit mode."""
+        table = np.array(rows, dtype=np.int64).reshape(-1, 4)
+        zeros = np.zeros(len(table), dtype=np.int64)
+        onset, pitch, duration, velocity = table.T
+        notes = Notes(onset, zeros, pitch, duration, velocity)
+        kept = one_instrument(notes)
+        onset, pitch, duration, velocity = (a[kept] for a in (onset, pitch, duration, velocity))
+        if self.sustain == "explicit":
+            duration = sustained(onset, pitch, duration, pedals)
+        zeros = np.zeros(len(onset), dtype=np.int64)
+        return Notes(onset, zeros, pitch, duration, velocity if self.velocity_bins else None)
+
+    # -- what it changes, its grammar ------------------------------------------------------------
+
+    def changes(self, notes: Notes, pedals: np.ndarray = NO_PEDALS) -> dict[str, int]:
+        onset, pitch, duration, velocity = _one_instrument(notes)
+        cut = end_overlaps(onset, np.zeros_like(onset), pitch, duration)
+        held = sustained(onset, pitch, cut, pedals)
+        if self.velocity_bins:
+            binned = np.array([self._velocity_of(self._bin(v)) for v in velocity.tolist()])
+            velocity_binned = int(np.count_nonzero(binned != velocity))
+        else:
+            velocity_binned = len(onset)  # every velocity dropped
+        ignored = self.sustain == "ignore"
+        return {
+            "merged_instruments": len(notes) - len(onset),
+            "cut_restrike": int(np.count_nonzero(cut < duration)),
+            "velocity_binned": velocity_binned,
+            "sustain_ignored": int(np.count_nonzero(held > cut)) if ignored else 0,
+            "sustain_extended": 0 if ignored else int(np.count_nonzero(held > cut)),
+        }  # fmt: skip
+
+    def note_counts(self, tokens: np.ndarray) -> np.ndarray:
+        tokens = np.asarray(tokens).reshape(-1)
+        return ((tokens >= NOTE_ON) & (tokens < NOTE_OFF)).astype(np.int64)
+
+    def allowed(self, prefix: np.ndarray) -> list[np.ndarray]:
+        """After <sos>: NOTE_ON of a silent key, NOTE_OFF of a sounding one, any shift, any
+        velocity, the pedal (explicit mode) down when up and up when down, or <eos>."""
+        tokens = np.asarray(prefix, dtype=np.int64).reshape(-1).tolist()
+        mask = np.zeros(self.fields[0], dtype=bool)
+        if not tokens:
+            mask[SOS] = True
+            return [mask]
+        if tokens[-1] == EOS:
+            return [mask]
+        sounding = np.zeros(128, dtype=bool)
+        pedal_down = False
+        for token in tokens[1:]:
+            if NOTE_ON <= token < NOTE_OFF:
+                sounding[token - NOTE_ON] = True
+            elif NOTE_OFF <= token < TIME_SHIFT:
+                sounding[token - NOTE_OFF] = False
+            elif token in (self.sustain_on, self.sustain_on + 1):
+                pedal_down = token == self.sustain_on
+        mask[NOTE_ON:NOTE_OFF] = ~sounding
+        mask[NOTE_OFF:TIME_SHIFT] = sounding
+        mask[TIME_SHIFT : self.sustain_on] = True
+        mask[EOS] = True
+        if self.sustain == "explicit":
+            mask[self.sustain_on + pedal_down] = True
+        return [mask]
+
+
+def sustained(
+    onset: np.ndarray, pitch: np.ndarray, duration: np.ndarray, pedals: np.ndarray
+) -> np.ndarray:
+    """Durations with the pedal applied: a note released while the pedal is down sounds until
+    it goes up, but never past the next strike of its key."""
+    end = onset + duration
+    for down, up in np.asarray(pedals).reshape(-1, 2).tolist():
+        end = np.where((end > down) & (end < up), up, end)
+    extended = end - onset
+    return end_overlaps(onset, np.zeros_like(onset), pitch, np.maximum(extended, duration))
+
+
+def _one_instrument(notes: Notes) -> tuple[np.ndarray, ...]:
+    """Onset, pitch, duration and velocity (64 where the notes have none) of the notes kept
+    with instruments merged."""
+    kept = one_instrument(notes)
+    velocity = np.full(len(notes), 64) if notes.velocity is None else notes.velocity
+    columns = (notes.onset, notes.pitch, notes.duration, velocity)
+    return tuple(np.asarray(c, dtype=np.int64)[kept] for c in columns)
+
+
+def _ended(start: tuple[int, int], pitch: int, now: int) -> tuple[int, int, int, int]:
+    """A decoded note (onset, pitch, duration, velocity): at least one step long."""
+    onset, velocity = start
+    return onset, pitch, max(1, now - onset), velocity
+
+
+def _spans(downs: list[int], ups: list[int], end: int) -> np.ndarray:
+    """Pedal spans from the decoded presses and releases (a press still down ends at `end`)."""
+    spans, down = [], None
+    for step, is_down in sorted([(d, 1) for d in downs] + [(u, 0) for u in ups]):
+        if is_down and down is None:
+            down = step
+        elif not is_down and down is not None:
+            spans.append((down, step))
+            down = None
+    if down is not None:
+        spans.append((down, end))
+    return np.array(spans, dtype=np.int64).reshape(-1, 2)
