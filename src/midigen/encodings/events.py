@@ -61,42 +61,61 @@ class Events:
     # -- notes -> events -----------------------------------------------------------------------
 
     def encode(self, notes: Notes, pedals: np.ndarray = NO_PEDALS) -> Encoded:
-        onset, pitch, duration, velocity = self._notes(notes, pedals)
-        rows = list(
-            zip(onset.tolist(), pitch.tolist(), duration.tolist(), velocity.tolist(), strict=True)
-        )
-        events = [(o, ON, p, v) for o, p, _, v in rows]
-        events += [(o + d, OFF, p, 0) for o, p, d, _ in rows]
-        if self.sustain == "explicit":
-            events += [(down, PEDAL, 1, 0) for down, _ in pedals.tolist()]
-            events += [(up, PEDAL, 0, 0) for _, up in pedals.tolist()]
-        end = max([e[0] for e in events], default=0)
-        tokens, times, now, last_bin = [SOS], [0], 0, None
-        for step, kind, value, vel in sorted(events):  # offs, pedal (up before down), ons
-            tokens, times, now = self._shift(tokens, times, now, step)
-            if kind == OFF:
-                tokens.append(NOTE_OFF + value)
-            elif kind == PEDAL:
-                tokens.append(self.sustain_on + (0 if value else 1))
-            else:
-                if self.velocity_bins and self._bin(vel) != last_bin:
-                    last_bin = self._bin(vel)
-                    tokens.append(self.velocity_base + last_bin)
-                    times.append(now)
-                tokens.append(NOTE_ON + value)
-            times.append(now)
-        tokens, times, now = self._shift(tokens, times, now, end)
-        tokens.append(EOS)
-        times.append(now)
-        return Encoded(np.array(tokens, dtype=np.int64)[:, None], np.array(times, dtype=np.int64))
+        step, kind, value, velocity = self._events(notes, pedals)
+        on = kind == ON
+        bins = self._bins(velocity)
+        previous_bin = np.full(len(bins), -1)
+        on_index = np.flatnonzero(on)
+        previous_bin[on_index[1:]] = bins[on_index[:-1]]
+        needs_velocity = on & (bins != previous_bin) if self.velocity_bins else on & False
+        gap = np.diff(step, prepend=0)
+        shifts = -(-gap // self.max_shift)  # TIME_SHIFT tokens before each event
+        count = shifts + needs_velocity + 1
+        first = 1 + np.cumsum(count) - count  # slot of each event's first token (after <sos>)
+        tokens = np.empty(int(count.sum()) + 2, dtype=np.int64)
+        times = np.empty_like(tokens)
+        tokens[0], times[0] = SOS, 0
+        tokens[-1], times[-1] = EOS, step[-1] if len(step) else 0
 
-    def _shift(self, tokens: list, times: list, now: int, step: int) -> tuple[list, list, int]:
-        while now < step:
-            shift = min(self.max_shift, step - now)
-            tokens.append(TIME_SHIFT + shift - 1)
-            times.append(now)
-            now += shift
-        return tokens, times, now
+        owner = np.repeat(np.arange(len(step)), shifts)  # the event each shift comes before
+        k = np.arange(len(owner)) - np.repeat(np.cumsum(shifts) - shifts, shifts)
+        last = k == shifts[owner] - 1
+        size = np.where(last, gap[owner] - k * self.max_shift, self.max_shift)
+        tokens[first[owner] + k] = TIME_SHIFT + size - 1
+        times[first[owner] + k] = step[owner] - gap[owner] + k * self.max_shift
+
+        where = first[needs_velocity] + shifts[needs_velocity]
+        tokens[where], times[where] = (
+            self.velocity_base + bins[needs_velocity],
+            step[needs_velocity],
+        )
+        where = first + shifts + needs_velocity
+        tokens[where] = np.select(
+            [kind == OFF, kind == PEDAL],
+            [NOTE_OFF + value, self.sustain_on + 1 - value],
+            NOTE_ON + value,
+        )
+        times[where] = step
+        return Encoded(tokens[:, None], times)
+
+    def _events(self, notes: Notes, pedals: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(step, kind, value, velocity) of every event in the order written: by step, then
+        NOTE_OFF, the pedal (up before down), NOTE_ON; keys in pitch order."""
+        onset, pitch, duration, velocity = self._notes(notes, pedals)
+        zeros = np.zeros(len(onset), dtype=np.int64)
+        columns = [
+            (onset, np.full(len(onset), ON), pitch, velocity),
+            (onset + duration, zeros + OFF, pitch, zeros),
+        ]
+        if self.sustain == "explicit":
+            spans = np.asarray(pedals, dtype=np.int64).reshape(-1, 2)
+            none = np.zeros(len(spans), dtype=np.int64)
+            columns += [(spans[:, 0], none + PEDAL, none + 1, none)]
+            columns += [(spans[:, 1], none + PEDAL, none, none)]
+        joined = (np.concatenate(c).astype(np.int64) for c in zip(*columns, strict=True))
+        step, kind, value, vel = joined
+        order = np.lexsort((value, kind, step))
+        return step[order], kind[order], value[order], vel[order]
 
     def _notes(self, notes: Notes, pedals: np.ndarray) -> tuple[np.ndarray, ...]:
         """Onset, pitch, duration and velocity of what the events write: instruments merged,
@@ -107,11 +126,13 @@ class Events:
             duration = sustained(onset, pitch, duration, pedals)
         return onset, pitch, duration, velocity
 
-    def _bin(self, velocity: int) -> int:
-        return min(self.velocity_bins - 1, (max(1, velocity) - 1) * self.velocity_bins // 127)
+    def _bins(self, velocity: np.ndarray) -> np.ndarray:
+        """The bin of each velocity 1..127 (0 and above 127 count as 1 and 127)."""
+        velocity = np.clip(np.asarray(velocity, dtype=np.int64), 1, 127)
+        return (velocity - 1) * max(self.velocity_bins, 1) // 127
 
     def _velocity_of(self, bin_: int) -> int:
-        """The middle velocity of a bin (the lower of two middles): v with _bin(v) == bin_."""
+        """The middle velocity of a bin (the lower of two middles)."""
         low = -(-bin_ * 127 // self.velocity_bins)  # v - 1 from here...
         high = -(-(bin_ + 1) * 127 // self.velocity_bins) - 1  # ...to here
         return 1 + (low + high) // 2
@@ -168,7 +189,7 @@ class Events:
         cut = end_overlaps(onset, np.zeros_like(onset), pitch, duration)
         held = sustained(onset, pitch, cut, pedals)
         if self.velocity_bins:
-            binned = np.array([self._velocity_of(self._bin(v)) for v in velocity.tolist()])
+            binned = np.array([self._velocity_of(b) for b in self._bins(velocity).tolist()])
             velocity_binned = int(np.count_nonzero(binned != velocity))
         else:
             velocity_binned = len(onset)  # every velocity dropped
