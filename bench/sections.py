@@ -23,8 +23,10 @@ def commit() -> str:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "src", "bench"], capture_output=True, text=True
+        dirty = subprocess.run(  # the results file itself does not count: benches write it
+            ["git", "status", "--porcelain", "--", "src", "bench", ":!bench/RESULTS.md"],
+            capture_output=True,
+            text=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
