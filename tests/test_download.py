@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import socket
 import subprocess
 import sys
 import tarfile
@@ -768,3 +769,54 @@ def test_dir_stage_gives_no_traceback_for_a_bad_file(tmp_path: Path) -> None:
     assert "escape.mid is a link to /etc/passwd, outside the source folder" in result.stderr
     assert "1 skipped (skipped.csv)" in result.stdout
     assert len(list((raw / "midi").iterdir())) == 1
+
+
+def test_dir_files_up_to_the_cap_are_read_whole_and_each_skip_is_logged(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """A file of exactly MAX_MEMBER_BYTES is taken with every byte; one more is skipped, and
+    the log names it and why."""
+    monkeypatch.setattr(dl, "MAX_MEMBER_BYTES", len(A) + 10)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    exact = A + bytes(10)
+    (corpus / "exact.mid").write_bytes(exact)
+    (corpus / "over.mid").write_bytes(B + bytes(len(A) + 11 - len(B)))
+    with caplog.at_level("WARNING"):
+        run_download({"source": "dir", "dir": str(corpus)}, tmp_path / "out")
+    [row] = check_output(tmp_path / "out")
+    assert row["source"] == "exact.mid" and (tmp_path / "out" / row["path"]).read_bytes() == exact
+    why = f"is larger than {len(A) + 10} bytes"
+    assert skipped_rows(tmp_path / "out") == {"over.mid": why}
+    assert f"download.dir: over.mid {why}; skipped" in caplog.messages
+
+
+def test_split_of_at_the_split_edges() -> None:
+    """The first 8 hex digits as a fraction of 2**32: 0x80000000 is exactly 0.5, 0xc0000000
+    exactly 0.75; an edge belongs to the split above it."""
+    assert split_of("7fffffff" + "0" * 56, val_fraction=0.25, test_fraction=0.5) == "test"
+    assert split_of("80000000" + "0" * 56, val_fraction=0.25, test_fraction=0.5) == "val"
+    assert split_of("c0000000" + "0" * 56, val_fraction=0.25, test_fraction=0.5) == "train"
+
+
+def test_a_refused_connection_is_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as closed:  # a port nobody listens on once this closes
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/songs.zip"
+    with pytest.raises(MidigenError) as error:
+        run_download({"source": "url", "url": url, "sha256": "0" * 64}, tmp_path / "out")
+    assert str(error.value) == f"cannot download {url}: [Errno 111] Connection refused"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_server_that_never_answers_times_out(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(dl, "TIMEOUT_S", 0.5)
+    with socket.socket() as silent:  # accepts connections (the backlog) and says nothing
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/songs.zip"
+        with pytest.raises(MidigenError) as error:
+            run_download({"source": "url", "url": url, "sha256": "0" * 64}, tmp_path / "out")
+    assert str(error.value) == f"cannot download {url}: timed out"
+    assert list(tmp_path.iterdir()) == []

@@ -31,7 +31,14 @@ from midigen.media import piano_roll, render_audio
 from midigen.midi import Notes, write_midi
 from midigen.paired import CELLS, CONTRASTS, REACH, SongCells, memory_effect, write_song_cells
 from midigen.params import load_params
-from midigen.report import _environment, floor_verdict, format_interval, memory_verdict
+from midigen.report import (
+    _environment,
+    _plain_name,
+    effect_outcome,
+    floor_verdict,
+    format_interval,
+    memory_verdict,
+)
 from midigen.stages import report as report_stage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -649,3 +656,62 @@ def test_the_page_templates_show_missing_numbers_as_a_dash_and_refuse_unknown_na
     with pytest.raises(jinja2.UndefinedError, match="'missing' is undefined"):
         env.from_string("{{ missing }}").render()
     assert env.from_string("{{ x }}").render(x="<b>") == "&lt;b&gt;"
+
+
+def test_the_whole_verdict_text_by_hand():
+    """Every sentence of a two-variant verdict, word for word."""
+    xl = compared({"second_vs_first": HELPED})
+    xl_knn = compared({"late_vs_early": HURT, "second_vs_first": HELPED})
+    said, details = memory_verdict(summary_with(xl=xl, xl_knn=xl_knn))
+    assert said == (
+        "Mixed: memory helped (xl on repeat probe, xl_knn on repeat probe) and hurt "
+        "(xl_knn on late positions)."
+    )
+    zero = "+0.000 [-0.010, +0.010]"
+    assert details[0] == (
+        f"All tokens, variant \u2212 vanilla: xl {zero}; xl_knn {zero} nats/token. A variant's "
+        "overall level says nothing about memory; the memory effects below compare it where "
+        "memory can reach against where it cannot (negative: memory helped; 95% intervals "
+        "over songs)."
+    )
+    assert details[1] == (
+        f"Memory effect, late positions against early ones: xl {zero} ({zero} minus {zero}): "
+        f"no detectable effect; xl_knn +0.050 [+0.010, +0.090] ({zero} minus {zero}): hurt."
+    )
+    said, _ = memory_verdict({"variants": {}, "vs_vanilla": {}})
+    assert said == (
+        "Cannot tell whether memory helped: the comparison needs vanilla and xl or xl_knn "
+        "(this run has no variants)."
+    )
+    said, _ = memory_verdict({"variants": {"xl": {}, "xl_knn": {}}, "vs_vanilla": {}})
+    assert said.endswith("(this run has xl, xl_knn).")
+
+
+def test_intervals_and_outcomes_at_their_edges():
+    assert format_interval(None) == format_interval({"mean": None}) == "\u2014"
+    assert format_interval({"mean": 0.5, "low": None, "high": None}) == "+0.500"
+    assert format_interval(interval(0.5, 0.25, 0.75), signed=False) == "0.500 [0.250, 0.750]"
+    assert effect_outcome({"mean": 0.1, "low": None, "high": 0.2}) == "not measurable (no tokens)"
+    assert effect_outcome({"mean": 0.1, "low": 0.1, "high": None}) == "not measurable (no tokens)"
+    assert effect_outcome(interval(0.1, 0.0, 0.2)) == "no detectable effect"  # touches zero
+    assert effect_outcome(interval(0.1, 0.01, 0.2)) == "hurt"
+    assert effect_outcome(interval(-0.1, -0.2, -0.01)) == "helped"
+
+
+def test_a_variant_level_with_the_best_baseline_does_not_beat_it():
+    summary = {
+        "baselines": {"8-gram": {"bits_per_note": 4.5}, "unigram": {"bits_per_note": None}},
+        "variants": {"vanilla": {"bits_per_note": 4.5}, "xl": {"bits_per_note": 4.25}},
+    }
+    assert floor_verdict(summary) == (
+        "Best baseline: 8-gram, 4.50 bits per note; vanilla 4.50 (does not beat it); "
+        "xl 4.25 (beats it). Lower is better."
+    )
+
+
+@pytest.mark.parametrize("name", [None, 3, "", "../x.wav", "a/x.wav", ".x.wav", "."])
+def test_media_names_that_could_leave_their_folder_are_refused(name):
+    with pytest.raises(MidigenError) as error:
+        _plain_name(name, Path("samples/xl/samples.json"))
+    assert str(error.value) == f"samples/xl/samples.json: bad media file name {name!r}"
+    assert _plain_name("x.wav", Path("s.json")) == "x.wav"
