@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import sys
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from midigen.model import (
     ModelConfig,
     MusicTransformer,
     XLRecurrence,
+    alibi_slopes,
 )
 
 T = 8  # segment length
@@ -579,9 +581,9 @@ def test_rows_with_nothing_stored_retrieve_nothing_and_the_rest_still_retrieve()
     _, ids = retrieve_bruteforce(queries[1], stored, 3)
     torch.testing.assert_close(keys[1], stored[torch.arange(2)[:, None, None], ids])
     torch.testing.assert_close(values[1], -keys[1])
-    with pytest.raises(ValueError) as error:
-        memory.search(queries[:2], torch.full((2, 5), 4), k=3)
-    assert str(error.value) == "kNN memory holds 3 rows, got a batch of 2"
+    with pytest.raises(ValueError) as error:  # one row asked of three (and two heads)
+        memory.search(queries[:1], torch.full((1, 5), 4), k=3)
+    assert str(error.value) == "kNN memory holds 3 rows, got a batch of 1"
 
 
 def test_knn_write_follows_the_song_of_each_rows_last_token():
@@ -638,3 +640,52 @@ def test_room_for_the_cache_keeps_the_memory_and_is_made_once():
     for got, want in zip(picked.keys + picked.values, plain.keys + plain.values, strict=True):
         torch.testing.assert_close(got, want)
     assert torch.equal(picked.doc, xl.doc[rows]) and torch.equal(picked.pos, xl.pos)
+
+
+def test_alibi_slopes_by_hand():
+    """Press et al.: head h of n gets 2 ** (-8 (h + 1) / n)."""
+    torch.testing.assert_close(alibi_slopes(4), torch.tensor([2**-2, 2**-4, 2**-6, 2**-8]))
+    torch.testing.assert_close(alibi_slopes(2), torch.tensor([2**-4, 2**-8]))
+
+
+def test_weights_start_as_gpt2_does():
+    """N(0, 0.02) for weights and embeddings; the projections into the residual stream scaled
+    by 1 / sqrt(2 n_layer); no bias on the head (checked on a model big enough for the
+    sample standard deviation to be within a few percent)."""
+    config = ModelConfig(vocab_size=512, n_layer=8, n_head=4, d_model=256, d_ff=1024)
+    model = MusicTransformer(config)
+    assert model.tok_emb.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.blocks[0].mlp.up.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    for projection in (model.blocks[0].mlp.down, model.blocks[0].attn.proj):
+        assert projection.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+    assert model.head.bias is None
+
+
+def test_a_missing_faiss_is_one_clear_message(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss now raises ImportError
+    with pytest.raises(MidigenError) as error:
+        KNNMemory(batch=1, n_head=1, head_dim=4, max_memories=10)
+    assert str(error.value) == (
+        "model.memory xl_knn needs Faiss: pip install faiss-cpu (or a faiss-gpu build)"
+    )
+
+
+def test_stored_gives_what_was_added_not_the_room_after_it():
+    memory = KNNMemory(batch=1, n_head=1, head_dim=2, max_memories=100)
+    memory.doc[0] = 0
+    keys = torch.arange(10.0).reshape(1, 5, 2)
+    memory.add(0, keys[:, :3], keys[:, :3])
+    memory.add(0, keys[:, 3:], keys[:, 3:])  # grows the buffer past 5
+    torch.testing.assert_close(memory.stored(0)[0], keys)
+
+
+def test_a_training_state_without_a_cache_picks_rows_too():
+    """Vanilla in training has no XL memory at all: picking rows keeps the rest."""
+    model = tiny(memory="none", previous_tokens=2)
+    tokens, bar_pos = stream(3, T, seed=25)
+    with torch.no_grad():
+        _, _, state = model(tokens, bar_pos, torch.zeros_like(tokens))
+    assert state.xl is None and state.knn is None
+    picked = state.select(torch.tensor([2, 0]))
+    assert picked.xl is None and picked.batch == 2
+    assert torch.equal(picked.last_tokens, state.last_tokens[[2, 0]])
