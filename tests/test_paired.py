@@ -13,6 +13,7 @@ from midigen.paired import (
     CONTRASTS,
     Cell,
     SongCells,
+    bootstrap,
     mean_interval,
     memory_effect,
     paired_difference,
@@ -130,3 +131,21 @@ def test_song_table_round_trips_through_csv(tmp_path):
         read_song_cells(tmp_path / "bad.csv")
     with pytest.raises(MidigenError, match="missing .*nothing.csv"):
         read_song_cells(tmp_path / "nothing.csv")
+
+
+def test_the_interval_is_the_central_95_percent_of_the_bootstrap():
+    """The mean of 0..99 resampled: by the normal approximation the 2.5/97.5 percentiles lie
+    at 49.5 -/+ 1.96 standard errors (28.87 / sqrt(100) = 2.887), i.e. 43.84 and 55.16; a 3.5
+    or 98.5 percentile would be 0.4 inside or outside."""
+    values = np.arange(100.0)
+    interval = bootstrap(lambda idx: values[idx].mean(axis=-1), 100)
+    assert interval.mean == 49.5
+    assert interval.low == pytest.approx(43.84, abs=0.3)
+    assert interval.high == pytest.approx(55.16, abs=0.3)
+
+
+def test_one_song_is_its_own_interval_and_an_empty_cell_has_no_mean():
+    one = bootstrap(lambda idx: np.array([2.5])[idx].mean(axis=-1), 1)
+    assert (one.mean, one.low, one.high) == (2.5, 2.5, 2.5)
+    table = SongCells(("a",), np.zeros((1, len(CELLS))), np.zeros((1, len(CELLS))))
+    assert math.isnan(table.mean("all"))
