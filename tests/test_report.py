@@ -14,7 +14,6 @@ import json
 import math
 import shutil
 import wave
-from dataclasses import fields
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -122,7 +121,8 @@ def _slice(notes: Notes, keep: np.ndarray, shift_steps: int = 0, transpose: int 
 
 
 def _concat(a: Notes, b: Notes) -> Notes:
-    return Notes(*(np.concatenate([getattr(a, f.name), getattr(b, f.name)]) for f in fields(Notes)))
+    columns = ("onset", "program", "pitch", "duration")
+    return Notes(*(np.concatenate([getattr(a, c), getattr(b, c)]) for c in columns))
 
 
 def _write_sample(folder: Path, stem: str, notes: Notes, title: str, prompt_steps: int) -> dict:
