@@ -172,9 +172,16 @@ def main(argv: list[str] | None = None) -> None:
     statuses = results()
     stale = sorted(n for n in reviewed if statuses.get(n) not in (None, "survived"))
     table, survivors = summarize(statuses, reviewed)
+    source = (
+        "the mutants/ of the last run (`python bench/mutation.py --fresh`, on this commit's "
+        "src), summarized; "
+        if args.no_run
+        else ""
+    )
     report = (
-        f"mutmut {mutmut_version()}, mutants in the functions listed in bench/mutation.py, the "
-        "fast tests named in pyproject.toml [tool.mutmut]; score = killed / (mutants - "
+        f"{source}mutmut {mutmut_version()}, mutants in the functions listed in "
+        "bench/mutation.py, the fast tests named in pyproject.toml [tool.mutmut]; score = "
+        "killed / (mutants - "
         f"equivalent), target >= {TARGET:.0%}. Equivalent mutants and why: "
         "bench/mutation_equivalent.txt.\n\n"
         f"{table}\n\nSurvivors not reviewed as equivalent: {len(survivors)}\n\n"
