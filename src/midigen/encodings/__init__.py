@@ -69,11 +69,14 @@ class Scheme(Protocol):
         ...
 
 
-def one_instrument(notes: Notes) -> np.ndarray:
-    """Indices of the notes a scheme without instruments keeps: one per (onset, pitch), the
-    longest, in (onset, pitch) order."""
+def one_instrument(notes: Notes) -> Notes:
+    """The notes a scheme without instruments keeps: one per (onset, pitch), the longest, in
+    (onset, pitch) order, all on program 0 (velocities, if any, go with their notes)."""
     order = np.lexsort((-notes.duration, notes.pitch, notes.onset))
     onset, pitch = notes.onset[order], notes.pitch[order]
     first = np.ones(len(order), dtype=bool)
     first[1:] = (onset[1:] != onset[:-1]) | (pitch[1:] != pitch[:-1])
-    return order[first]
+    kept = order[first]
+    velocity = None if notes.velocity is None else notes.velocity[kept]
+    program = np.zeros(len(kept), dtype=np.int64)
+    return Notes(notes.onset[kept], program, notes.pitch[kept], notes.duration[kept], velocity)

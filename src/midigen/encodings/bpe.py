@@ -32,6 +32,7 @@ class BPE:
     name: str = "index+bpe"
     pieces: list[np.ndarray] = field(init=False, repr=False)  # our id -> base tokens
     ours: np.ndarray = field(init=False, repr=False)  # the tokenizer's id -> ours
+    notes_in: np.ndarray = field(init=False, repr=False)  # our id -> the notes it starts
 
     def __post_init__(self) -> None:
         size = len(self.base.vocab)
@@ -48,8 +49,10 @@ class BPE:
         for i, text in learned:
             ours[i] = len(pieces)
             pieces.append(np.array([ord(c) - FIRST_CHAR for c in text], dtype=np.int64))
+        notes_in = np.array([self.base.note_counts(piece).sum() for piece in pieces])
         object.__setattr__(self, "pieces", pieces)
         object.__setattr__(self, "ours", ours)
+        object.__setattr__(self, "notes_in", notes_in)
 
     @classmethod
     def train(cls, base: Index, songs: list[np.ndarray], merges: int) -> BPE:
@@ -107,7 +110,7 @@ class BPE:
 
     def note_counts(self, tokens: np.ndarray) -> np.ndarray:
         """Notes each token starts (a merged token may hold several)."""
-        return np.array([self.base.note_counts(self.pieces[t]).sum() for t in tokens.reshape(-1)])
+        return self.notes_in[np.asarray(tokens).reshape(-1)]
 
     def allowed(self, prefix: np.ndarray) -> list[np.ndarray]:
         """The merged tokens whose every base token the index grammar allows in turn."""
@@ -116,7 +119,7 @@ class BPE:
             mask = np.zeros(len(self.pieces), dtype=bool)
             mask[[i for i, p in enumerate(self.pieces) if p[0] == self.base.vocab.sos]] = True
             return [mask]
-        grammar = Grammar(self.base.vocab)
+        grammar = self.base.grammar
         cursor = grammar.parse(base.tolist())
         return [np.array([_follows(grammar, cursor, piece) for piece in self.pieces])]
 

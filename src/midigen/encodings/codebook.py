@@ -50,9 +50,9 @@ class Codebook:
         return 130, len(self.steps), len(self.durations)
 
     def encode(self, notes: Notes, pedals: np.ndarray = NO_PEDALS) -> Encoded:
-        onset, pitch, duration = merged(notes)
-        step = nearest(self.steps, np.diff(onset, prepend=0))
-        rows = np.column_stack([pitch, step, nearest(self.durations, duration)])
+        kept = one_instrument(notes)
+        step = nearest(self.steps, np.diff(kept.onset, prepend=0))
+        rows = np.column_stack([kept.pitch, step, nearest(self.durations, kept.duration)])
         tokens = np.concatenate([[[SOS, 0, 0]], rows, [[EOS, 0, 0]]]).astype(np.int64)
         onsets = np.cumsum(np.asarray(self.steps)[step])  # where decode puts each note
         end = int((onsets + np.asarray(self.durations)[rows[:, 2]]).max(initial=0))
@@ -66,7 +66,8 @@ class Codebook:
         rows = tokens[1:-1]
         onset = np.cumsum(np.asarray(self.steps)[rows[:, STEP]])
         duration = np.asarray(self.durations)[rows[:, DURATION]]
-        return sorted_notes(onset, rows[:, PITCH], duration)
+        program = np.zeros(len(rows), dtype=np.int64)
+        return one_instrument(Notes(onset, program, rows[:, PITCH], duration))
 
     def _problem(self, tokens: np.ndarray) -> str | None:
         """The first thing wrong with a song's rows, or None."""
@@ -84,10 +85,10 @@ class Codebook:
         return None
 
     def changes(self, notes: Notes, pedals: np.ndarray = NO_PEDALS) -> dict[str, int]:
-        onset, _, duration = merged(notes)
-        ioi = np.diff(onset, prepend=0)
+        kept = one_instrument(notes)
+        ioi, duration = np.diff(kept.onset, prepend=0), kept.duration
         return {
-            "merged_instruments": len(notes) - len(onset),
+            "merged_instruments": len(notes) - len(kept),
             "step_changed": _off_book(self.steps, ioi),
             "step_clamped": int(np.count_nonzero(ioi > self.steps[-1])),
             "duration_changed": _off_book(self.durations, duration),
@@ -109,12 +110,6 @@ class Codebook:
         return [pitch, np.ones(sizes[STEP], dtype=bool), np.ones(sizes[DURATION], dtype=bool)]
 
 
-def merged(notes: Notes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Onset, pitch, duration with instruments merged (`one_instrument`)."""
-    kept = one_instrument(notes)
-    return notes.onset[kept], notes.pitch[kept], notes.duration[kept]
-
-
 def nearest(book: tuple[int, ...], values: np.ndarray) -> np.ndarray:
     """Index of the nearest codebook value (the lower one on a tie); past the end, the last."""
     book_array, values = np.asarray(book), np.asarray(values)
@@ -124,14 +119,6 @@ def nearest(book: tuple[int, ...], values: np.ndarray) -> np.ndarray:
     lower = upper - 1
     closer_above = book_array[upper] - values < values - book_array[lower]
     return np.where(closer_above, upper, lower).astype(np.int64)
-
-
-def sorted_notes(onset: np.ndarray, pitch: np.ndarray, duration: np.ndarray) -> Notes:
-    """Notes in Notes' order, one per (onset, pitch): the longest where a song repeats one."""
-    onset, pitch, duration = merged(
-        Notes(onset, np.zeros(len(onset), dtype=np.int64), pitch, duration)
-    )
-    return Notes(onset, np.zeros(len(onset), dtype=np.int64), pitch, duration)
 
 
 def _off_book(book: tuple[int, ...], values: np.ndarray) -> int:

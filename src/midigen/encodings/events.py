@@ -171,16 +171,14 @@ class Events:
     def _sounding(self, rows: list[tuple[int, int, int, int]], pedals: np.ndarray) -> Notes:
         """Notes from decoded (onset, pitch, duration, velocity) rows: one per onset and key,
         the pedal applied in explicit mode."""
-        table = np.array(rows, dtype=np.int64).reshape(-1, 4)
-        zeros = np.zeros(len(table), dtype=np.int64)
-        onset, pitch, duration, velocity = table.T
-        notes = Notes(onset, zeros, pitch, duration, velocity)
-        kept = one_instrument(notes)
-        onset, pitch, duration, velocity = (a[kept] for a in (onset, pitch, duration, velocity))
+        onset, pitch, duration, velocity = np.array(rows, dtype=np.int64).reshape(-1, 4).T
+        kept = one_instrument(Notes(onset, np.zeros_like(onset), pitch, duration, velocity))
         if self.sustain == "explicit":
-            duration = sustained(onset, pitch, duration, pedals)
-        zeros = np.zeros(len(onset), dtype=np.int64)
-        return Notes(onset, zeros, pitch, duration, velocity if self.velocity_bins else None)
+            duration = sustained(kept.onset, kept.pitch, kept.duration, pedals)
+        else:
+            duration = kept.duration
+        velocity = kept.velocity if self.velocity_bins else None
+        return Notes(kept.onset, kept.program, kept.pitch, duration, velocity)
 
     # -- what it changes, its grammar ------------------------------------------------------------
 
@@ -250,9 +248,8 @@ def _one_instrument(notes: Notes) -> tuple[np.ndarray, ...]:
     """Onset, pitch, duration and velocity (64 where the notes have none) of the notes kept
     with instruments merged."""
     kept = one_instrument(notes)
-    velocity = np.full(len(notes), 64) if notes.velocity is None else notes.velocity
-    columns = (notes.onset, notes.pitch, notes.duration, velocity)
-    return tuple(np.asarray(c, dtype=np.int64)[kept] for c in columns)
+    velocity = np.full(len(kept), 64) if kept.velocity is None else kept.velocity
+    return kept.onset, kept.pitch, kept.duration, np.asarray(velocity, dtype=np.int64)
 
 
 def _ended(start: tuple[int, int], pitch: int, now: int) -> tuple[int, int, int, int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -30,6 +31,11 @@ class Index:
     def fields(self) -> tuple[int]:
         return (len(self.vocab),)
 
+    @cached_property
+    def grammar(self) -> Grammar:
+        """Its masks, made once per scheme."""
+        return Grammar(self.vocab)
+
     def encode(self, notes: Notes, pedals: np.ndarray = NO_PEDALS) -> Encoded:
         tokens, times = encode_notes(notes, self.vocab)
         return Encoded(tokens[:, None], times)
@@ -47,7 +53,7 @@ class Index:
     def allowed(self, prefix: np.ndarray) -> list[np.ndarray]:
         """The tokens that may follow `prefix` (a song's first rows, from <sos>)."""
         tokens = [int(t) for t in np.asarray(prefix).reshape(-1)]
-        grammar = Grammar(self.vocab)
+        grammar = self.grammar
         if not tokens:
             mask = np.zeros(len(self.vocab), dtype=bool)
             mask[self.vocab.sos] = True

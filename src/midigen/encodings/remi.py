@@ -31,20 +31,24 @@ NEXT = {  # token type -> the types that may follow it (a REMI song with program
 }
 
 
+def like_for_like(steps_per_beat: int, max_duration: int, time_signatures: bool) -> dict:
+    """MidiTok TokenizerConfig arguments that do the work midigen's encode does."""
+    return {
+        "beat_res": {(0, -(-max_duration // steps_per_beat)): steps_per_beat},
+        "use_velocities": False,
+        "use_programs": True,  # with one stream: every track in one sequence, like merge
+        "one_token_stream_for_programs": True,
+        "program_changes": True,  # a Program token only where it changes
+        "remove_duplicated_notes": True,
+        "use_time_signatures": time_signatures,
+    }
+
+
 def tokenizer_for(steps_per_beat: int, max_duration: int) -> Any:
+    """The scheme's tokenizer: no time signatures, as notes come without a meter (4/4 bars)."""
     from miditok import REMI, TokenizerConfig  # an optional dependency: only for this scheme
 
-    beats = -(-max_duration // steps_per_beat)
-    config = TokenizerConfig(
-        beat_res={(0, beats): steps_per_beat},
-        use_velocities=False,
-        use_programs=True,
-        one_token_stream_for_programs=True,
-        program_changes=True,
-        remove_duplicated_notes=True,
-        use_time_signatures=False,
-    )
-    return REMI(config)
+    return REMI(TokenizerConfig(**like_for_like(steps_per_beat, max_duration, False)))
 
 
 @dataclass(frozen=True)
