@@ -46,7 +46,7 @@ import symusic
 from sections import commit, write_section
 
 from midigen.corpus import EncodeConfig, encode_bytes, encode_chunk
-from midigen.encodings import Scheme
+from midigen.encodings import Scheme, remi
 from midigen.encodings.bpe import BPE
 from midigen.encodings.codebook import Codebook
 from midigen.encodings.events import Events
@@ -124,22 +124,27 @@ def input_notes(paths: list[Path]) -> int:
     return total
 
 
-# ---- the two encoders --------------------------------------------------------------------------
+# ---- the encoders --------------------------------------------------------------------------------
 
 
-def midigen_pass(config: EncodeConfig) -> Callable[[list[Path]], int]:
-    """One pass of the encode stage's per-file work; returns the files it skipped."""
+def per_file(work: Callable[[bytes], object]) -> Callable[[list[Path]], int]:
+    """A pass that does `work` on each file's bytes; returns the files it skipped."""
 
     def run(paths: list[Path]) -> int:
         skipped = 0
         for path in paths:
             try:
-                encode_bytes(path.read_bytes(), config)
+                work(path.read_bytes())
             except SkipSong:
                 skipped += 1
         return skipped
 
     return run
+
+
+def midigen_pass(config: EncodeConfig) -> Callable[[list[Path]], int]:
+    """One pass of the encode stage's per-file work."""
+    return per_file(lambda data: encode_bytes(data, config))
 
 
 # MusicBox-like codebooks on the beat grid, for the codebook scheme's row (until the scheme
@@ -156,19 +161,11 @@ EVENTS = Events(max_shift=16, velocity_bins=32, sustain="extend")
 def scheme_pass(config: EncodeConfig, scheme: Scheme) -> Callable[[list[Path]], int]:
     """The same per-file work in another scheme: parse, quantize, rows, bar positions."""
 
-    def run(paths: list[Path]) -> int:
-        skipped = 0
-        for path in paths:
-            try:
-                song = config.read(path.read_bytes())
-            except SkipSong:
-                skipped += 1
-                continue
-            encoded = scheme.encode(song.notes, song.pedals)
-            song.meter.bar_position(encoded.times)
-        return skipped
+    def work(data: bytes) -> None:
+        song = config.read(data)
+        song.meter.bar_position(scheme.encode(song.notes, song.pedals).times)
 
-    return run
+    return per_file(work)
 
 
 BPE_MERGES = 200  # learned tokens for the BPE row, trained on the first 80% of the files
@@ -184,31 +181,16 @@ def bpe_pass(config: EncodeConfig, paths: list[Path]) -> Callable[[list[Path]], 
             training.append(encode_bytes(path.read_bytes(), config).tokens)
     bpe = BPE.train(index, training, BPE_MERGES)
 
-    def run(paths: list[Path]) -> int:
-        skipped = 0
-        for path in paths:
-            try:
-                song = encode_bytes(path.read_bytes(), config)
-            except SkipSong:
-                skipped += 1
-                continue
-            bpe.merge(song.tokens, song.times)
-        return skipped
+    def work(data: bytes) -> None:
+        song = encode_bytes(data, config)
+        bpe.merge(song.tokens, song.times)
 
-    return run
+    return per_file(work)
 
 
 def like_for_like(config: EncodeConfig) -> dict:
-    """MidiTok TokenizerConfig arguments that do the work midigen's encode does."""
-    return {
-        "beat_res": {(0, -(-config.max_duration // config.steps_per_beat)): config.steps_per_beat},
-        "use_velocities": False,
-        "use_programs": True,  # with one stream: every track in one sequence, like merge
-        "one_token_stream_for_programs": True,
-        "program_changes": True,  # a Program token only where it changes
-        "remove_duplicated_notes": True,
-        "use_time_signatures": True,
-    }
+    """MidiTok's REMI doing midigen's work, reading time signatures as the encode stage does."""
+    return remi.like_for_like(config.steps_per_beat, config.max_duration, time_signatures=True)
 
 
 def miditok_pass(**arguments) -> Callable[[list[Path]], int]:
