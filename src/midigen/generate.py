@@ -66,6 +66,26 @@ class GenerateConfig:
         return cls(**{k: v for k, v in generate.items() if k in cls.__dataclass_fields__})
 
 
+class DeviceGrammar:
+    """The index grammar with its mask rows as tensors on the model's device, each copied
+    there once (generation asks for one per token)."""
+
+    def __init__(self, vocab: Vocab, device: torch.device | str):
+        self.grammar, self.vocab, self.device = Grammar(vocab), vocab, device
+        self.parse, self.advance = self.grammar.parse, self.grammar.advance
+        self._copies: dict[int, Tensor] = {}  # id of the grammar's shared row -> its tensor
+
+    def allowed(self, cursors: list[Cursor], eos: bool = True) -> Tensor:
+        """(B, V) bool on the device, one row per cursor (`Grammar.allowed`)."""
+        rows = [self._copy(self.grammar.allowed([cursor], eos)) for cursor in cursors]
+        return rows[0] if len(rows) == 1 else torch.cat(rows)
+
+    def _copy(self, row: np.ndarray) -> Tensor:
+        if id(row) not in self._copies:  # the grammar keeps every row it hands out
+            self._copies[id(row)] = torch.as_tensor(row, device=self.device)
+        return self._copies[id(row)]
+
+
 # ---- prompts -----------------------------------------------------------------------------------
 
 
@@ -281,7 +301,7 @@ def generate(
     config.beams > 1. `context=Recompute` runs the whole context again for every token."""
     model.eval()
     device = model.tok_emb.weight.device
-    grammar = Grammar(vocab)
+    grammar = DeviceGrammar(vocab, device)
     cursor = grammar.parse([int(t) for t in prompt.tokens])
     context = context(model)
     logits = context.feed(
@@ -293,9 +313,7 @@ def generate(
     generator = torch.Generator(device=device).manual_seed(config.seed if seed is None else seed)
     tokens, drawn_from = [], []  # the tokens, and the (logits, allowed) each was drawn from
     for _ in range(config.length):
-        allowed = torch.as_tensor(
-            grammar.allowed([cursor], eos=len(tokens) >= config.min_length), device=device
-        )
+        allowed = grammar.allowed([cursor], eos=len(tokens) >= config.min_length)
         token = int(sample(logits, allowed, config, generator)[0])
         tokens.append(token)
         drawn_from.append((logits, allowed))
@@ -323,7 +341,7 @@ def _beam_search(
     context: Context,
     logits: Tensor,
     cursor: Cursor,
-    grammar: Grammar,
+    grammar: DeviceGrammar,
     prompt: Prompt,
     config: GenerateConfig,
 ) -> Generation:
@@ -340,9 +358,7 @@ def _beam_search(
     finished: list[tuple[float, list[int]]] = []  # (score, sequence) ended by <eos>
     full_length: list[tuple[float, list[int]]] = []
     for step in range(config.length):
-        allowed = torch.as_tensor(
-            grammar.allowed(cursors, eos=step >= config.min_length), device=logits.device
-        )
+        allowed = grammar.allowed(cursors, eos=step >= config.min_length)
         totals = scores[:, None] + _log_probs(logits, allowed)
         best, flat = totals.flatten().topk(min(2 * beams, totals.numel()))
         live = []  # (score, row, token) of the extensions kept
