@@ -10,7 +10,7 @@ whose parameter count is nearest a transformer's, so the comparison is at equal 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -118,12 +118,5 @@ def lstm_params(config: LSTMConfig) -> int:
 
 def sized_to(params: int, config: LSTMConfig) -> LSTMConfig:
     """`config` with the hidden size whose parameter count is nearest `params`."""
-    best = min(
-        range(8, 4097, 8),
-        key=lambda h: abs(lstm_params(_with_hidden(config, h)) - params),
-    )
-    return _with_hidden(config, best)
-
-
-def _with_hidden(config: LSTMConfig, d_hidden: int) -> LSTMConfig:
-    return LSTMConfig(**{**config.__dict__, "d_hidden": d_hidden})
+    sizes = (replace(config, d_hidden=h) for h in range(8, 4097, 8))
+    return min(sizes, key=lambda c: abs(lstm_params(c) - params))
