@@ -13,10 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-IGNORE = -100  # target id the loss skips (as the transformer's)
+from midigen.model import token_loss
 
 
 @dataclass(frozen=True)
@@ -101,10 +100,9 @@ class MusicLSTM(nn.Module):
             outputs.append(out)
         logits = self.head(self.drop(torch.cat(outputs, dim=1)))
         loss = None
-        if targets is not None:
-            loss = F.cross_entropy(
-                logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE
-            )
+        if targets is not None:  # the transformer's loss, so the two compare like for like
+            total, count = token_loss(logits, targets)
+            loss = total / count.clamp(min=1)
         after = LSTMState(h.detach(), c.detach(), doc[:, -1].clone())
         return logits, loss, after
 
