@@ -35,6 +35,8 @@ from sections import record
 
 from midigen.corpus import ARRAYS, SONG_FIELDS, load_shard
 from midigen.encoding import Vocab
+from midigen.encodings.catalog import write_scheme
+from midigen.encodings.index import Index
 from midigen.evaluate import repeat_probe
 from midigen.model import ModelConfig, variant_memory
 from midigen.train import TrainConfig, Trainer
@@ -86,14 +88,14 @@ def write_shards(out: Path, args: argparse.Namespace) -> None:
     val = list(random_songs(8, args.long, args.alphabet, rng))
     test = list(random_songs(args.test_songs, args.long, args.alphabet, rng))
     test_short = list(random_songs(args.test_songs, args.short, args.alphabet, rng))
-    names = {"max_duration": VOCAB.max_duration, "instruments": VOCAB.instruments}
+    scheme = {"steps_per_beat": 4, "max_duration": VOCAB.max_duration, "instruments": "merge"}
     for phase, train in (("warmup", short), ("mixed", mixed)):
         folder = out / phase
         write_split(folder / "train", [train[i] for i in rng.permutation(len(train))])
         write_split(folder / "val", val)
         write_split(folder / "test", test)
         write_split(folder / "test_short", test_short)
-        (folder / "vocab.json").write_text(json.dumps({"size": len(VOCAB), **names}))
+        write_scheme(folder, "index", {**scheme, "index": {}})
 
 
 def train_and_probe(variant: str, shards: Path, args: argparse.Namespace) -> dict:
@@ -116,8 +118,8 @@ def train_and_probe(variant: str, shards: Path, args: argparse.Namespace) -> dic
     trainer.run()
     seconds = time.perf_counter() - start
     model = trainer.module.eval()
-    probe = repeat_probe(model, load_shard(shards / "mixed", "test"), VOCAB, 8)
-    short = repeat_probe(model, load_shard(shards / "mixed", "test_short"), VOCAB, 8)
+    probe = repeat_probe(model, load_shard(shards / "mixed", "test"), Index(VOCAB), 8)
+    short = repeat_probe(model, load_shard(shards / "mixed", "test_short"), Index(VOCAB), 8)
     return {"variant": variant, "seconds": seconds, **probe, "short_second": short["second"]}
 
 

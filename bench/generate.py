@@ -5,7 +5,7 @@
     python bench/generate.py --threads 2         # torch threads (default 1: a shared machine)
     python bench/generate.py --results bench/RESULTS.md  # also write its section there
 
-Every side continues the same prompt (the first 4 bars of the first test song in data/shards;
+Every side continues the same prompt (the first 4 bars of the first test song in data/shards/index;
 random notes in 4/4 when there are no shards) with the same seed and sampling params, the
 weights of models/VARIANT/model.pt when they fit the params.yaml model (else random ones), and
 draws exactly `--length` tokens (min_length = length: no <eos>). Sides:
@@ -35,8 +35,10 @@ import numpy as np
 import torch
 from sections import record
 
-from midigen.corpus import load_shard, load_vocab
+from midigen.corpus import load_shard
 from midigen.encoding import Vocab
+from midigen.encodings.catalog import SCHEME_FILE, load_scheme
+from midigen.encodings.index import Index
 from midigen.generate import GenerateConfig, KVCache, Prompt, Recompute, generate, split_song
 from midigen.model import VARIANT_MEMORY, ModelConfig, MusicTransformer
 from midigen.params import load_params
@@ -45,10 +47,11 @@ from midigen.stages.train import model_config
 TARGET = 5.0
 
 
-def prompt_and_vocab(shards: Path, bars: int, steps_per_beat: int) -> tuple[Prompt, Vocab, str]:
-    """The first test song's opening bars, or a random prompt of notes on every beat."""
-    if (shards / "vocab.json").exists():
-        vocab, shard = load_vocab(shards), load_shard(shards, "test")
+def prompt_and_scheme(shards: Path, bars: int, steps_per_beat: int) -> tuple[Prompt, Index, str]:
+    """The first test song's opening bars (index shards), or a random prompt of notes on every
+    beat."""
+    if (shards / SCHEME_FILE).exists():
+        scheme, shard = load_scheme(shards), load_shard(shards, "test")
         span = shard.song(0)
         prompt, _ = split_song(
             np.asarray(shard.tokens[span], np.int64),
@@ -57,7 +60,7 @@ def prompt_and_vocab(shards: Path, bars: int, steps_per_beat: int) -> tuple[Prom
             bars,
             steps_per_beat,
         )
-        return prompt, vocab, f"first test song of {shards}, {bars} bars"
+        return prompt, scheme, f"first test song of {shards}, {bars} bars"
     vocab = Vocab(32)
     tokens, times = [vocab.sos], [0]
     for beat, pitch in enumerate(np.random.default_rng(0).integers(48, 80, 32)):
@@ -65,7 +68,8 @@ def prompt_and_vocab(shards: Path, bars: int, steps_per_beat: int) -> tuple[Prom
         tokens += [vocab.sep, vocab.duration(steps_per_beat)]  # on to the next beat
         times += [beat * steps_per_beat] * 4
     bar = 4 * steps_per_beat
-    return Prompt(np.array(tokens), np.array(times) % bar, bar), vocab, "random notes in 4/4"
+    prompt = Prompt(np.array(tokens), np.array(times) % bar, bar)
+    return prompt, Index(vocab), "random notes in 4/4"
 
 
 class FromStart:
@@ -91,13 +95,14 @@ class FromStart:
         self.tokens, self.bar_pos = self.tokens[rows], self.bar_pos[rows]
 
 
-def load(variant: str, params: dict, vocab: Vocab) -> tuple[MusicTransformer, str]:
-    """Trained weights when models/VARIANT/model.pt has the default config (named by the file
-    and the start of its sha256), else random ones."""
-    config = model_config(params, variant, len(vocab), params["encode"]["steps_per_beat"])
+def load(variant: str, params: dict, scheme: Index) -> tuple[MusicTransformer, str]:
+    """Trained weights when models/index/VARIANT/model.pt has the default config (named by the
+    file and the start of its sha256), else random ones."""
+    size = scheme.fields[0]
+    config = model_config(params, variant, size, params["encode"]["steps_per_beat"])
     torch.manual_seed(0)
     model = MusicTransformer(config)
-    path = Path("models") / variant / "model.pt"
+    path = Path("models") / scheme.name / variant / "model.pt"
     if path.exists():
         saved = torch.load(path, weights_only=True)
         if ModelConfig(**saved["model_config"]) == config:
@@ -111,7 +116,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--length", type=int, default=512, help="tokens drawn per run")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per side")
-    parser.add_argument("--shards", type=Path, default=Path("data/shards"))
+    parser.add_argument("--shards", type=Path, default=Path("data/shards/index"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--results", type=Path, help="write the table as its section there")
@@ -120,7 +125,7 @@ def main() -> None:
     torch.set_flush_denormal(True)
 
     params = load_params(args.params)
-    prompt, vocab, source = prompt_and_vocab(
+    prompt, scheme, source = prompt_and_scheme(
         args.shards, params["generate"]["prompt_bars"], params["encode"]["steps_per_beat"]
     )
     m = params["model"]
@@ -137,19 +142,19 @@ def main() -> None:
     ]
     sides = {"cached": KVCache, "recompute": Recompute}
     for variant, memory in VARIANT_MEMORY.items():
-        model, weights = load(variant, params, vocab)
+        model, weights = load(variant, params, scheme)
         # vanilla: only what fits its first window, where both sides do the same work
         length = args.length if memory != "none" else m["segment_len"] - len(prompt.tokens)
         settings = {**params["generate"], "length": length, "min_length": length}
         config = GenerateConfig.from_params(settings)
         for context in sides.values():  # warm-up
-            generate(model, prompt, vocab, config, context=context)
+            generate(model, prompt, scheme, config, context=context)
         runs: dict[str, list[float]] = {side: [] for side in sides}
         drawn: dict[str, list[int]] = {}
         for _ in range(args.repeats):
             for side, context in sides.items():
                 started = time.perf_counter()
-                drawn[side] = generate(model, prompt, vocab, config, context=context).tokens
+                drawn[side] = generate(model, prompt, scheme, config, context=context).tokens
                 runs[side].append(time.perf_counter() - started)
         rate = {side: length / statistics.median(t) for side, t in runs.items()}
         pairs = zip(drawn["cached"], drawn["recompute"], strict=True)
@@ -159,7 +164,7 @@ def main() -> None:
         from_start = "- | -"
         if memory != "none":  # vanilla's window is its whole context: nothing more to redo
             started = time.perf_counter()
-            generate(model, prompt, vocab, config, context=FromStart)
+            generate(model, prompt, scheme, config, context=FromStart)
             slow = length / (time.perf_counter() - started)
             from_start = f"{slow:,.1f} | {rate['cached'] / slow:.2f}x"
         lines.append(

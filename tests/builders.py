@@ -21,13 +21,16 @@ def shards_from_songs(root: Path, songs: list[Notes], **download_params) -> Path
     return shards_via_stages(root, source="dir", dir=str(root / "midi"), **download_params)
 
 
-def shards_via_stages(root: Path, encode: dict | None = None, **download_params) -> Path:
+def shards_via_stages(
+    root: Path, encode: dict | None = None, scheme: str = "index", **download_params
+) -> Path:
     """root/raw and root/shards made by the real download -> encode -> shard stages (one
     chunk; `encode` params default to a small vocabulary)."""
     encode = {"steps_per_beat": 4, "max_duration": 8, **(encode or {}), "chunks": [0]}
+    encode["schemes"] = [scheme]
     params = validate_params({"download": download_params, "encode": encode}, partial=True)
     download(params["download"], root / "raw")
-    config = EncodeConfig.from_params(params["encode"])
+    config = EncodeConfig.from_params(params["encode"], scheme)
     encode_chunk(root / "raw", 0, 1, config, root / "encoded" / "chunk-0", workers=1)
     flag = params["encode"]["flag_lost_fraction"]
     build_shards([root / "encoded" / "chunk-0"], config, root / "shards", flag)

@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from midigen.baselines import NGramModel, evaluate_baselines
-from midigen.corpus import load_shard, load_vocab
+from midigen.corpus import load_shard
+from midigen.encodings.catalog import load_scheme
 from midigen.errors import MidigenError
 from midigen.midi import Notes
 from midigen.params import validate_params
@@ -188,7 +189,9 @@ def test_stage_writes_metrics_and_plot_data(shards, tmp_path):
     params = validate_params(
         {"evaluate": {"ngram_order": 3, "position_buckets": [0, 16, 64]}}, partial=True
     )
-    args = argparse.Namespace(shards=shards, out=tmp_path / "m.json", plots=tmp_path / "plots")
+    args = argparse.Namespace(
+        scheme="index", shards=shards, out=tmp_path / "m.json", plots=tmp_path / "plots"
+    )
     summary = stage.run(args, params)
     assert "unigram" in summary and "3-gram" in summary
     metrics = json.loads((tmp_path / "m.json").read_text())
@@ -221,4 +224,4 @@ def test_stage_writes_metrics_and_plot_data(shards, tmp_path):
 def test_bad_buckets_are_one_clear_error(shards):
     train, test = load_shard(shards, "train"), load_shard(shards, "test")
     with pytest.raises(MidigenError, match="position_buckets must start at 0 and increase"):
-        evaluate_baselines(train, test, load_vocab(shards), 2, [0, 64, 32])
+        evaluate_baselines(train, test, load_scheme(shards), 2, [0, 64, 32])

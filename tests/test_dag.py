@@ -1,10 +1,11 @@
 """Real Snakemake and DVC runs on a tiny config, in a temp copy of the repo.
 
-For both tools: a clean run ends with reports/index.html, a second run does nothing, changing
-encode.steps_per_beat re-runs everything after download, and changing a train.* value re-runs
-training and what follows it but not the data stages; after that change `dvc metrics diff` and
-`dvc plots diff` compare with the committed run. Also: the two DAG files declare the same
-stages with the same inputs and outputs, and `snakemake --lint` is clean.
+For both tools, on two token schemes (index and events): a clean run ends with
+reports/index.html, a second run does nothing, changing encode.steps_per_beat re-runs everything
+after download, changing one scheme's own params re-runs only its branch, and changing a
+train.* value re-runs training and what follows it but not the data stages; after that change
+`dvc metrics diff` and `dvc plots diff` compare with the committed run. Also: the two DAG files
+declare the same stages with the same inputs and outputs, and `snakemake --lint` is clean.
 """
 
 from __future__ import annotations
@@ -20,16 +21,29 @@ import numpy as np
 import pytest
 import yaml
 
-from midigen.corpus import load_shard, load_vocab
-from midigen.encoding import decode_tokens
+from midigen.corpus import load_shard
+from midigen.encodings.catalog import load_scheme
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = yaml.safe_load((ROOT / ".test" / "params.yaml").read_text())  # the committed tiny config
 TINY_FILES = TINY["download"]["max_files"]  # val and test at 0.25: every split gets songs
-VARIANTS = ("vanilla", "xl", "xl_knn")
-# What a change of a train.* value must re-run: every variant's training and what follows it.
-AFTER_TRAIN = {"report"} | {f"{s}@{v}" for s in ("train", "generate", "evaluate") for v in VARIANTS}
-STAGES = {"download", "encode@0", "encode@1", "shard", "baselines", *AFTER_TRAIN}
+SCHEMES, VARIANTS = tuple(TINY["encode"]["schemes"]), tuple(TINY["train"]["variants"])
+
+
+def branch(scheme: str) -> set[str]:
+    """The stages of one scheme's branch, named as DVC names them (stage@values)."""
+    data = {f"encode@{scheme}-{c}" for c in TINY["encode"]["chunks"]}
+    data |= {f"shard@{scheme}", f"baselines@{scheme}"}
+    return data | after_train(scheme)
+
+
+def after_train(scheme: str) -> set[str]:
+    return {f"{s}@{scheme}-{v}" for s in ("train", "generate", "evaluate") for v in VARIANTS}
+
+
+# What a change of a train.* value must re-run: every model's training and what follows it.
+AFTER_TRAIN = {"report"}.union(*(after_train(s) for s in SCHEMES))
+STAGES = {"download", "report"}.union(*(branch(s) for s in SCHEMES))
 
 pytestmark = pytest.mark.slow
 
@@ -68,8 +82,11 @@ def make_project(tmp: Path) -> Path:
 def set_param(project: Path, key: str, value) -> None:
     path = project / "params.yaml"
     params = yaml.safe_load(path.read_text())
-    section, name = key.split(".")
-    params[section][name] = value
+    *sections, name = key.split(".")
+    place = params
+    for section in sections:
+        place = place[section]
+    place[name] = value
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -94,8 +111,9 @@ def snakemake_jobs(project: Path, *extra: str) -> list[dict]:
 
 
 def job_name(job: dict) -> str:
-    """A Snakemake job named as DVC names its stage: rule, or rule@wildcard value."""
-    return job["rule"] + (f"@{job['wildcards'].split('=')[1]}" if job["wildcards"] else "")
+    """A Snakemake job named as DVC names its stage: rule, or rule@its wildcards' values."""
+    values = [pair.split("=")[1] for pair in job["wildcards"].split(", ") if pair]
+    return job["rule"] + (f"@{'-'.join(values)}" if values else "")
 
 
 def planned_snakemake(project: Path) -> set[str]:
@@ -107,16 +125,18 @@ def ran_stages_dvc(output: str) -> set[str]:
 
 
 def assert_round_trip(project: Path) -> None:
-    """Every song in the shards decodes (the full MIDI round trip is tests/test_chorales.py)."""
-    vocab = load_vocab(project / "data/shards")
-    songs = 0
-    for split in ("train", "val", "test"):
-        shard = load_shard(project / "data/shards", split)
-        for i in range(len(shard.songs)):
-            notes = decode_tokens(np.asarray(shard.tokens[shard.song(i)]), vocab)
-            assert len(notes) == int(shard.songs[i]["notes"])
-            songs += 1
-    assert songs == TINY_FILES
+    """Every song in every scheme's shards decodes, to the notes the index score holds (the
+    full MIDI round trip is tests/test_chorales.py)."""
+    for scheme_name in SCHEMES:
+        scheme = load_scheme(project / "data/shards" / scheme_name)
+        songs = 0
+        for split in ("train", "val", "test"):
+            shard = load_shard(project / "data/shards" / scheme_name, split)
+            for i in range(len(shard.songs)):
+                notes = scheme.decode(np.asarray(shard.tokens[shard.song(i)]))
+                assert len(notes) == int(shard.songs[i]["notes"])
+                songs += 1
+        assert songs == TINY_FILES, scheme_name
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +162,11 @@ def test_snakemake_run_rerun_and_params_change(tmp_path):
     assert planned_snakemake(project) == STAGES - {"download"}
     out = run(["snakemake", "--cores", "2"], project)
     assert "midigen download:" not in out and "midigen shard:" in out
-    assert '"steps_per_beat": 2' in (project / "data/shards/stats.json").read_text()
+    assert '"steps_per_beat": 2' in (project / "data/shards/index/stats.json").read_text()
+
+    set_param(project, "encode.events.velocity_bins", 8)
+    assert planned_snakemake(project) == branch("events") | {"report"}
+    run(["snakemake", "--cores", "2"], project)
 
     set_param(project, "train.lr", 0.002)
     assert planned_snakemake(project) == AFTER_TRAIN
@@ -175,7 +199,10 @@ def test_dvc_run_rerun_and_params_change(tmp_path):
     set_param(project, "encode.steps_per_beat", 2)
     out = run(["dvc", "repro"], project)
     assert ran_stages_dvc(out) == STAGES - {"download"}
-    assert '"steps_per_beat": 2' in (project / "data/shards/stats.json").read_text()
+    assert '"steps_per_beat": 2' in (project / "data/shards/index/stats.json").read_text()
+
+    set_param(project, "encode.events.velocity_bins", 8)
+    assert ran_stages_dvc(run(["dvc", "repro"], project)) == branch("events") | {"report"}
 
     set_param(project, "train.lr", 0.002)
     assert ran_stages_dvc(run(["dvc", "repro"], project)) == AFTER_TRAIN
@@ -184,16 +211,17 @@ def test_dvc_run_rerun_and_params_change(tmp_path):
 
     edit_code(project, "midi.py")
     changed = set(json.loads(run(["dvc", "status", "--json"], project)))
-    assert {f"{stage}@{v}" for stage in ("generate", "evaluate") for v in VARIANTS} <= changed
+    assert {f"{stage}@index-{v}" for stage in ("generate", "evaluate") for v in VARIANTS} <= changed
     assert "report" not in changed  # it never imports midi.py
 
     diff = run(["dvc", "metrics", "diff", "--json"], project)
     changed = json.loads(diff)
-    assert "metrics/eval/xl.json" in changed and "metrics/train/xl/metrics.json" in changed
-    assert changed["metrics/eval/xl.json"]["nll"]["diff"] != 0
+    evaluated, trained = "metrics/index/eval/xl_knn.json", "metrics/index/train/xl_knn/metrics.json"
+    assert evaluated in changed and trained in changed
+    assert changed[evaluated]["nll"]["diff"] != 0
     run(["dvc", "plots", "diff", "-o", "plots_diff"], project)
     assert (project / "plots_diff/index.html").stat().st_size > 0
-    assert len(list((project / "reports/runs").iterdir())) == 4  # every run kept
+    assert len(list((project / "reports/runs").iterdir())) == 5  # every run kept
 
 
 def _covers(directory: str, path: str) -> bool:

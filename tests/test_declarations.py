@@ -27,10 +27,12 @@ def test_dvc_yaml_lists_exactly_the_declared_code_and_params():
 
 def test_a_code_file_or_param_left_out_of_dvc_yaml_is_named():
     stages = copy.deepcopy(dvc_stages())
-    stages["generate"]["do"]["deps"].remove(f"{SOURCE_ROOT}/midi.py")
-    stages["evaluate"]["do"]["params"].remove("train.seeds")
-    stages["shard"]["deps"].append(f"{SOURCE_ROOT}/model.py")
+    stages["generate"]["deps"].remove(f"{SOURCE_ROOT}/midi.py")
+    stages["evaluate"]["params"].remove("train.seeds")
+    stages["shard"]["do"]["deps"].append(f"{SOURCE_ROOT}/model.py")
+    stages["encode"]["params"].remove("encode.${item.scheme}")  # its own scheme's section
     assert dvc_problems(stages) == [
+        "encode: param encode.{scheme} missing",
         "shard: code dependency src/midigen/model.py not declared",
         "generate: code dependency src/midigen/midi.py missing",
         "evaluate: param train.seeds missing",

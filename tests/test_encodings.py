@@ -334,7 +334,7 @@ def test_remi_counts_the_pitches_it_cannot_write():
 @given(rng=st.randoms(use_true_random=False), limit=st.integers(0, 60))
 @settings(max_examples=25, deadline=None)
 def test_remi_grammar_every_sampled_song_decodes(rng, limit: int):
-    kinds = REMI.kinds
+    kinds = REMI.types
     tokens: list[int] = []
     while not tokens or kinds[tokens[-1]] != "EOS":
         (mask,) = REMI.allowed(np.array(tokens, dtype=np.int64))

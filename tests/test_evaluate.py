@@ -17,9 +17,12 @@ import torch
 from builders import TINY_MODEL
 
 from midigen.batching import ContiguousBatches
-from midigen.corpus import EncodeConfig, Shard, build_shards, encode_chunk, load_shard, load_vocab
+from midigen.corpus import EncodeConfig, Shard, build_shards, encode_chunk, load_shard
 from midigen.download import download
 from midigen.encoding import Vocab
+from midigen.encodings import Scheme
+from midigen.encodings.catalog import load_scheme
+from midigen.encodings.index import Index
 from midigen.errors import MidigenError
 from midigen.evaluate import (
     TokenScores,
@@ -88,15 +91,15 @@ def first_songs(shard: Shard, n: int, length: int | None = None) -> Shard:
     )
 
 
-def tiny_model(vocab: Vocab, memory: str, seed: int = 0) -> MusicTransformer:
+def tiny_model(scheme: Scheme, memory: str, seed: int = 0) -> MusicTransformer:
     torch.manual_seed(seed)
-    config = ModelConfig(vocab_size=len(vocab), **TINY_MODEL, dropout=0.0, memory=memory)
+    config = ModelConfig(vocab_size=scheme.fields[0], **TINY_MODEL, dropout=0.0, memory=memory)
     return MusicTransformer(config).eval()
 
 
-def evaluate(model: MusicTransformer, shard: Shard, vocab: Vocab, starts=(0, 128), batch_size=2):
+def evaluate(model: MusicTransformer, shard: Shard, scheme: Scheme, starts=(0, 128), batch_size=2):
     """evaluate_model with 4-token contexts and the tiny model's XL reach."""
-    return evaluate_model(model, shard, vocab, starts, batch_size, 4, TINY_MODEL["xl_mem_len"])
+    return evaluate_model(model, shard, scheme, starts, batch_size, 4, TINY_MODEL["xl_mem_len"])
 
 
 def hand_scores(song, position, nll=None, **fields) -> TokenScores:
@@ -108,31 +111,42 @@ def hand_scores(song, position, nll=None, **fields) -> TokenScores:
 
 @pytest.mark.parametrize("memory", MEMORIES)
 def test_nll_is_the_mean_token_loss_over_the_same_stream(chorales, memory):
-    vocab, shard = load_vocab(chorales), first_songs(load_shard(chorales, "train"), 3, 200)
-    model = tiny_model(vocab, memory)
+    scheme, shard = load_scheme(chorales), first_songs(load_shard(chorales, "train"), 3, 200)
+    model = tiny_model(scheme, memory)
     total, count, hits, state = 0.0, 0, 0, None
     with torch.no_grad():
-        for segment in ContiguousBatches(shard, vocab, 2, 32, shuffle=False).epoch(0):
+        for segment in ContiguousBatches(shard, scheme, 2, 32, shuffle=False).epoch(0):
             logits, _, state = model(segment.tokens, segment.bar_pos, segment.doc, state)
             loss, n = token_loss(logits, segment.targets)
             total, count = total + float(loss), count + int(n)
             hits += int((logits.argmax(-1) == segment.targets).sum())
     assert count == len(shard.tokens) - len(shard.songs)  # every token after each <sos>
 
-    metrics, _ = evaluate(model, shard, vocab)
+    metrics, _ = evaluate(model, shard, scheme)
     assert metrics["nll"] == pytest.approx(total / count, rel=1e-6)
     assert metrics["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-6)
     assert metrics["accuracy"] == pytest.approx(hits / count)
     notes = np.count_nonzero(
-        (shard.tokens >= vocab.note_base) & (shard.tokens < vocab.duration_base)
+        (shard.tokens >= scheme.vocab.note_base) & (shard.tokens < scheme.vocab.duration_base)
     )
     assert metrics["bits_per_note"] == pytest.approx(total / math.log(2) / notes, rel=1e-6)
+    assert metrics["tokens_per_note"] == pytest.approx(count / notes)
+    songs = metrics["songs"]  # per song, for comparing schemes on the same songs
+    assert songs["sha256"] == [s["sha256"] for s in shard.songs]
+    assert sum(songs["nll_sum"]) == pytest.approx(total, rel=1e-6) and sum(songs["notes"]) == notes
+    for i, song_notes in enumerate(songs["notes"]):
+        tokens = np.asarray(shard.tokens[shard.song(i)])[1:]  # the targets: after <sos>
+        assert song_notes == int(scheme.note_counts(tokens).sum())
+    interval = metrics["bits_per_note_interval"]  # resampling the 3 songs
+    assert interval["mean"] == pytest.approx(metrics["bits_per_note"])
+    rates = [n / math.log(2) / k for n, k in zip(songs["nll_sum"], songs["notes"], strict=True)]
+    assert min(rates) - 1e-9 <= interval["low"] < interval["high"] <= max(rates) + 1e-9
 
 
 def test_positions_and_buckets_partition_the_targets(chorales):
-    vocab, shard = load_vocab(chorales), first_songs(load_shard(chorales, "train"), 3)
-    model = tiny_model(vocab, "xl")
-    scores = score_model(model, shard, vocab, batch_size=2)
+    scheme, shard = load_scheme(chorales), first_songs(load_shard(chorales, "train"), 3)
+    model = tiny_model(scheme, "xl")
+    scores = score_model(model, shard, scheme, batch_size=2)
     for i in range(len(shard.songs)):
         song = np.asarray(shard.tokens[shard.song(i)])
         mine = scores.song == i
@@ -141,14 +155,14 @@ def test_positions_and_buckets_partition_the_targets(chorales):
         assert scores.target[mine][order].tolist() == song[1:].tolist()
 
     starts = [0, 50, 100]
-    metrics, table = evaluate(model, shard, vocab, starts)
+    metrics, table = evaluate(model, shard, scheme, starts)
     assert list(metrics["nll_by_position"]) == ["0-49", "50-99", "100+"]
     bucket = np.searchsorted(starts, scores.position, side="right") - 1
     weights = np.bincount(bucket, minlength=3)
     by_position = list(metrics["nll_by_position"].values())
     assert np.average(by_position, weights=weights) == pytest.approx(metrics["nll"])
 
-    kinds = vocab.kinds()[scores.target]
+    kinds = scheme.vocab.kinds()[scores.target]
     by_type = metrics["loss_by_type"]
     assert set(by_type) == {"note", "duration", "separator", "eos"}
     type_weights = [np.count_nonzero(kinds == k) for k in (1, 2, 3, 0)]
@@ -183,17 +197,17 @@ def test_positions_and_buckets_partition_the_targets(chorales):
 
 
 def test_bad_position_buckets_are_one_clear_error(chorales):
-    vocab, shard = load_vocab(chorales), first_songs(load_shard(chorales, "train"), 1)
+    scheme, shard = load_scheme(chorales), first_songs(load_shard(chorales, "train"), 1)
     for starts in ([], [10, 20], [0, 64, 64]):
         with pytest.raises(MidigenError, match="evaluate.position_buckets"):
-            evaluate(tiny_model(vocab, "none"), shard, vocab, starts, 1)
+            evaluate(tiny_model(scheme, "none"), shard, scheme, starts, 1)
 
 
 # ---- the repeat probe ----------------------------------------------------------------------
 
 
 def test_repeat_stream_plays_each_song_twice_under_one_song_id(chorales):
-    vocab, shard = load_vocab(chorales), first_songs(load_shard(chorales, "train"), 3)
+    scheme, shard = load_scheme(chorales), first_songs(load_shard(chorales, "train"), 3)
     twice = repeated(shard)
     assert len(twice.songs) == 3
     for i in range(3):
@@ -205,7 +219,7 @@ def test_repeat_stream_plays_each_song_twice_under_one_song_id(chorales):
             *shard.bar_pos[song][1:],
         ]
         assert (np.diff(twice.times[both]) >= 0).all()
-    segments = ContiguousBatches(twice, vocab, 2, 32, shuffle=False).epoch(0)
+    segments = ContiguousBatches(twice, scheme, 2, 32, shuffle=False).epoch(0)
     doc = torch.cat([s.doc for s in segments], 1)
     tokens = torch.cat([s.tokens for s in segments], 1)
     for i in range(3):  # one id covers both copies: memories are not cleared between them
@@ -216,13 +230,13 @@ def test_repeat_stream_plays_each_song_twice_under_one_song_id(chorales):
 def test_repeat_probe_first_copy_is_the_plain_evaluation(chorales, memory):
     """With one song per row, the first copy sees exactly what the song alone sees: memory
     never reaches ahead into the second copy."""
-    vocab, shard = load_vocab(chorales), first_songs(load_shard(chorales, "train"), 3, 160)
-    model = tiny_model(vocab, memory)
-    scores, second = repeat_scores(model, shard, vocab, batch_size=3)
-    alone = score_model(model, shard, vocab, 3).nll
+    scheme, shard = load_scheme(chorales), first_songs(load_shard(chorales, "train"), 3, 160)
+    model = tiny_model(scheme, memory)
+    scores, second = repeat_scores(model, shard, scheme, batch_size=3)
+    alone = score_model(model, shard, scheme, 3).nll
     assert scores.nll[~second].mean() == pytest.approx(alone.mean(), rel=1e-5)
     assert second.sum() == (~second).sum() == len(alone)
-    probe = repeat_probe(model, shard, vocab, batch_size=3)
+    probe = repeat_probe(model, shard, scheme, batch_size=3)
     assert probe == {"first": scores.nll[~second].mean(), "second": scores.nll[second].mean()}
 
 
@@ -312,12 +326,13 @@ def test_reach_is_looked_up_in_each_predictions_own_song():
 
 def test_continuations_decode_after_their_prompt():
     vocab = Vocab(8)
+    scheme = Index(vocab)
     prompt = vocab.from_text("<sos><n60><d4><sep><d4>")
-    ended = continuation_notes(prompt, vocab.from_text("<n62><d2><sep><d2><eos>"), 4, vocab)
+    ended = continuation_notes(prompt, vocab.from_text("<n62><d2><sep><d2><eos>"), 4, scheme)
     assert ended.pitch.tolist() == [62] and ended.onset.tolist() == [4]
-    stopped = continuation_notes(prompt, vocab.from_text("<n62><d2><n64><d1>"), 4, vocab)
+    stopped = continuation_notes(prompt, vocab.from_text("<n62><d2><n64><d1>"), 4, scheme)
     assert stopped.pitch.tolist() == [62, 64]  # stopped by the length limit: no <eos>
-    assert len(continuation_notes(prompt, [], 4, vocab)) == 0
+    assert len(continuation_notes(prompt, [], 4, scheme)) == 0
     samples = {
         "steps_per_beat": 4,
         "prompts": [
@@ -334,7 +349,7 @@ def test_continuations_decode_after_their_prompt():
         ],
     }
     with pytest.raises(MidigenError, match="prompt 07: the generated tokens do not decode"):
-        compare_music(samples, vocab)
+        compare_music(samples, scheme)
 
 
 def write_samples(folder: Path, shard: Shard, variant: str, generated_from_other: bool) -> None:
@@ -371,6 +386,7 @@ def save_model(model: MusicTransformer, path: Path) -> Path:
 def stage_args(tmp_path: Path, chorales: Path, model: Path, variant: str) -> argparse.Namespace:
     return argparse.Namespace(
         variant=variant,
+        scheme="index",
         shards=chorales,
         model=model,
         samples=tmp_path / "samples",
@@ -391,8 +407,8 @@ PARAMS = validate_params(
 
 
 def test_stage_writes_metrics_and_plots(chorales, tmp_path):
-    vocab = load_vocab(chorales)
-    model = save_model(tiny_model(vocab, "xl_knn"), tmp_path / "model.pt")
+    scheme = load_scheme(chorales)
+    model = save_model(tiny_model(scheme, "xl_knn"), tmp_path / "model.pt")
     write_samples(tmp_path / "samples", load_shard(chorales, "test"), "xl_knn", True)
     summary = stage.run(stage_args(tmp_path, chorales, model, "xl_knn"), PARAMS)
     assert "xl_knn" in summary and "bits/note" in summary
@@ -443,8 +459,8 @@ def test_stage_writes_metrics_and_plots(chorales, tmp_path):
 def test_stage_scores_every_training_seed(chorales, tmp_path):
     """train.seed 3, seeds 2: the main model (seed 3) in the model's folder, seed 4's in
     seed-4/; each gets its own NLL and songs.csv, and a missing one is named."""
-    vocab = load_vocab(chorales)
-    models = [tiny_model(vocab, "xl", seed=s) for s in (3, 4)]
+    scheme = load_scheme(chorales)
+    models = [tiny_model(scheme, "xl", seed=s) for s in (3, 4)]
     main = save_model(models[0], tmp_path / "model.pt")
     write_samples(tmp_path / "samples", load_shard(chorales, "test"), "xl", True)
     params = copy.deepcopy(PARAMS)
@@ -462,7 +478,7 @@ def test_stage_scores_every_training_seed(chorales, tmp_path):
     assert (second["seed"], second["folder"]) == (4, "seed-4")
     assert first["nll"] == metrics["nll"]
     test = load_shard(chorales, "test")
-    alone = evaluate_model(models[1], test, vocab, (0, 128, 256, 512, 1024), 4, 8, 32)[0]
+    alone = evaluate_model(models[1], test, scheme, (0, 128, 256, 512, 1024), 4, 8, 32)[0]
     assert second["nll"] == pytest.approx(alone["nll"]) and second["nll"] != first["nll"]
     assert second["repeat"] == pytest.approx(alone["repeat"])
     songs = read_song_cells(tmp_path / "plots" / "seed-4" / "songs.csv")
@@ -470,8 +486,8 @@ def test_stage_scores_every_training_seed(chorales, tmp_path):
 
 
 def test_identical_continuations_overlap_fully(chorales, tmp_path):
-    vocab = load_vocab(chorales)
-    model = save_model(tiny_model(vocab, "none"), tmp_path / "model.pt")
+    scheme = load_scheme(chorales)
+    model = save_model(tiny_model(scheme, "none"), tmp_path / "model.pt")
     write_samples(tmp_path / "samples", load_shard(chorales, "test"), "vanilla", False)
     stage.run(stage_args(tmp_path, chorales, model, "vanilla"), PARAMS)
     music = json.loads((tmp_path / "metrics" / "vanilla.json").read_text())["music"]
@@ -482,8 +498,8 @@ def test_identical_continuations_overlap_fully(chorales, tmp_path):
 
 
 def test_stage_errors_are_one_clear_message(chorales, tmp_path):
-    vocab = load_vocab(chorales)
-    model = save_model(tiny_model(vocab, "none"), tmp_path / "model.pt")
+    scheme = load_scheme(chorales)
+    model = save_model(tiny_model(scheme, "none"), tmp_path / "model.pt")
     args = stage_args(tmp_path, chorales, model, "vanilla")
     with pytest.raises(MidigenError, match="samples.json: not found"):
         stage.run(args, PARAMS)
@@ -495,10 +511,10 @@ def test_stage_errors_are_one_clear_message(chorales, tmp_path):
         stage.run(stage_args(tmp_path, tmp_path / "nothing", model, "vanilla"), PARAMS)
     with pytest.raises(MidigenError, match="model not found"):
         stage.run(stage_args(tmp_path, chorales, tmp_path / "nothing.pt", "vanilla"), PARAMS)
-    xl = save_model(tiny_model(vocab, "xl"), tmp_path / "xl.pt")
+    xl = save_model(tiny_model(scheme, "xl"), tmp_path / "xl.pt")
     with pytest.raises(MidigenError, match="a model with memory 'xl', not the vanilla variant"):
         stage.run(stage_args(tmp_path, chorales, xl, "vanilla"), PARAMS)
-    other_vocab = Vocab(vocab.max_duration, instruments=True)
+    other_vocab = Index(Vocab(scheme.vocab.max_duration, instruments=True))
     wrong = save_model(tiny_model(other_vocab, "none"), tmp_path / "wrong.pt")
     with pytest.raises(
         MidigenError, match="predicts 292 tokens but the shards' vocabulary has 164"
@@ -521,6 +537,7 @@ def test_music_comparison_by_hand():
     """Two prompts (C for a beat, then silence to step 4); hand-computed statistics and
     histogram overlaps, averaged over the prompts (an undefined one left out)."""
     vocab = Vocab(8)
+    scheme = Index(vocab)
     prompt = vocab.from_text("<sos><n60><d4><sep><d4>").tolist()
     c_then = {  # a continuation: the C again at step 4, then another note at step 8
         pitch: vocab.from_text(f"<n60><d4><sep><d4><n{pitch}><d4><sep><d4><eos>").tolist()
@@ -544,7 +561,7 @@ def test_music_comparison_by_hand():
             },
         ],
     }
-    metrics, counts = compare_music(samples, vocab)
+    metrics, counts = compare_music(samples, scheme)
     assert metrics["prompts"] == 2
     mean = {
         group: {k: v["mean"] for k, v in metrics[group].items()}
@@ -601,15 +618,16 @@ def test_metric_edge_cases_by_hand(tmp_path):
     offset is inside the segment."""
     check_buckets([0, 1, 2])
     vocab = Vocab(max_duration=8)
+    scheme = Index(vocab)
     nothing = TokenScores(*(np.zeros(0, dtype=np.int64) for _ in range(4)))
     with pytest.raises(MidigenError) as error:
-        likelihood_metrics(nothing, vocab, [0])
+        likelihood_metrics(nothing, scheme, [0])
     assert str(error.value) == "nothing to evaluate: the test split has no tokens to predict"
     durations = TokenScores(
         nll=np.array([1.0, 2.0]), target=np.array([vocab.duration(1)] * 2),
         position=np.array([0, 1]), song=np.array([0, 0]),
     )  # fmt: skip
-    metrics = likelihood_metrics(durations, vocab, [0, 1])
+    metrics = likelihood_metrics(durations, scheme, [0, 1])
     assert math.isnan(metrics["bits_per_note"]) and metrics["nll"] == 1.5
     assert metrics["nll_by_position"] == {"0-0": 1.0, "1+": 2.0}
     distance, offset = np.array([0, 3, 4, 9, 10]), np.array([3, 3, 3, 3, 3])
@@ -653,8 +671,9 @@ def test_a_samples_file_lacking_what_evaluate_reads_is_named(tmp_path, samples, 
 
 def test_continuation_notes_keep_their_instruments():
     vocab = Vocab(max_duration=8, instruments=True)
+    scheme = Index(vocab)
     prompt = vocab.from_text("<sos><i5><n60><d2><sep><d2>")
     continuation = vocab.from_text("<i7><n62><d1><sep><d1><eos>")
-    added = continuation_notes(prompt, continuation, prompt_steps=2, vocab=vocab)
+    added = continuation_notes(prompt, continuation, prompt_steps=2, scheme=scheme)
     assert added.onset.tolist() == [2] and added.program.tolist() == [7]
     assert added.pitch.tolist() == [62] and added.duration.tolist() == [1]

@@ -18,10 +18,12 @@ from builders import TINY_MODEL, shards_via_stages
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from midigen.corpus import EncodeConfig, load_shard, load_vocab
+from midigen.corpus import EncodeConfig, load_shard
 from midigen.download import read_manifest
 from midigen.encoding import DecodeError, Vocab, decode_tokens
-from midigen.encodings.index import NOTE, Grammar, whole_rows
+from midigen.encodings import decode_song, whole_rows
+from midigen.encodings.catalog import load_scheme
+from midigen.encodings.index import NOTE, Grammar, Index
 from midigen.errors import MidigenError
 from midigen.generate import (
     GenerateConfig,
@@ -39,6 +41,7 @@ from midigen.stages import generate as stage
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = Vocab(max_duration=4)
+SCHEME = Index(VOCAB)
 BAR = 16  # steps per bar of the random prompts
 MEMORIES = tuple(MEMORY_KINDS)
 
@@ -165,8 +168,8 @@ def test_cached_generation_equals_a_full_forward_every_step(memory):
     model = tiny(memory, segment_len=40, xl_mem_len=40)
     prompt = random_prompt(1, rows=5)
     config = GenerateConfig(length=28, top_p=0.9, seed=3)
-    cached = generate(model, prompt, VOCAB, config).tokens
-    assert generate(model, prompt, VOCAB, config, context=Recompute).tokens == cached
+    cached = generate(model, prompt, SCHEME, config).tokens
+    assert generate(model, prompt, SCHEME, config, context=Recompute).tokens == cached
     assert recomputed(model, prompt, config, full_forward) == cached
     assert len(prompt.tokens) + len(cached) <= 40 and len(cached) > 10
 
@@ -179,9 +182,9 @@ def test_cached_generation_past_several_segments_equals_training_forward(memory,
     model = tiny(memory, xl_mem_len=mem_len)
     prompt = random_prompt(2, rows=6)
     config = GenerateConfig(length=50, min_length=50, temperature=0.8, top_k=40, seed=5)
-    cached = generate(model, prompt, VOCAB, config).tokens
+    cached = generate(model, prompt, SCHEME, config).tokens
     assert len(cached) == 50
-    assert generate(model, prompt, VOCAB, config, context=Recompute).tokens == cached
+    assert generate(model, prompt, SCHEME, config, context=Recompute).tokens == cached
     assert recomputed(model, prompt, config, segment_by_segment) == cached
 
 
@@ -250,8 +253,8 @@ def test_vanilla_cache_is_a_sliding_window_of_segment_len_tokens():
                 wider = model(tokens[:, p - length : p + 1], bars[:, p - length : p + 1])[0]
                 assert not torch.allclose(logits, wider[:, -1], atol=1e-4)
     config = GenerateConfig(length=40, min_length=40, seed=1)
-    cached = generate(model, song, VOCAB, config).tokens
-    assert generate(model, song, VOCAB, config, context=Recompute).tokens == cached
+    cached = generate(model, song, SCHEME, config).tokens
+    assert generate(model, song, SCHEME, config, context=Recompute).tokens == cached
 
 
 # ---- 2. the grammar: every sample decodes ------------------------------------------------------
@@ -327,29 +330,36 @@ def test_every_generated_sequence_decodes(
         beams=beams,
         seed=seed,
     )
-    drawn = generate(model, prompt, vocab, config).tokens
+    drawn = generate(model, prompt, Index(vocab), config).tokens
     assert 1 <= len(drawn) <= length
     assert vocab.eos not in drawn[:-1] and vocab.eos not in drawn[:min_length]
-    Grammar(vocab).parse([*prompt.tokens.tolist(), *drawn])  # raises on a grammar error
-    kept = whole_rows(drawn, vocab)
+    grammar = Grammar(vocab)
+    grammar.parse([*prompt.tokens.tolist(), *drawn])  # raises on a grammar error
+    kept = whole_rows(grammar, grammar.parse(prompt.tokens.tolist()), drawn)
     ending = [] if kept[-1:] == [vocab.eos] else [vocab.eos]
     decode_tokens([*prompt.tokens.tolist(), *kept, *ending], vocab)
 
 
 def test_whole_rows_drops_only_an_unfinished_row():
     v = Vocab(4, instruments=True)
-    row = [v.note(60), v.duration(2)]
-    assert whole_rows([*row, v.program(3), v.note(62)], v) == row
-    assert whole_rows([*row, v.sep], v) == row
-    assert whole_rows([*row, v.sep, v.duration(1), v.eos], v) == [*row, v.sep, v.duration(1), v.eos]
-    assert whole_rows([v.note(60)], v) == []
+    grammar = Grammar(v)
+    start = grammar.parse([v.sos])
+    row = [v.program(1), v.note(60), v.duration(2)]
+    assert whole_rows(grammar, start, [*row, v.program(3), v.note(62)]) == row
+    assert whole_rows(grammar, start, [*row, v.note(61)]) == row
+    assert whole_rows(grammar, start, [*row, v.sep]) == row
+    ended = [*row, v.sep, v.duration(1), v.eos]
+    assert whole_rows(grammar, start, ended) == ended
+    assert whole_rows(grammar, start, [v.program(1), v.note(60)]) == []
+    with pytest.raises(DecodeError):  # only what the grammar allows
+        whole_rows(grammar, start, [v.note(60)])
 
 
 def test_grammar_counts_the_steps_the_encoder_wrote(chorales):
     """On every test chorale, the step the grammar tracks for each token (a <sep><dD> row moves
     time on by D) is the step stored in the shard, and bar positions follow the inferred bar."""
-    shard, vocab = load_shard(chorales[0], "test"), load_vocab(chorales[0])
-    grammar = Grammar(vocab)
+    shard, scheme = load_shard(chorales[0], "test"), load_scheme(chorales[0])
+    grammar = scheme.grammar
     for song in range(len(shard.songs)):
         span = shard.song(song)
         tokens, times = shard.tokens[span].tolist(), shard.times[span]
@@ -419,7 +429,7 @@ def test_no_eos_before_min_length(min_length, beams):
     """The piece ends at the first row boundary at or after min_length, not a token before."""
     prompt = random_prompt(5, rows=3)
     config = GenerateConfig(length=40, min_length=min_length, beams=beams)
-    drawn = generate(eos_lover(), prompt, VOCAB, config).tokens
+    drawn = generate(eos_lover(), prompt, SCHEME, config).tokens
     assert drawn[-1] == VOCAB.eos and VOCAB.eos not in drawn[:-1]
     assert len(drawn) - 1 == min_length + min_length % 2  # rows are two tokens long
 
@@ -427,13 +437,13 @@ def test_no_eos_before_min_length(min_length, beams):
 def test_a_seed_fixes_the_sample():
     model, prompt = tiny("xl_knn"), random_prompt(6, rows=4)
     config = GenerateConfig(length=30, min_length=30)
-    first = generate(model, prompt, VOCAB, config, seed=1).tokens
-    assert generate(model, prompt, VOCAB, config, seed=1).tokens == first
-    assert generate(model, prompt, VOCAB, config, seed=2).tokens != first
+    first = generate(model, prompt, SCHEME, config, seed=1).tokens
+    assert generate(model, prompt, SCHEME, config, seed=1).tokens == first
+    assert generate(model, prompt, SCHEME, config, seed=2).tokens != first
 
 
 def test_zero_length_draws_nothing():
-    generation = generate(tiny("xl"), random_prompt(6, rows=4), VOCAB, GenerateConfig(length=0))
+    generation = generate(tiny("xl"), random_prompt(6, rows=4), SCHEME, GenerateConfig(length=0))
     assert generation.tokens == [] and generation.log_prob == 0.0
 
 
@@ -442,7 +452,7 @@ def test_sampled_log_prob_is_the_models(memory):
     """(Within one segment, where vanilla's window is training's context too.)"""
     model, prompt = tiny(memory, segment_len=48, xl_mem_len=48), random_prompt(7, rows=4)
     config = GenerateConfig(length=30, min_length=10, top_p=0.9, seed=4)
-    generation = generate(model, prompt, VOCAB, config)
+    generation = generate(model, prompt, SCHEME, config)
     expected = score(model, prompt, generation.tokens, min_length=10)
     assert generation.log_prob == pytest.approx(expected, rel=1e-6)
 
@@ -483,7 +493,7 @@ def test_beam_search_finds_the_most_likely_continuation(memory):
         y = int(third.argmax())
         best = max(best, (float(first[x] + second[d] + third[y]), [x, d, y]))
     config = GenerateConfig(length=3, beams=len(pairs), min_length=0)  # <eos> may come first
-    generation = generate(model, prompt, vocab, config)
+    generation = generate(model, prompt, Index(vocab), config)
     assert generation.tokens == best[1]
     assert generation.log_prob == pytest.approx(best[0], rel=1e-6)
 
@@ -494,11 +504,11 @@ def test_beam_memories_follow_their_hypotheses(memory):
     log-probability recomputed from scratch, so every row's memories stayed its own."""
     model, prompt = tiny(memory), random_prompt(9, rows=5)
     config = GenerateConfig(length=40, min_length=40, beams=4)
-    generation = generate(model, prompt, VOCAB, config)
+    generation = generate(model, prompt, SCHEME, config)
     assert len(generation.tokens) == 40
     expected = score(model, prompt, generation.tokens, min_length=40)
     assert generation.log_prob == pytest.approx(expected, rel=1e-6)
-    greedy = generate(model, prompt, VOCAB, dataclasses.replace(config, beams=1, top_k=1))
+    greedy = generate(model, prompt, SCHEME, dataclasses.replace(config, beams=1, top_k=1))
     # greedy's sequence is among those beam search weighs (to float32 rounding: batch 4 vs 1)
     assert generation.log_prob >= greedy.log_prob - 1e-6 * abs(greedy.log_prob)
 
@@ -509,8 +519,9 @@ def test_beam_memories_follow_their_hypotheses(memory):
 @pytest.fixture(scope="module")
 def chorale_model(tmp_path_factory, chorales) -> Path:
     """A tiny xl_knn model for the chorale vocabulary, saved the way training saves one."""
-    vocab = load_vocab(chorales[0])
-    config = ModelConfig(vocab_size=len(vocab), **TINY_MODEL, memory="xl_knn")
+    config = ModelConfig(
+        vocab_size=load_scheme(chorales[0]).fields[0], **TINY_MODEL, memory="xl_knn"
+    )
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "model.pt"
     state = MusicTransformer(config).state_dict()
@@ -529,7 +540,9 @@ def run_stage(
     chorales: tuple[Path, Path], model: Path, out: Path, variant: str = "xl_knn", **generate
 ) -> str:
     shards, raw = chorales
-    args = argparse.Namespace(variant=variant, shards=shards, raw=raw, model=model, out=out)
+    args = argparse.Namespace(
+        variant=variant, scheme="index", shards=shards, raw=raw, model=model, out=out
+    )
     return stage.run(args, stage_params(**generate))
 
 
@@ -539,7 +552,7 @@ def test_stage_writes_decodable_pieces_that_open_with_the_song(chorales, chorale
     shards, raw = chorales
     assert "2 continuations" in summary
     samples = json.loads((out / "samples.json").read_text())
-    shard, vocab = load_shard(shards, "test"), load_vocab(shards)
+    shard, scheme = load_shard(shards, "test"), load_scheme(shards)
     files = {row["sha256"]: raw / row["path"] for row in read_manifest(raw / "manifest.csv")}
     encode = EncodeConfig.from_params(load_params(ROOT / "params.yaml")["encode"])
     assert samples["variant"] == "xl_knn" and samples["steps_per_beat"] == 4
@@ -570,7 +583,7 @@ def test_stage_writes_decodable_pieces_that_open_with_the_song(chorales, chorale
             if piece == "real":
                 assert notes.equals(opening)
         piece = [*tokens["prompt"], *tokens["generated"]]
-        decode_tokens(piece if piece[-1] == vocab.eos else [*piece, vocab.eos], vocab)
+        decode_song(scheme, piece)
 
 
 @pytest.mark.parametrize(
@@ -600,4 +613,4 @@ def test_split_song_cuts_whole_rows_at_a_bar_line(chorales):
         np.testing.assert_array_equal(np.concatenate([prompt.tokens, real]), tokens)
         assert times[n - 1] < 3 * prompt.bar_steps <= times[n]
         assert prompt.bar_position(int(times[n])) == bars[n]
-        assert Grammar(load_vocab(chorales[0])).parse(prompt.tokens.tolist()).expect == "row"
+        assert load_scheme(chorales[0]).grammar.parse(prompt.tokens.tolist()).expect == "row"

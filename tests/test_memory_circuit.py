@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from midigen.corpus import Shard
 from midigen.encoding import Vocab
+from midigen.encodings.index import Index
 from midigen.evaluate import repeat_probe
 from midigen.memory import KNNMemory
 from midigen.model import Context, KNNAttention, ModelConfig, MusicTransformer
@@ -82,7 +83,7 @@ def songs_shard(n: int, seed: int = 0) -> Shard:
     [("none", 1, False), ("xl", 2 * SONG, True), ("xl", SEGMENT, False), ("xl_knn", SEGMENT, True)],
 )
 def test_copy_circuit_copies_exactly_where_memory_reaches(memory, xl_mem_len, copies):
-    probe = repeat_probe(copy_circuit(memory, xl_mem_len), songs_shard(6), VOCAB, 3)
+    probe = repeat_probe(copy_circuit(memory, xl_mem_len), songs_shard(6), Index(VOCAB), 3)
     assert probe["first"] > 2.5  # nothing to copy from: about chance over the 40 pitches
     if copies:
         assert probe["second"] < 0.1 * probe["first"]

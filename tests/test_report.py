@@ -214,6 +214,13 @@ def eval_metrics(variant: str) -> dict:
         "nll": nll,
         "perplexity": math.exp(nll),
         "bits_per_note": nll * 2 / math.log(2),
+        "bits_per_note_interval": {"mean": nll * 2 / math.log(2), "low": 5.0, "high": 6.5},
+        "tokens_per_note": 2.0,
+        "songs": {  # a note every two tokens of a song
+            "sha256": list(table.songs),
+            "nll_sum": table.cell("all").nll_sum.tolist(),
+            "notes": (table.cell("all").tokens / 2).tolist(),
+        },
         "accuracy": 0.45,
         "loss_by_type": {"note": 2.3, "duration": 1.1, "separator": 0.9, "eos": 0.2},
         "nll_by_position": {b: nll + 0.3 - 0.1 * j for j, b in enumerate(buckets)},
@@ -254,10 +261,13 @@ def _write_eval(metrics: Path, plots: Path) -> None:
             fig = Figure(figsize=(4, 3), dpi=60)
             fig.add_subplot().plot(values, "o-")
             fig.savefig(plots / "eval" / variant / png)
+    interval = {"mean": 6.9, "low": 6.5, "high": 7.3}
     baselines = {
         "unigram": {"nll": 3.2, "bits_per_note": 9.1, "perplexity": math.exp(3.2)},
         "ngram": {"order": 4, "nll": 2.4, "bits_per_note": 6.9, "perplexity": math.exp(2.4)},
     }
+    for values in baselines.values():
+        values |= {"bits_per_note_interval": interval, "tokens_per_note": 2.0}
     (metrics / "baselines.json").write_text(json.dumps(baselines))
 
 
@@ -266,13 +276,16 @@ def base_inputs(tmp_path_factory, sources) -> Path:
     """metrics/, plots/, samples/ for the three variants (built once; tests copy them)."""
     root = tmp_path_factory.mktemp("inputs")
     params = _params()
-    _write_samples(root / "samples", sources, params)
-    _write_train_metrics(root / "metrics")
-    _write_eval(root / "metrics", root / "plots")
+    _write_samples(root / "samples" / "index", sources, params)  # the branch of one scheme
+    _write_train_metrics(root / "metrics" / "index")
+    _write_eval(root / "metrics" / "index", root / "plots" / "index")
     (root / "corpus").mkdir()
     for name, midi in sources:
         (root / "corpus" / f"{name.replace('/', '_')}.mid").write_bytes(midi)
-    shards_via_stages(root / "data", source="dir", dir=str(root / "corpus"))
+    shards = shards_via_stages(root / "data", source="dir", dir=str(root / "corpus"))
+    shards.rename(root / "data" / "index")
+    (root / "data" / "shards").mkdir()
+    (root / "data" / "index").rename(root / "data" / "shards" / "index")
     return root
 
 
@@ -294,7 +307,7 @@ def build(inputs: Path, params: dict) -> str:
         metrics=inputs / "metrics",
         plots=inputs / "plots",
         samples=inputs / "samples",
-        shards=inputs / "data" / "shards",
+        shards=inputs / "data" / "shards",  # each with the branch of the one scheme, index
     )
     return report_stage.run(args, params)
 
@@ -401,7 +414,7 @@ def test_midi_track_name_is_escaped_in_the_html(inputs):
 def test_the_data_section_shows_what_encoding_did_to_the_notes(inputs):
     """The counts of shard's stats.json, by cause and as a share of the notes read."""
     build(inputs, _params())
-    stats = json.loads((inputs / "data" / "shards" / "stats.json").read_text())
+    stats = json.loads((inputs / "data" / "shards" / "index" / "stats.json").read_text())
     read, by_cause = stats["notes"]["read"], stats["notes"]["by_cause"]
     assert read > 0 and by_cause["duplicate"] > 0  # the chorales' voices meet in unisons
     html = (inputs / "reports" / "index.html").read_text()
@@ -414,8 +427,40 @@ def test_the_data_section_shows_what_encoding_did_to_the_notes(inputs):
     assert "Every file followed the rules of the MIDI format." in html
 
 
+def test_schemes_are_compared_by_bits_per_note_paired_by_song(inputs):
+    """A second scheme whose models spend 10% more NLL on every song's notes, and which lost one
+    test song: its rows say +10% bits per note against index, by hand, on the songs both hold."""
+    for kind in ("metrics", "plots", "samples"):
+        shutil.copytree(inputs / kind / "index", inputs / kind / "events")
+    shutil.copytree(inputs / "data/shards/index", inputs / "data/shards/events")
+    for variant in VARIANTS:
+        path = inputs / "metrics" / "events" / "eval" / f"{variant}.json"
+        metrics = json.loads(path.read_text())
+        songs = metrics["songs"]
+        songs["nll_sum"] = [1.1 * x for x in songs["nll_sum"][1:]]
+        songs["sha256"], songs["notes"] = songs["sha256"][1:], songs["notes"][1:]
+        path.write_text(json.dumps(metrics))
+    params = _params()
+    params["encode"]["schemes"] = ["index", "events"]
+    build(inputs, params)
+    run = json.loads(next((inputs / "reports" / "runs").glob("*/run.json")).read_text())
+    rows = {(r["scheme"], r["name"]): r for r in run["summary"]["schemes"]}
+    assert len(rows) == 2 * (len(VARIANTS) + 1)  # and one baseline per scheme
+    for variant in VARIANTS:
+        assert rows[("index", variant)]["vs_first"] is None
+        index = json.loads((inputs / "metrics/index/eval" / f"{variant}.json").read_text())
+        nll, notes = (np.array(index["songs"][k][1:]) for k in ("nll_sum", "notes"))
+        by_hand = 0.1 * nll.sum() / math.log(2) / notes.sum()
+        compared = rows[("events", variant)]["vs_first"]
+        assert compared["mean"] == pytest.approx(by_hand)
+        assert 0 < compared["low"] < by_hand < compared["high"]
+    assert rows[("events", "ngram baseline")]["bits_per_note"] == 6.9
+    html = (inputs / "reports" / "index.html").read_text()
+    assert "<h2>Token schemes</h2>" in html and "<th>vs index (bits/note)</th>" in html
+
+
 def test_files_that_lost_many_notes_or_were_repaired_are_shown(inputs):
-    path = inputs / "data" / "shards" / "stats.json"
+    path = inputs / "data" / "shards" / "index" / "stats.json"
     stats = json.loads(path.read_text())
     stats["notes"]["flagged"] = [{"source": XSS, "sha256": "0" * 64, "read": 10, "dropped": 6}]
     stats["repairs"]["clipped_bytes"] = {"files": 2, "count": 7}
@@ -430,12 +475,12 @@ def test_files_that_lost_many_notes_or_were_repaired_are_shown(inputs):
 def test_missing_audio_shows_the_reason(browser_page, inputs):
     reason = "no synthesizer installed (pip install midirenderer)"
     for variant in VARIANTS:
-        samples_json = inputs / "samples" / variant / "samples.json"
+        samples_json = inputs / "samples" / "index" / variant / "samples.json"
         samples = json.loads(samples_json.read_text())
         samples["renderer"] = reason
         for prompt in samples["prompts"]:
             for files in prompt["files"].values():
-                (inputs / "samples" / variant / files["wav"]).unlink()
+                (inputs / "samples" / "index" / variant / files["wav"]).unlink()
                 files["wav"] = None
         samples_json.write_text(json.dumps(samples))
     build(inputs, _params())
@@ -463,7 +508,7 @@ def test_second_run_is_kept_beside_the_first_and_the_index_lists_both(browser_pa
     changed["generate"]["temperature"] = 0.7
     xl = eval_metrics("xl") | {"nll": 1.65}
     xl_before = eval_metrics("xl")["nll"]
-    (inputs / "metrics" / "eval" / "xl.json").write_text(json.dumps(xl))
+    (inputs / "metrics" / "index" / "eval" / "xl.json").write_text(json.dumps(xl))
     build(inputs, changed)
 
     second = next(p for p in runs.iterdir() if p != first)
@@ -491,9 +536,11 @@ def _add_seed(inputs: Path, variant: str, seed: int, shift: float) -> None:
     NLL moved by `shift`, in plots/eval/V/seed-S as evaluate writes it."""
     table = song_cells(variant)
     moved = SongCells(table.songs, table.nll_sum + shift * table.tokens, table.tokens)
-    (inputs / "plots" / "eval" / variant / f"seed-{seed}").mkdir()
-    write_song_cells(inputs / "plots" / "eval" / variant / f"seed-{seed}" / "songs.csv", moved)
-    path = inputs / "metrics" / "eval" / f"{variant}.json"
+    (inputs / "plots" / "index" / "eval" / variant / f"seed-{seed}").mkdir()
+    write_song_cells(
+        inputs / "plots" / "index" / "eval" / variant / f"seed-{seed}" / "songs.csv", moved
+    )
+    path = inputs / "metrics" / "index" / "eval" / f"{variant}.json"
     metrics = json.loads(path.read_text())
     entry = {"seed": seed, "folder": f"seed-{seed}", "nll": metrics["nll"] + shift}
     path.write_text(json.dumps(metrics | {"seeds": [*metrics["seeds"], entry]}))
@@ -529,7 +576,7 @@ def test_one_seed_shows_no_seed_spread(inputs):
 
 
 def _edit_samples(inputs: Path, variant: str, edit) -> None:
-    path = inputs / "samples" / variant / "samples.json"
+    path = inputs / "samples" / "index" / variant / "samples.json"
     samples = json.loads(path.read_text())
     edit(samples["prompts"][0])
     path.write_text(json.dumps(samples))
@@ -546,24 +593,33 @@ def _other_song(prompt: dict) -> None:
 def _other_songs(inputs: Path, variant: str) -> None:
     table = song_cells(variant)
     other = SongCells(("0" * 64, *table.songs[1:]), table.nll_sum, table.tokens)
-    write_song_cells(inputs / "plots" / "eval" / variant / "songs.csv", other)
+    write_song_cells(inputs / "plots" / "index" / "eval" / variant / "songs.csv", other)
 
 
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [
         (
-            lambda i: (i / "metrics/eval/xl_knn.json").unlink(),
-            r"missing .*metrics/eval/xl_knn\.json",
+            lambda i: (i / "metrics/index/eval/xl_knn.json").unlink(),
+            r"missing .*metrics/index/eval/xl_knn\.json",
         ),
         (
-            lambda i: (i / "metrics/train/xl").rename(i / "gone"),
+            lambda i: (i / "metrics/index/train/xl").rename(i / "gone"),
             r"missing .*train/xl/metrics\.json",
         ),
-        (lambda i: (i / "samples/xl/01_real.wav").unlink(), r"missing .*samples/xl/01_real\.wav"),
+        (
+            lambda i: (i / "samples/index/xl/01_real.wav").unlink(),
+            r"missing .*samples/index/xl/01_real\.wav",
+        ),
         (lambda i: _edit_samples(i, "xl", _rename_media), r"bad media file name '\.\./"),
-        (lambda i: _edit_samples(i, "xl", _other_song), r"samples/xl/samples.json continues other"),
-        (lambda i: (i / "plots/eval/xl/songs.csv").unlink(), r"missing .*plots/eval/xl/songs\.csv"),
+        (
+            lambda i: _edit_samples(i, "xl", _other_song),
+            r"samples/index/xl/samples.json continues other",
+        ),
+        (
+            lambda i: (i / "plots/index/eval/xl/songs.csv").unlink(),
+            r"missing .*plots/index/eval/xl/songs\.csv",
+        ),
         (lambda i: _other_songs(i, "xl_knn"), r"eval/xl_knn/songs.csv scores other songs than"),
     ],
     ids=["eval", "train", "audio", "media-name", "prompts", "songs", "other-songs"],

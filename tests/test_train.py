@@ -21,8 +21,10 @@ import yaml
 from builders import TINY_MODEL, shards_from_songs
 
 from midigen.batching import IGNORE, ContiguousBatches, pitch_shift
-from midigen.corpus import load_shard, load_vocab
+from midigen.corpus import load_shard
 from midigen.encoding import Vocab
+from midigen.encodings.catalog import load_scheme
+from midigen.encodings.index import Index
 from midigen.midi import Notes
 from midigen.params import load_params
 from midigen.stages import train as train_stage
@@ -69,8 +71,7 @@ def tiny_params(**train) -> dict:
 
 
 def trainer(shards: Path, out: Path, variant: str, params: dict) -> Trainer:
-    vocab = load_vocab(shards)
-    config = model_config(params, variant, len(vocab), 4)
+    config = model_config(params, variant, load_scheme(shards).fields[0], 4)
     return Trainer(config, TrainConfig.from_params(params["train"], params["data"]), shards, out)
 
 
@@ -79,7 +80,7 @@ def trainer(shards: Path, out: Path, variant: str, params: dict) -> Trainer:
 
 def test_rows_stream_whole_songs_in_order(shards):
     shard = load_shard(shards, "train")
-    batches = ContiguousBatches(shard, load_vocab(shards), batch_size=3, segment_len=16, seed=1)
+    batches = ContiguousBatches(shard, load_scheme(shards), batch_size=3, segment_len=16, seed=1)
     segments = batches.epoch(0)
     tokens = torch.cat([s.tokens for s in segments], 1)
     doc = torch.cat([s.doc for s in segments], 1)
@@ -103,10 +104,11 @@ def test_rows_stream_whole_songs_in_order(shards):
 
 def test_pitch_shift_moves_notes_only_and_stays_in_range():
     vocab = Vocab(8)
+    scheme = Index(vocab)
     tokens = vocab.from_text("<sos><n2><d4><sep><d1><n125><d2><sep><d2><eos>")
     rng = np.random.default_rng(0)
     for _ in range(50):
-        shifted = pitch_shift(tokens, vocab, -5, 6, rng)
+        shifted = pitch_shift(tokens, scheme, -5, 6, rng)
         notes = (tokens >= vocab.note_base) & (tokens < vocab.duration_base)
         delta = shifted[notes] - tokens[notes]
         assert len(set(delta.tolist())) == 1 and -2 <= delta[0] <= 2
@@ -118,6 +120,7 @@ def test_pitch_shift_draws_every_allowed_interval():
     -5..+6: over 300 songs each interval comes up (1/5 and 1/12 each: a missing one or an
     always-0 shift fails), and in about its share."""
     vocab = Vocab(8)
+    scheme = Index(vocab)
     rng = np.random.default_rng(1)
     for text, allowed in (
         ("<sos><n2><d4><sep><d1><n125><d2><sep><d2><eos>", range(-2, 3)),
@@ -126,7 +129,7 @@ def test_pitch_shift_draws_every_allowed_interval():
         tokens = vocab.from_text(text)
         first = int(np.flatnonzero(tokens >= vocab.note_base)[0])
         draws = [
-            int(pitch_shift(tokens, vocab, -5, 6, rng)[first] - tokens[first]) for _ in range(300)
+            int(pitch_shift(tokens, scheme, -5, 6, rng)[first] - tokens[first]) for _ in range(300)
         ]
         counts = np.bincount(np.array(draws) - allowed[0], minlength=len(allowed))
         assert set(draws) == set(allowed)
@@ -219,6 +222,7 @@ def test_stage_trains_one_model_per_seed(shards, tmp_path):
     params = tiny_params(seed=5, seeds=2, steps=3)
     args = argparse.Namespace(
         variant="xl",
+        scheme="index",
         shards=shards,
         out=tmp_path / "xl",
         metrics=tmp_path / "live",
@@ -294,7 +298,7 @@ def test_an_empty_split_is_one_clear_error(shards):
 
     empty = Shard(*(np.zeros(0, np.int64) for _ in range(3)), np.zeros(1, np.int64), [])
     with pytest.raises(MidigenError, match="the val split has no songs"):
-        ContiguousBatches(empty, load_vocab(shards), 2, 16, split="val")
+        ContiguousBatches(empty, load_scheme(shards), 2, 16, split="val")
 
 
 PAGE_FAULTS_PER_STEP = """
@@ -328,7 +332,7 @@ def test_cpu_training_steps_reuse_freed_memory(shards, tmp_path):
     faults = {}
     for setting in ("default", "training"):
         run = [sys.executable, "-c", PAGE_FAULTS_PER_STEP, setting, str(shards)]
-        run += [str(tmp_path / setting), str(len(load_vocab(shards)))]
+        run += [str(tmp_path / setting), str(load_scheme(shards).fields[0])]
         faults[setting] = int(
             subprocess.run(run, capture_output=True, text=True, check=True).stdout
         )

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from midigen.corpus import Shard
-from midigen.encoding import Vocab
+from midigen.encodings import Scheme
 from midigen.evaluate import TokenScores, likelihood_metrics
 
 NO_LEFT = -1  # the "token" before a song's first token
@@ -134,7 +134,7 @@ def _by_context(
 
 
 def evaluate_baselines(
-    train: Shard, test: Shard, vocab: Vocab, order: int, buckets: Sequence[int]
+    train: Shard, test: Shard, scheme: Scheme, order: int, buckets: Sequence[int]
 ) -> dict[str, dict]:
     """The unigram and every n-gram of order 2..`order`, fit on `train`, scored on `test`.
 
@@ -144,7 +144,7 @@ def evaluate_baselines(
     train_songs, test_songs = songs_of(train), songs_of(test)
     results = {}
     for n in range(1, order + 1):
-        model = NGramModel(n, len(vocab)).fit(train_songs)
-        metrics = likelihood_metrics(model.scores(test_songs), vocab, buckets)
+        model = NGramModel(n, scheme.fields[0]).fit(train_songs)
+        metrics = likelihood_metrics(model.scores(test_songs), scheme, buckets)
         results["unigram" if n == 1 else f"{n}-gram"] = {"order": n, **metrics}
     return results

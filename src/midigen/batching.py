@@ -8,6 +8,7 @@ its song (`doc`), which is how the model knows where a row's memory must be forg
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -15,9 +16,12 @@ import numpy as np
 import torch
 
 from midigen.corpus import Shard
-from midigen.encoding import Vocab
+from midigen.encodings import Scheme
 from midigen.errors import MidigenError
 from midigen.model import IGNORE  # target the loss skips (padding, the jump between songs)
+
+log = logging.getLogger(__name__)
+PAD = 0  # the input under padding (its target is IGNORE): every vocabulary has an id 0
 
 
 @dataclass
@@ -48,18 +52,19 @@ class Segment:
 
 
 def pitch_shift(
-    tokens: np.ndarray, vocab: Vocab, low: int, high: int, rng: np.random.Generator
+    tokens: np.ndarray, scheme: Scheme, low: int, high: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """Transpose a song's note tokens by a random interval in [low, high] that keeps every
-    pitch inside 0..127; separators, durations and programs are untouched."""
-    notes = (tokens >= vocab.note_base) & (tokens < vocab.duration_base)
-    if not notes.any() or low == high == 0:
+    """Transpose a song's pitch tokens by a random interval in [low, high] that keeps every
+    pitch inside the scheme's range; every other token is untouched."""
+    mask, pitches = scheme.pitches(tokens)
+    if not len(pitches) or low == high == 0:
         return tokens
-    pitches = tokens[notes] - vocab.note_base
-    low, high = max(low, -int(pitches.min())), min(high, 127 - int(pitches.max()))
+    bottom, top = scheme.pitch_range
+    low = max(low, bottom - int(pitches.min()))
+    high = min(high, top - 1 - int(pitches.max()))
     shift = int(rng.integers(low, high + 1)) if low <= high else 0
     shifted = tokens.copy()
-    shifted[notes] += shift
+    shifted[mask] += shift
     return shifted
 
 
@@ -83,7 +88,7 @@ class ContiguousBatches:
     def __init__(
         self,
         shard: Shard,
-        vocab: Vocab,
+        scheme: Scheme,
         batch_size: int,
         segment_len: int,
         seed: int = 0,
@@ -92,11 +97,13 @@ class ContiguousBatches:
         split: str = "train",
         repeat_fraction: float = 0.0,
     ):
-        self.shard, self.vocab = shard, vocab
+        self.shard, self.scheme = shard, scheme
         self.batch_size, self.segment_len = batch_size, segment_len
         self.seed, self.shuffle, self.pitch_range = seed, shuffle, pitch_range
         self.repeat_fraction = repeat_fraction
         self.n_songs = len(shard.offsets) - 1
+        if pitch_range != (0, 0) and scheme.pitch_range[0] >= scheme.pitch_range[1]:
+            log.warning("%s tokens cannot be transposed: train.pitch_shift is off", scheme.name)
         if self.n_songs == 0:
             raise MidigenError(
                 f"the {split} split has no songs (add files, or raise download.{split}_fraction)"
@@ -130,7 +137,7 @@ class ContiguousBatches:
         for song in songs:
             span = self.shard.song(song)
             tokens = np.asarray(self.shard.tokens[span], dtype=np.int64)
-            tokens = pitch_shift(tokens, self.vocab, *self.pitch_range, rng)
+            tokens = pitch_shift(tokens, self.scheme, *self.pitch_range, rng)
             bar_pos = np.asarray(self.shard.bar_pos[span], dtype=np.int64)
             if twice[song]:
                 tokens, bar_pos = played_twice(tokens), played_twice(bar_pos)
@@ -140,7 +147,7 @@ class ContiguousBatches:
         return np.concatenate(parts, axis=1) if parts else np.zeros((4, 0), dtype=np.int64)
 
     def _pad(self, stream: np.ndarray, width: int) -> np.ndarray:
-        fill = np.array([[self.vocab.pad], [IGNORE], [0], [-1]], dtype=np.int64)
+        fill = np.array([[PAD], [IGNORE], [0], [-1]], dtype=np.int64)
         return np.concatenate([stream, np.repeat(fill, width - stream.shape[1], axis=1)], axis=1)
 
     def _segment(self, batch: np.ndarray, i: int) -> Segment:

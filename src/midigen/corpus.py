@@ -17,7 +17,8 @@ import math
 import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,9 @@ from tqdm import tqdm
 from midigen.atomic import atomic_dir
 from midigen.download import read_manifest, write_csv
 from midigen.encoding import Vocab, decode_tokens, encode_notes
+from midigen.encodings import Scheme
+from midigen.encodings.bpe import BPE
+from midigen.encodings.catalog import SCHEME_FILE, scheme_for, write_scheme
 from midigen.errors import MidigenError, read_json
 from midigen.midi import (
     DROPPED,
@@ -45,6 +49,7 @@ SONG_FIELDS = (
     *NOTE_CHANGES,
     *FILE_REPAIRS,
 )
+SCHEME_PREFIX = "scheme_"  # songs.csv columns of what the scheme changed (Scheme.changes)
 ERROR_FIELDS = ("path", "source", "reason", "detail")
 log = logging.getLogger(__name__)
 
@@ -57,9 +62,11 @@ class EncodeConfig:
     max_duration: int
     instruments: bool
     limits: Limits
+    scheme_name: str = "index"  # one of catalog.SCHEMES
+    scheme_section: dict = field(default_factory=dict)  # its params (encode.<scheme>)
 
     @classmethod
-    def from_params(cls, encode: dict) -> EncodeConfig:
+    def from_params(cls, encode: dict, scheme: str = "index") -> EncodeConfig:
         limits = Limits(
             max_file_bytes=int(encode["max_file_mb"] * 2**20),
             max_notes=encode["max_notes"],
@@ -70,7 +77,24 @@ class EncodeConfig:
             max_duration=encode["max_duration"],
             instruments=encode["instruments"] == "program",
             limits=limits,
+            scheme_name=scheme,
+            scheme_section=encode.get(scheme, {}),
         )
+
+    @property
+    def scheme_params(self) -> dict:
+        """The params the scheme is made from (catalog.scheme_params)."""
+        grid = {
+            "steps_per_beat": self.steps_per_beat,
+            "max_duration": self.max_duration,
+            "instruments": "program" if self.instruments else "merge",
+        }
+        return {**grid, self.scheme_name: self.scheme_section}
+
+    @cached_property
+    def scheme(self) -> Scheme:
+        """The rows a song becomes (bpe: the index score its merges are learned on)."""
+        return scheme_for(self.scheme_name, self.scheme_params)
 
     @property
     def vocab(self) -> Vocab:
@@ -91,20 +115,24 @@ class EncodedSong:
     notes_read: int
     changes: dict[str, int]  # notes dropped or changed, by cause (midi.NOTE_CHANGES)
     repairs: dict[str, int]  # how a file that broke a rule was read (midi.FILE_REPAIRS)
+    scheme_changes: dict[str, int]  # what the scheme changed in the quantized notes, by cause
 
 
 def encode_bytes(data: bytes, config: EncodeConfig) -> EncodedSong:
-    """One MIDI file -> tokens with their steps and bar positions (raises SkipSong)."""
+    """One MIDI file -> the scheme's rows with their steps and bar positions (raises
+    SkipSong)."""
     song = config.read(data)
-    tokens, times = encode_notes(song.notes, config.vocab)
+    encoded = config.scheme.encode(song.notes, song.pedals)
+    tokens = encoded.tokens[:, 0] if encoded.tokens.shape[1] == 1 else encoded.tokens
     return EncodedSong(
         tokens,
-        times,
-        song.meter.bar_position(times),
+        encoded.times,
+        song.meter.bar_position(encoded.times),
         len(song.notes),
         song.notes_read,
         song.changes,
         song.repairs,
+        config.scheme.changes(song.notes, song.pedals),
     )
 
 
@@ -180,13 +208,21 @@ def encode_chunk(
                 "notes_read": result.notes_read,
                 **result.changes,
                 **result.repairs,
+                **{f"{SCHEME_PREFIX}{k}": v for k, v in result.scheme_changes.items()},
             }
         )
     with atomic_dir(out) as tmp:
         _save_arrays(tmp, parts, [s["tokens"] for s in songs])
-        write_csv(tmp / "songs.csv", SONG_FIELDS, songs)
+        write_csv(tmp / "songs.csv", song_fields(songs), songs)
         write_csv(tmp / "errors.csv", ERROR_FIELDS, errors)
+        write_scheme(tmp, config.scheme_name, config.scheme_params)
     return _summary(f"chunk {chunk}/{n_chunks}", songs, errors)
+
+
+def song_fields(songs: list[dict]) -> tuple[str, ...]:
+    """songs.csv's columns: the fixed ones, then what the scheme changed, by cause."""
+    extra = sorted({k for song in songs for k in song if k.startswith(SCHEME_PREFIX)})
+    return (*SONG_FIELDS, *extra)
 
 
 def _save_arrays(
@@ -246,12 +282,6 @@ def load_shard(shards_dir: Path, split: str, mmap: bool = True) -> Shard:
     return Shard(songs=_read_csv(folder / "songs.csv"), **arrays)
 
 
-def load_vocab(shards_dir: Path) -> Vocab:
-    path = Path(shards_dir) / "vocab.json"
-    meta = read_json(path, f"{path}: no vocabulary here (run the shard stage first)")
-    return Vocab(meta["max_duration"], meta["instruments"])
-
-
 def build_shards(
     chunk_dirs: list[Path], config: EncodeConfig, out: Path, flag_lost_fraction: float
 ) -> str:
@@ -260,6 +290,14 @@ def build_shards(
     missing = [str(d) for d in chunk_dirs if not (d / "songs.csv").exists()]
     if missing:
         raise MidigenError(f"encoded chunk not found: {', '.join(missing)} (run encode first)")
+    wanted = {"scheme": config.scheme_name, "encode": config.scheme_params}
+    for folder in chunk_dirs:
+        found = read_json(folder / SCHEME_FILE, f"{folder}: no {SCHEME_FILE} (run encode again)")
+        if found != wanted:
+            raise MidigenError(
+                f"{folder} was encoded as {found['scheme']} with {found['encode']}, not as "
+                f"{wanted['scheme']} with {wanted['encode']} (run encode again)"
+            )
     songs, errors, arrays = [], [], []
     for folder in chunk_dirs:
         chunk = {name: np.load(folder / f"{name}.npy") for name in (*ARRAYS, "offsets")}
@@ -268,13 +306,24 @@ def build_shards(
             span = slice(chunk["offsets"][i], chunk["offsets"][i + 1])
             arrays.append({name: chunk[name][span] for name in ARRAYS})
         errors += _read_csv(folder / "errors.csv")
+    merges = None
+    if config.scheme_name == "bpe":
+        merges = _learn_merges(config, songs, arrays)
+        scheme: Scheme = merges
+    else:
+        scheme = config.scheme
 
-    vocab = config.vocab
     stats: dict = {
-        "vocab_size": len(vocab),
+        "scheme": config.scheme_name,
+        "vocab_size": list(scheme.fields),
         "steps_per_beat": config.steps_per_beat,
         "skipped": dict(collections.Counter(e["reason"] for e in errors)),
         "notes": note_changes(songs, flag_lost_fraction),
+        "scheme_changes": {
+            key.removeprefix(SCHEME_PREFIX): sum(int(s[key]) for s in songs)
+            for key in song_fields(songs)
+            if key.startswith(SCHEME_PREFIX)
+        },
         "repairs": {
             repair: {
                 "files": sum(int(s[repair]) > 0 for s in songs),
@@ -294,31 +343,37 @@ def build_shards(
                 {n: [arrays[i][n] for i in chosen] for n in ARRAYS},
                 [int(songs[i]["tokens"]) for i in chosen],
             )["tokens"]
-            write_csv(tmp / split / "songs.csv", SONG_FIELDS, [songs[i] for i in chosen])
+            write_csv(tmp / split / "songs.csv", song_fields(songs), [songs[i] for i in chosen])
             stats["splits"][split] = {
                 "songs": len(chosen),
                 "tokens": int(len(tokens)),
                 "notes": sum(int(songs[i]["notes"]) for i in chosen),
-                "unigram_entropy_bits": unigram_entropy(tokens, len(vocab)),
+                "unigram_entropy_bits": unigram_entropy(tokens, scheme.fields),
             }
         write_csv(tmp / "errors.csv", ERROR_FIELDS, errors)
-        vocab_meta = {
-            "size": len(vocab),
-            "max_duration": vocab.max_duration,
-            "instruments": vocab.instruments,
-            "steps_per_beat": config.steps_per_beat,
-            "names": vocab.names(),
-        }
-        (tmp / "vocab.json").write_text(json.dumps(vocab_meta, indent=1))
+        write_scheme(tmp, config.scheme_name, config.scheme_params, merges)
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
     total = sum(s["tokens"] for s in stats["splits"].values())
     per_split = " / ".join(f"{k} {v['songs']}" for k, v in stats["splits"].items())
     notes = stats["notes"]
     return (
-        f"{len(songs)} songs ({per_split}), {total:,} tokens, vocab {len(vocab)}; "
+        f"{config.scheme_name}: {len(songs)} songs ({per_split}), {total:,} tokens, "
+        f"vocab {' x '.join(map(str, scheme.fields))}; "
         f"{notes['dropped']:,} of {notes['read']:,} notes dropped, {notes['changed']:,} changed, "
         f"{len(notes['flagged'])} files flagged -> {out}"
     )
+
+
+def _learn_merges(config: EncodeConfig, songs: list[dict], arrays: list[dict]) -> BPE:
+    """Learn the bpe scheme's merges on the training split's index scores, then merge every
+    song in place (each merged token at its first base token's step and bar position)."""
+    training = [a["tokens"] for s, a in zip(songs, arrays, strict=True) if s["split"] == "train"]
+    merges = BPE.train(config.scheme, training, config.scheme_section["merges"])
+    for song, array in zip(songs, arrays, strict=True):
+        tokens, first = merges.merged(array["tokens"])
+        array.update(tokens=tokens, times=array["times"][first], bar_pos=array["bar_pos"][first])
+        song["tokens"] = len(tokens)
+    return merges
 
 
 def note_changes(songs: list[dict], flag_lost_fraction: float) -> dict:
@@ -350,11 +405,18 @@ def note_changes(songs: list[dict], flag_lost_fraction: float) -> dict:
     }
 
 
-def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
-    """Entropy in bits of the token frequencies: the loss a model must beat to have learned."""
-    counts = np.bincount(tokens, minlength=vocab_size).astype(np.float64)
-    p = counts[counts > 0] / max(counts.sum(), 1)
-    return float(-(p * np.log2(p)).sum()) if len(p) else math.nan
+def unigram_entropy(tokens: np.ndarray, fields: tuple[int, ...]) -> float:
+    """Entropy in bits of the token frequencies (summed over a row's fields): the loss per row
+    a model must beat to have learned anything."""
+    if not len(tokens):
+        return math.nan
+    rows = np.asarray(tokens).reshape(len(tokens), -1)
+    total = 0.0
+    for field_, size in enumerate(fields):
+        counts = np.bincount(rows[:, field_], minlength=size).astype(np.float64)
+        p = counts[counts > 0] / counts.sum()
+        total += float(-(p * np.log2(p)).sum())
+    return total
 
 
 # ---- round trip ------------------------------------------------------------------------------

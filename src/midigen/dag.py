@@ -10,6 +10,7 @@ code, so tests/test_dag.py checks that it lists exactly these (`dvc_problems`).
 from __future__ import annotations
 
 import ast
+import re
 from functools import cache
 from pathlib import Path
 
@@ -26,10 +27,15 @@ ENCODE_KEYS = (
     "max_file_mb",
     "chunks",
 )
+SCHEME = "{scheme}"  # stands for the branch's scheme: its own section is encode.<scheme>
 STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "download": ("download",),
-    "encode": tuple(f"encode.{key}" for key in ENCODE_KEYS),
-    "shard": (*(f"encode.{key}" for key in ENCODE_KEYS), "encode.flag_lost_fraction"),
+    "encode": (*(f"encode.{key}" for key in ENCODE_KEYS), f"encode.{SCHEME}"),
+    "shard": (
+        *(f"encode.{key}" for key in ENCODE_KEYS),
+        f"encode.{SCHEME}",
+        "encode.flag_lost_fraction",
+    ),
     "train": ("data", "model", "train", "encode.steps_per_beat"),
     "generate": ("generate", "encode.steps_per_beat"),
     "baselines": ("evaluate",),
@@ -57,10 +63,15 @@ def code_deps(stage: str) -> list[str]:
     return sorted(f"{SOURCE_ROOT}/{f.as_posix()}" for f in files)
 
 
-def sections_of(stage: str) -> dict[str, list[str] | None]:
-    """STAGE_PARAMS[stage] as {section: keys, or None for the whole section}."""
+def sections_of(stage: str, scheme: str | None = None) -> dict[str, list[str] | None]:
+    """STAGE_PARAMS[stage] as {section: keys, or None for the whole section}, for the branch
+    of `scheme` (the stages before training read its section of encode)."""
     chosen: dict[str, list[str] | None] = {}
     for name in STAGE_PARAMS[stage]:
+        if SCHEME in name:
+            if scheme is None:
+                raise ValueError(f"the {stage} stage runs per scheme: name one")
+            name = name.replace(SCHEME, scheme)
         section, _, key = name.partition(".")
         if not key:
             chosen[section] = None
@@ -120,7 +131,7 @@ def dvc_problems(stages: dict) -> list[str]:
             problems.append(f"dvc.yaml stage {stage} is not declared in midigen.dag")
             continue
         code = {d for d in body.get("deps", []) if d.startswith(f"{SOURCE_ROOT}/")}
-        params = set(body.get("params", []))
+        params = {re.sub(r"\$\{item(\.scheme)?\}", SCHEME, p) for p in body.get("params", [])}
         for kind, listed, wanted in (
             ("code dependency", code, set(code_deps(stage))),
             ("param", params, set(STAGE_PARAMS[stage])),

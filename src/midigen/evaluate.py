@@ -33,14 +33,11 @@ from midigen import musical
 from midigen.atomic import atomic_file
 from midigen.batching import IGNORE, ContiguousBatches, played_twice
 from midigen.corpus import Shard
-from midigen.encoding import DecodeError, Vocab, decode_tokens
+from midigen.encodings import DecodeError, Scheme, decode_song
 from midigen.errors import MidigenError, read_json
 from midigen.midi import Notes
 from midigen.model import MusicTransformer
-from midigen.paired import CELLS, REACH, SongCells, mean_interval
-
-KIND_NAMES = ("eos", "note", "duration", "separator", "program")  # by Vocab.kinds() code; the
-# only special token ever predicted is <eos> (<sos> starts every song, <pad> is never a target)
+from midigen.paired import CELLS, REACH, SongCells, mean_interval, ratio_interval
 
 
 @dataclass(frozen=True)
@@ -84,30 +81,37 @@ def nll_by_position(scores: TokenScores, starts: Sequence[int]) -> dict[str, flo
     }
 
 
-def likelihood_metrics(scores: TokenScores, vocab: Vocab, starts: Sequence[int]) -> dict:
+def likelihood_metrics(scores: TokenScores, scheme: Scheme, starts: Sequence[int]) -> dict:
     """NLL (nats/token), perplexity, bits per note and NLL by position: shared by models and
     baselines. Bits per note divide the total NLL by the number of notes predicted, which stays
     comparable between encodings that spend a different number of tokens per note."""
     if len(scores.nll) == 0:
         raise MidigenError("nothing to evaluate: the test split has no tokens to predict")
     nll = float(scores.nll.mean())
-    notes = int(np.count_nonzero(vocab.kinds()[scores.target] == KIND_NAMES.index("note")))
+    nll_sum, notes = song_sums(scores, scheme)
+    total = int(notes.sum())
     return {
         "nll": nll,
         "perplexity": math.exp(nll),
-        "bits_per_note": float(scores.nll.sum() / math.log(2) / notes) if notes else math.nan,
+        "bits_per_note": float(scores.nll.sum() / math.log(2) / total) if total else math.nan,
+        "bits_per_note_interval": ratio_interval(nll_sum / math.log(2), notes).as_dict(),
+        "tokens_per_note": len(scores.nll) / total if total else math.nan,
         "nll_by_position": nll_by_position(scores, starts),
     }
 
 
-def loss_by_type(scores: TokenScores, vocab: Vocab) -> dict[str, float]:
-    """Mean NLL per kind of token predicted (note, duration, separator, eos, program)."""
-    kinds = vocab.kinds()[scores.target]
-    return {
-        name: float(scores.nll[kinds == code].mean())
-        for code, name in enumerate(KIND_NAMES)
-        if (kinds == code).any()
-    }
+def song_sums(scores: TokenScores, scheme: Scheme) -> tuple[np.ndarray, np.ndarray]:
+    """Per song (shard index): the NLL of its predictions and the notes they predict."""
+    songs = int(scores.song.max()) + 1 if len(scores.song) else 0
+    nll_sum = np.bincount(scores.song, weights=scores.nll, minlength=songs)
+    notes = np.bincount(scores.song, weights=scheme.note_counts(scores.target), minlength=songs)
+    return nll_sum, notes
+
+
+def loss_by_type(scores: TokenScores, scheme: Scheme) -> dict[str, float]:
+    """Mean NLL per type of token predicted (the scheme's: note, duration, time_shift...)."""
+    kinds = scheme.kinds(scores.target)
+    return {str(name): float(scores.nll[kinds == name].mean()) for name in np.unique(kinds)}
 
 
 # ---- scoring a model -----------------------------------------------------------------------
@@ -115,14 +119,14 @@ def loss_by_type(scores: TokenScores, vocab: Vocab) -> dict[str, float]:
 
 @torch.no_grad()
 def score_model(
-    model: MusicTransformer, shard: Shard, vocab: Vocab, batch_size: int
+    model: MusicTransformer, shard: Shard, scheme: Scheme, batch_size: int
 ) -> TokenScores:
     """Per-target NLL, top-1 hit and segment offset of every token of `shard`, streamed as in
     validation."""
     device = next(model.parameters()).device
     batches = ContiguousBatches(
         shard,
-        vocab,
+        scheme,
         min(batch_size, len(shard.songs)),
         model.config.segment_len,
         shuffle=False,
@@ -235,22 +239,22 @@ def second_copy(scores: TokenScores, lengths: np.ndarray) -> np.ndarray:
 
 
 def repeat_scores(
-    model: MusicTransformer, shard: Shard, vocab: Vocab, batch_size: int
+    model: MusicTransformer, shard: Shard, scheme: Scheme, batch_size: int
 ) -> tuple[TokenScores, np.ndarray]:
     """Scores of every song played twice (`repeated`) and which belong to the second copy."""
-    scores = score_model(model, repeated(shard), vocab, batch_size)
+    scores = score_model(model, repeated(shard), scheme, batch_size)
     return scores, second_copy(scores, np.diff(shard.offsets))
 
 
 def repeat_probe(
-    model: MusicTransformer, shard: Shard, vocab: Vocab, batch_size: int
+    model: MusicTransformer, shard: Shard, scheme: Scheme, batch_size: int
 ) -> dict[str, float]:
     """Mean NLL of the first and of the second copy of every song played twice.
 
     A model that can look back at the first copy predicts the second one far better; a model
     whose memory is shorter than the song cannot.
     """
-    scores, second = repeat_scores(model, shard, vocab, batch_size)
+    scores, second = repeat_scores(model, shard, scheme, batch_size)
     return {"first": float(scores.nll[~second].mean()), "second": float(scores.nll[second].mean())}
 
 
@@ -288,7 +292,7 @@ def song_table(
 def evaluate_model(
     model: MusicTransformer,
     shard: Shard,
-    vocab: Vocab,
+    scheme: Scheme,
     starts: Sequence[int],
     batch_size: int,
     repeat_ngram: int,
@@ -298,14 +302,20 @@ def evaluate_model(
     per-song table they are summed from."""
     check_buckets(starts)
     segment_len = model.config.segment_len
-    scores = score_model(model, shard, vocab, batch_size)
+    scores = score_model(model, shard, scheme, batch_size)
     scores = with_reach(scores, shard, repeat_ngram, xl_mem_len)
-    probe, second = repeat_scores(model, shard, vocab, batch_size)
+    probe, second = repeat_scores(model, shard, scheme, batch_size)
     table = song_table(scores, probe, second, segment_len, [s["sha256"] for s in shard.songs])
+    nll_sum, notes = song_sums(scores, scheme)
     metrics = {
-        **likelihood_metrics(scores, vocab, starts),
+        **likelihood_metrics(scores, scheme, starts),
+        "songs": {  # for comparing encodings of the same songs (report)
+            "sha256": [s["sha256"] for s in shard.songs[: len(notes)]],
+            "nll_sum": nll_sum.tolist(),
+            "notes": notes.astype(int).tolist(),
+        },
         "accuracy": float(scores.correct.mean()),
-        "loss_by_type": loss_by_type(scores, vocab),
+        "loss_by_type": loss_by_type(scores, scheme),
         "early_nll": table.mean("early"),
         "late_nll": table.mean("late"),
         "late_from": segment_len,
@@ -352,21 +362,18 @@ def _samples_problem(samples) -> str | None:
 
 
 def continuation_notes(
-    prompt: Sequence[int], continuation: Sequence[int], prompt_steps: int, vocab: Vocab
+    prompt: Sequence[int], continuation: Sequence[int], prompt_steps: int, scheme: Scheme
 ) -> Notes:
     """The notes a continuation adds after its prompt: those with onset >= prompt_steps.
 
     A continuation stopped by the length limit (whole rows, but no `<eos>`) ends there.
     """
-    tokens = [*prompt, *continuation]
-    if not tokens or tokens[-1] != vocab.eos:
-        tokens.append(vocab.eos)
-    notes = decode_tokens(tokens, vocab)
+    notes = decode_song(scheme, [*prompt, *continuation])
     keep = notes.onset >= prompt_steps
     return Notes(notes.onset[keep], notes.program[keep], notes.pitch[keep], notes.duration[keep])
 
 
-def _continuations(samples: dict, vocab: Vocab) -> dict[str, list[Notes]]:
+def _continuations(samples: dict, scheme: Scheme) -> dict[str, list[Notes]]:
     """The real and the generated continuation of every prompt, as notes."""
     pieces: dict[str, list[Notes]] = {"real": [], "generated": []}
     for prompt in samples["prompts"]:
@@ -377,7 +384,7 @@ def _continuations(samples: dict, vocab: Vocab) -> dict[str, list[Notes]]:
                         prompt["tokens"]["prompt"],
                         prompt["tokens"][kind],
                         prompt["prompt_steps"],
-                        vocab,
+                        scheme,
                     )
                 )
             except DecodeError as e:
@@ -405,13 +412,13 @@ def prompt_music(
     }
 
 
-def compare_music(samples: dict, vocab: Vocab) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
+def compare_music(samples: dict, scheme: Scheme) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
     """Per statistic of the real and generated continuations and per histogram overlap: the mean
     over prompts with its 95% bootstrap interval over prompts (a statistic undefined for a
     prompt leaves it out); and the histograms pooled over prompts ({"real"|"generated":
     {feature: counts}})."""
     steps_per_beat = samples["steps_per_beat"]
-    pieces = _continuations(samples, vocab)
+    pieces = _continuations(samples, scheme)
     per_prompt = [
         prompt_music(real, generated, steps_per_beat, prompt["bar_steps"])
         for real, generated, prompt in zip(

@@ -29,14 +29,15 @@ import numpy as np
 import symusic
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from midigen.atomic import atomic_dir
-from midigen.corpus import load_shard, load_vocab
+from midigen.corpus import load_shard
 from midigen.download import read_manifest
-from midigen.encoding import Vocab, decode_tokens
-from midigen.encodings.index import Cursor, Grammar, whole_rows
+from midigen.encodings import Cursor, Grammar, Scheme, decode_song, whole_rows
+from midigen.encodings.catalog import load_scheme
 from midigen.errors import MidigenError
+from midigen.lstm import MusicLSTM
 from midigen.media import piano_roll, render_audio
 from midigen.memory import MemoryState
 from midigen.midi import Meter, write_midi
@@ -67,12 +68,12 @@ class GenerateConfig:
 
 
 class DeviceGrammar:
-    """The index grammar with its mask rows as tensors on the model's device, each copied
+    """A scheme's grammar with its mask rows as tensors on the model's device, each copied
     there once (generation asks for one per token)."""
 
-    def __init__(self, vocab: Vocab, device: torch.device | str):
-        self.grammar, self.vocab, self.device = Grammar(vocab), vocab, device
-        self.parse, self.advance = self.grammar.parse, self.grammar.advance
+    def __init__(self, grammar: Grammar, device: torch.device | str):
+        self.grammar, self.device = grammar, device
+        self.parse, self.advance = grammar.parse, grammar.advance
         self._copies: dict[int, Tensor] = {}  # id of the grammar's shared row -> its tensor
 
     def allowed(self, cursors: list[Cursor], eos: bool = True) -> Tensor:
@@ -114,12 +115,22 @@ def bar_steps_of(times: np.ndarray, bar_pos: np.ndarray, steps_per_beat: int) ->
 
 
 def split_song(
-    tokens: np.ndarray, times: np.ndarray, bar_pos: np.ndarray, bars: int, steps_per_beat: int
+    tokens: np.ndarray,
+    times: np.ndarray,
+    bar_pos: np.ndarray,
+    bars: int,
+    steps_per_beat: int,
+    grammar: Grammar | None = None,
 ) -> tuple[Prompt, np.ndarray]:
-    """A song's first `bars` bars as a prompt (the tokens before step bars * bar_steps: whole
-    rows, never <eos>) and the rest of the song, its real continuation."""
+    """A song's first `bars` bars as a prompt (the tokens before step bars * bar_steps, never
+    <eos>; with the scheme's `grammar`, cut back to where the song could end, for schemes
+    whose tokens at one step may leave a row unfinished: merged ones) and the rest of the
+    song, its real continuation."""
     bar_steps = bar_steps_of(times, bar_pos, steps_per_beat)
     n = min(int(np.searchsorted(times, bars * bar_steps)), len(tokens) - 1)
+    if grammar is not None:
+        head = [int(t) for t in tokens[:n]]
+        n = 1 + len(whole_rows(grammar, grammar.parse(head[:1]), head[1:]))
     bar_start = int(times[n - 1]) - int(bar_pos[n - 1])
     prompt = Prompt(np.asarray(tokens[:n]), np.asarray(bar_pos[:n]), bar_steps, bar_start)
     return prompt, np.asarray(tokens[n:])
@@ -239,6 +250,22 @@ class Recompute:
         self.tokens, self.bar_pos = self.tokens[rows], self.bar_pos[rows]
 
 
+class Carried:
+    """The LSTM's context: its state after the tokens fed so far (one song: one id)."""
+
+    def __init__(self, model: MusicLSTM):
+        self.model, self.state = model, None
+
+    def feed(self, tokens: Tensor, bar_pos: Tensor) -> Tensor:
+        """(B, n) tokens and bar positions -> the next-token logits (B, V) after the last one."""
+        logits, _, self.state = self.model(tokens, bar_pos, torch.zeros_like(tokens), self.state)
+        return logits[:, -1]
+
+    def select(self, rows: Tensor) -> None:
+        """Row r continues row rows[r] (beam search)."""
+        self.state = self.state.select(rows)
+
+
 # ---- choosing tokens ---------------------------------------------------------------------------
 
 
@@ -290,19 +317,22 @@ def _without_onednn() -> Iterator[None]:
 @torch.inference_mode()
 @_without_onednn()
 def generate(
-    model: MusicTransformer,
+    model: nn.Module,
     prompt: Prompt,
-    vocab: Vocab,
+    scheme: Scheme,
     config: GenerateConfig,
     seed: int | None = None,
-    context: Callable[[MusicTransformer], Context] = KVCache,
+    context: Callable[[nn.Module], Context] | None = None,
 ) -> Generation:
     """Continue `prompt` for at most config.length tokens: sampled, or by beam search when
-    config.beams > 1. `context=Recompute` runs the whole context again for every token."""
+    config.beams > 1. The transformers feed a `KVCache` (`context=Recompute` runs the whole
+    context again for every token), the LSTM its `Carried` state."""
     model.eval()
     device = model.tok_emb.weight.device
-    grammar = DeviceGrammar(vocab, device)
+    grammar = DeviceGrammar(scheme.grammar, device)
     cursor = grammar.parse([int(t) for t in prompt.tokens])
+    if context is None:
+        context = Carried if isinstance(model, MusicLSTM) else KVCache
     context = context(model)
     logits = context.feed(
         torch.as_tensor(np.asarray(prompt.tokens, np.int64), device=device)[None],
@@ -317,10 +347,10 @@ def generate(
         token = int(sample(logits, allowed, config, generator)[0])
         tokens.append(token)
         drawn_from.append((logits, allowed))
-        if token == vocab.eos or len(tokens) == config.length:
-            break
         bar = prompt.bar_position(cursor.step)  # a token sounds at its row's step
         cursor = grammar.advance(cursor, token)
+        if cursor.ended or len(tokens) == config.length:
+            break
         logits = context.feed(
             torch.tensor([[token]], device=device), torch.tensor([[bar]], device=device)
         )
@@ -349,7 +379,7 @@ def _beam_search(
     <eos>, or config.length tokens long. Beams are batch rows; each step keeps the `beams` best
     extensions, and the memories follow their rows. Log-probabilities only fall as a sequence
     grows, so once a finished sequence beats every live one the search is over."""
-    beams, eos, device = config.beams, grammar.vocab.eos, logits.device
+    beams, device = config.beams, logits.device
     context.select(torch.zeros(beams, dtype=torch.int64, device=device))
     logits = logits.expand(beams, -1)
     cursors, sequences = [cursor] * beams, [[] for _ in range(beams)]
@@ -366,7 +396,7 @@ def _beam_search(
             if score == float("-inf") or len(live) == beams:
                 break
             row, token = divmod(index, totals.shape[1])
-            if token == eos:
+            if grammar.advance(cursors[row], token).ended:
                 finished.append((score, [*sequences[row], token]))
             else:
                 live.append((score, row, token))
@@ -406,7 +436,7 @@ def song_title(midi_file: Path | None, fallback: str) -> str:
 
 
 def write_samples(
-    model: MusicTransformer,
+    model: nn.Module,
     variant: str,
     shards: Path,
     raw: Path,
@@ -416,14 +446,20 @@ def write_samples(
 ) -> dict:
     """Continue the first `config.prompts` test songs; write OUT/ (MIDI, WAV and piano roll of
     prompt, real and generated piece, and samples.json) atomically; return samples.json."""
-    vocab, shard = load_vocab(shards), load_shard(shards, "test")
+    scheme, shard = load_scheme(shards), load_shard(shards, "test")
+    grammar = scheme.grammar
     if config.prompts > len(shard.songs):
         raise MidigenError(
             f"generate.prompts is {config.prompts} but the test split has only "
             f"{len(shard.songs)} songs (lower generate.prompts)"
         )
     files = {row["sha256"]: raw / row["path"] for row in read_manifest(raw / "manifest.csv")}
-    samples: dict = {"variant": variant, "renderer": None, "steps_per_beat": steps_per_beat}
+    samples: dict = {
+        "variant": variant,
+        "scheme": scheme.name,
+        "renderer": None,
+        "steps_per_beat": steps_per_beat,
+    }
     samples["prompts"] = []
     with atomic_dir(out) as tmp:
         for k in range(config.prompts):
@@ -435,11 +471,13 @@ def write_samples(
                 np.asarray(shard.bar_pos[span]),
                 config.prompt_bars,
                 steps_per_beat,
+                grammar,
             )
             started = time.perf_counter()
-            generation = generate(model, prompt, vocab, config, seed=config.seed + k)
+            generation = generate(model, prompt, scheme, config, seed=config.seed + k)
             seconds = time.perf_counter() - started
-            generated = whole_rows(generation.tokens, vocab)
+            after_prompt = grammar.parse(prompt.tokens.tolist())
+            generated = whole_rows(grammar, after_prompt, generation.tokens)
             head = [int(t) for t in prompt.tokens]
             tokens = {"prompt": head, "real": [int(t) for t in real], "generated": generated}
             entry = {
@@ -457,7 +495,7 @@ def write_samples(
             for piece in PIECES:
                 body = [] if piece == "prompt" else tokens[piece]
                 entry["files"][piece], reason = _write_piece(
-                    tmp, entry, piece, [*head, *body], vocab, config, steps_per_beat
+                    tmp, entry, piece, [*head, *body], scheme, config, steps_per_beat
                 )
                 samples["renderer"] = samples["renderer"] or reason
             samples["prompts"].append(entry)
@@ -470,14 +508,12 @@ def _write_piece(
     entry: dict,
     piece: str,
     tokens: list[int],
-    vocab: Vocab,
+    scheme: Scheme,
     config: GenerateConfig,
     steps_per_beat: int,
 ) -> tuple[dict, str | None]:
     """One piece as MIDI, WAV and piano roll: its file names, and why there is no WAV, if not."""
-    if tokens[-1] != vocab.eos:
-        tokens = [*tokens, vocab.eos]
-    notes = decode_tokens(tokens, vocab)
+    notes = decode_song(scheme, tokens)
     stem = f"{entry['id']}_{piece}"
     midi = write_midi(notes, steps_per_beat, Meter(np.array([0]), np.array([entry["bar_steps"]])))
     (folder / f"{stem}.mid").write_bytes(midi)

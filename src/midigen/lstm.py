@@ -26,6 +26,9 @@ class LSTMConfig:
     d_embed: int = 128
     bar_pos_size: int = 96
     dropout: float = 0.1
+    segment_len: int = 256  # tokens per segment of the stream (the transformers')
+    steps_per_beat: int = 4  # of the bar positions it reads
+    memory: str = "lstm"  # what it carries across segments: its (h, c)
 
 
 @dataclass
@@ -69,6 +72,19 @@ class MusicLSTM(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def optimizer_groups(self, weight_decay: float, memory_lr_scale: float) -> list[dict]:
+        """AdamW groups as the transformer's: matrices decay, vectors do not (it has no memory
+        steering parameters, so `memory_lr_scale` has nothing to scale)."""
+        params = list(self.parameters())
+        return [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+
+    def memory_state_from(self, state: dict) -> LSTMState:
+        """The state a checkpoint saved, on this model's device."""
+        return LSTMState.from_state_dict(state, self.tok_emb.weight.device)
 
     def initial_state(self, batch: int, device: torch.device | str) -> LSTMState:
         zeros = torch.zeros(self.config.n_layer, batch, self.config.d_hidden, device=device)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -725,28 +724,3 @@ class MusicTransformer(nn.Module):
             return mask, None
         bias = self.position_bias(distance)
         return mask + bias, bias
-
-
-def load_model(
-    path: Path, vocab_size: int, device: str | torch.device = "cpu", variant: str | None = None
-) -> MusicTransformer:
-    """A trained model from the model.pt that training saves, checked against the shards'
-    vocabulary size and, given a variant, against that variant's memory."""
-    memory = None if variant is None else variant_memory(variant)
-    path = Path(path)
-    if not path.exists():
-        raise MidigenError(f"{path}: model not found (run midigen train first)")
-    saved = torch.load(path, map_location=device, weights_only=True)
-    config = ModelConfig(**saved["model_config"])
-    if config.vocab_size != vocab_size:
-        raise MidigenError(
-            f"{path}: the model predicts {config.vocab_size} tokens but the shards' vocabulary "
-            f"has {vocab_size} (retrain the model after changing the encoding)"
-        )
-    if memory is not None and config.memory != memory:
-        raise MidigenError(
-            f"{path}: a model with memory '{config.memory}', not the {variant} variant"
-        )
-    model = MusicTransformer(config)
-    model.load_state_dict(saved["model"])
-    return model.to(device).eval()

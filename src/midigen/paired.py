@@ -161,3 +161,22 @@ def mean_interval(values: np.ndarray) -> Interval:
     defined = np.isfinite(values)
     filled = np.where(defined, values, 0.0)
     return bootstrap(lambda units: filled[units].sum(-1) / defined[units].sum(-1), len(values))
+
+
+def ratio_interval(numerator: np.ndarray, denominator: np.ndarray) -> Interval:
+    """Sum of `numerator` over sum of `denominator` (per unit, e.g. a song's NLL and its notes),
+    resampling units: a rate such as bits per note, with its interval over songs."""
+    num, den = np.asarray(numerator, np.float64), np.asarray(denominator, np.float64)
+    return bootstrap(lambda units: num[units].sum(-1) / den[units].sum(-1), len(num))
+
+
+def paired_ratio_difference(
+    a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
+) -> Interval:
+    """ratio of `a` minus ratio of `b`, each (numerator, denominator) per unit, on the same
+    resampled units (two encodings of the same songs: bits per note of one minus the other)."""
+    (an, ad), (bn, bd) = (tuple(np.asarray(x, np.float64) for x in pair) for pair in (a, b))
+    return bootstrap(
+        lambda units: an[units].sum(-1) / ad[units].sum(-1) - bn[units].sum(-1) / bd[units].sum(-1),
+        len(an),
+    )

@@ -25,7 +25,8 @@ def schema() -> dict[str, Any]:
 def default(section: str, key: str) -> Any:
     """The schema's default of `section.key`: the one place defaults live (the dataclasses
     that hold params take theirs from here, and the committed params.yaml must agree)."""
-    return schema()["properties"][section]["properties"][key]["default"]
+    rules = schema()["properties"][section]["properties"][key]
+    return _with_defaults(rules["default"], rules)
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
@@ -68,7 +69,11 @@ def _with_defaults(value: Any, rules: dict) -> Any:
     if not isinstance(value, dict):
         return value
     properties = rules.get("properties", {})
-    filled = {k: v["default"] for k, v in properties.items() if "default" in v and k not in value}
+    filled = {
+        k: _with_defaults(v["default"], v)
+        for k, v in properties.items()
+        if "default" in v and k not in value
+    }
     filled.update({k: _with_defaults(v, properties.get(k, {})) for k, v in value.items()})
     return filled
 

@@ -16,13 +16,14 @@ import logging
 import math
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import jinja2
+import numpy as np
 import yaml
 from matplotlib.figure import Figure
 
@@ -37,6 +38,7 @@ from midigen.paired import (
     SongCells,
     memory_effect,
     paired_difference,
+    paired_ratio_difference,
     read_song_cells,
 )
 
@@ -107,12 +109,17 @@ CONTRAST_LABELS = {  # memory effects: (what memory can reach against what it ca
 
 @dataclass(frozen=True)
 class ReportInputs:
-    """Where the stages before the report left their outputs (the DVC layout by default)."""
+    """Where the stages before the report left their outputs (the DVC layout by default), one
+    folder per token scheme in each (`branch`)."""
 
-    metrics: Path = Path("metrics")  # train/V/ (DVCLive), eval/V.json, baselines.json
-    plots: Path = Path("plots")  # eval/V/*.png
-    samples: Path = Path("samples")  # V/samples.json and the media it names
-    shards: Path = Path("data/shards")  # stats.json: what encoding skipped, dropped, changed
+    metrics: Path = Path("metrics")  # S/train/V/ (DVCLive), S/eval/V.json, S/baselines.json
+    plots: Path = Path("plots")  # S/eval/V/*.png
+    samples: Path = Path("samples")  # S/V/samples.json and the media it names
+    shards: Path = Path("data/shards")  # S/stats.json: what encoding skipped, dropped, changed
+
+    def branch(self, scheme: str) -> ReportInputs:
+        """The outputs of one scheme's branch of the DAG."""
+        return ReportInputs(*(getattr(self, f.name) / scheme for f in fields(self)))
 
 
 @dataclass(frozen=True)
@@ -721,6 +728,53 @@ def _memory_tables(summary: dict[str, Any], probe: dict[str, Any]) -> dict[str, 
     }
 
 
+def scheme_summary(params: dict[str, Any], inputs: ReportInputs) -> list[dict[str, Any]]:
+    """Bits per note of every scheme x variant (and each scheme's best baseline) with its 95%
+    interval over test songs, and, for the schemes after the first, the paired difference
+    from the first scheme's same variant on the songs both encoded: encodings compared."""
+    schemes, rows = params["encode"]["schemes"], []
+    first: dict[str, dict[str, Any]] = {}  # variant -> the first scheme's per-song sums
+    for scheme in schemes:
+        branch = inputs.branch(scheme)
+        for variant in params["train"]["variants"]:
+            path = branch.metrics / "eval" / f"{variant}.json"
+            metrics = _read_json(path, f"run `midigen evaluate --scheme {scheme}`")
+            songs = _field(metrics, "songs", path)
+            first.setdefault(variant, songs)
+            rows.append(
+                {
+                    "scheme": scheme,
+                    "name": variant,
+                    "kind": "variant",
+                    **_rates(metrics, path),
+                    "vs_first": None if scheme == schemes[0] else _vs(songs, first[variant]),
+                }
+            )
+        path = branch.metrics / "baselines.json"
+        baselines = _read_json(path, f"run `midigen baselines --scheme {scheme}`")
+        name, best = min(baselines.items(), key=lambda item: item[1]["bits_per_note"])
+        rows.append({"scheme": scheme, "name": f"{name} baseline", "kind": "baseline"})
+        rows[-1] |= {**_rates(best, path), "vs_first": None}
+    return rows
+
+
+def _rates(metrics: dict[str, Any], source: Path) -> dict[str, Any]:
+    keys = ("bits_per_note", "bits_per_note_interval", "nll", "tokens_per_note")
+    return {key: _field(metrics, key, source) for key in keys}
+
+
+def _vs(songs: dict[str, list], first: dict[str, list]) -> dict[str, float | None]:
+    """Bits per note of `songs` minus `first`'s, paired by song (the songs both hold)."""
+    index = {sha: i for i, sha in enumerate(songs["sha256"])}
+    mine = [(index[sha], j) for j, sha in enumerate(first["sha256"]) if sha in index]
+    a, b = (np.array(pair, dtype=np.int64) for pair in zip(*mine, strict=True))
+    bits = np.log(2)
+    return paired_ratio_difference(
+        (np.asarray(songs["nll_sum"])[a] / bits, np.asarray(songs["notes"])[a]),
+        (np.asarray(first["nll_sum"])[b] / bits, np.asarray(first["notes"])[b]),
+    ).as_dict()
+
+
 def _page(
     params: dict[str, Any],
     record: dict[str, Any],
@@ -741,6 +795,8 @@ def _page(
         "floor": record["summary"].get("floor"),
         "metric_columns": METRIC_COLUMNS,
         "metric_rows": _metric_rows(record["summary"], baselines),
+        "schemes": record["summary"]["schemes"],
+        "primary": params["encode"]["schemes"][0],
         "loss_by_type": _table({v.name: v.eval.get("loss_by_type", {}) for v in variants}),
         "paired": _memory_tables(record["summary"], variants[0].eval),
         "music": _music_tables(variants),
@@ -757,6 +813,8 @@ def build_report(
     params: dict[str, Any], inputs: ReportInputs, out: Path, now: datetime | None = None
 ) -> Built:
     """Build one run under out/runs/<run-id>/ and rewrite out/index.html (see module doc)."""
+    schemes = scheme_summary(params, inputs)
+    inputs = inputs.branch(params["encode"]["schemes"][0])  # the details: the first scheme's
     variants = [load_variant(name, inputs) for name in params["train"]["variants"]]
     _check_same_prompts(variants)
     baselines = _read_json(inputs.metrics / "baselines.json", "run `midigen baselines`")
@@ -766,6 +824,7 @@ def build_report(
     headline, details = memory_verdict(summary)
     summary["memory"] = {"headline": headline, "details": details}
     summary["floor"] = floor_verdict(summary)
+    summary["schemes"] = schemes
     now = now or datetime.now(timezone.utc)
     record = {
         "created": now.isoformat(timespec="milliseconds"),

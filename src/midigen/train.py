@@ -24,10 +24,12 @@ from tqdm import tqdm
 
 from midigen.atomic import atomic_file
 from midigen.batching import IGNORE, ContiguousBatches, Segment
-from midigen.corpus import load_shard, load_vocab
+from midigen.corpus import load_shard
+from midigen.encodings.catalog import load_scheme
 from midigen.errors import MidigenError
-from midigen.model import ModelConfig, MusicTransformer, token_loss
+from midigen.model import token_loss
 from midigen.params import default
+from midigen.variants import Config, build_model, saved_form
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +135,7 @@ class Trainer:
 
     def __init__(
         self,
-        model_config: ModelConfig,
+        model_config: Config,
         config: TrainConfig,
         shards: Path,
         out: Path,
@@ -145,11 +147,11 @@ class Trainer:
         self.checkpoint = Path(checkpoint) if checkpoint else self.out / "checkpoint.pt"
         self.env = Distributed.setup()
         torch.manual_seed(config.seed)
-        vocab = load_vocab(shards)
+        scheme = load_scheme(shards)
         mmap = config.location == "disk"
         self.train_batches = ContiguousBatches(
             load_shard(shards, "train", mmap),
-            vocab,
+            scheme,
             config.batch_size,
             model_config.segment_len,
             seed=config.seed,
@@ -158,13 +160,13 @@ class Trainer:
         )
         self.val_batches = ContiguousBatches(
             load_shard(shards, "val", mmap),
-            vocab,
+            scheme,
             config.batch_size,
             model_config.segment_len,
             shuffle=False,
             split="val",
         )
-        self.model = MusicTransformer(model_config).to(self.env.device)
+        self.model = build_model(model_config).to(self.env.device)
         self.module = self.model
         if self.env.world > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(self.module)
@@ -324,7 +326,4 @@ class Trainer:
         """Final weights + config: what generate and evaluate load (weights_only safe)."""
         if self.env.rank == 0:
             with atomic_file(path, "wb") as f:
-                torch.save(
-                    {"model": self.module.state_dict(), "model_config": asdict(self.model_config)},
-                    f,
-                )
+                torch.save(saved_form(self.module), f)

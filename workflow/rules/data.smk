@@ -1,4 +1,4 @@
-# Data phase: download -> encode (one job per chunk) -> shard.
+# Data phase: download -> encode (one job per scheme and chunk) -> shard (one per scheme).
 
 
 rule download:
@@ -21,30 +21,31 @@ rule encode:
         code_deps("encode"),
         "data/raw",
     output:
-        directory("data/encoded/chunk-{chunk}"),
+        directory("data/encoded/{scheme}/chunk-{chunk}"),
     params:
-        cfg=stage_params("encode"),
+        cfg=branch_params("encode"),
     threads: config["encode"]["workers"] or workflow.cores
     log:
-        "logs/encode-{chunk}.log",
+        "logs/encode-{scheme}-{chunk}.log",
     conda:
         "../envs/midigen.yaml"
     shell:
-        "midigen encode --chunk {wildcards.chunk} --raw data/raw --out {output}"
-        " --workers {threads} --params-json {params.cfg:q} --log {log}"
+        "midigen encode --scheme {wildcards.scheme} --chunk {wildcards.chunk} --raw data/raw"
+        " --out {output} --workers {threads} --params-json {params.cfg:q} --log {log}"
 
 
 rule shard:
     input:
         code_deps("shard"),
-        expand("data/encoded/chunk-{chunk}", chunk=CHUNKS),
+        expand("data/encoded/{{scheme}}/chunk-{chunk}", chunk=CHUNKS),
     output:
-        directory("data/shards"),
+        directory("data/shards/{scheme}"),
     params:
-        cfg=stage_params("shard"),
+        cfg=branch_params("shard"),
     log:
-        "logs/shard.log",
+        "logs/shard-{scheme}.log",
     conda:
         "../envs/midigen.yaml"
     shell:
-        "midigen shard --encoded data/encoded --out {output} --params-json {params.cfg:q} --log {log}"
+        "midigen shard --scheme {wildcards.scheme} --encoded data/encoded/{wildcards.scheme}"
+        " --out {output} --params-json {params.cfg:q} --log {log}"

@@ -1,15 +1,16 @@
-# Report phase: one page comparing every variant; each run is also kept under reports/runs/.
+# Report phase: one page comparing every scheme and variant; each run is also kept under
+# reports/runs/.
 
 
 rule report:
     input:
         code_deps("report"),
-        expand("metrics/train/{variant}/metrics.json", variant=VARIANTS),
-        expand("metrics/eval/{variant}.json", variant=VARIANTS),
-        expand("plots/eval/{variant}", variant=VARIANTS),
-        expand("samples/{variant}", variant=VARIANTS),
-        "metrics/baselines.json",
-        "data/shards",
+        expand("metrics/{scheme}/train/{variant}/metrics.json", scheme=SCHEMES, variant=VARIANTS),
+        expand("metrics/{scheme}/eval/{variant}.json", scheme=SCHEMES, variant=VARIANTS),
+        expand("plots/{scheme}/eval/{variant}", scheme=SCHEMES, variant=VARIANTS),
+        expand("samples/{scheme}/{variant}", scheme=SCHEMES, variant=VARIANTS),
+        expand("metrics/{scheme}/baselines.json", scheme=SCHEMES),
+        expand("data/shards/{scheme}", scheme=SCHEMES),
     output:
         "reports/index.html",
     params:

@@ -22,7 +22,19 @@ from midigen.midi import Notes
 
 NO_PEDALS = np.zeros((0, 2), dtype=np.int64)  # a song without a sustain pedal
 
-__all__ = ["NO_PEDALS", "DecodeError", "Encoded", "Scheme", "one_instrument"]
+__all__ = [
+    "NO_PEDALS",
+    "Cursor",
+    "DecodeError",
+    "Encoded",
+    "Grammar",
+    "Scheme",
+    "decode_song",
+    "may_end",
+    "one_instrument",
+    "prefix_mask",
+    "whole_rows",
+]
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,20 @@ class Scheme(Protocol):
         """How many of `notes` encode() changes or drops, by cause (0 for a lossless scheme)."""
         ...
 
+    eos_row: tuple[int, ...]  # the row that ends a song
+
+    pitch_range: tuple[int, int]  # the pitches it can write, [low, high)
+
+    def pitches(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where `tokens` hold a pitch (a bool mask of their shape) and those pitches: a song
+        is transposed by adding the interval there (pitch ids are consecutive in every
+        scheme). A scheme whose tokens cannot be moved one by one (merged ones) has none."""
+        ...
+
+    def kinds(self, tokens: np.ndarray) -> np.ndarray:
+        """The type of each token (str), for the loss per type of token."""
+        ...
+
     def note_counts(self, tokens: np.ndarray) -> np.ndarray:
         """(N,) int: the notes each row starts (bits per note divide by their sum; a learned
         token may hold several)."""
@@ -67,6 +93,78 @@ class Scheme(Protocol):
         """Per field, a bool mask of the values the next row may take after the rows `prefix`
         (none after <eos>): generation samples inside it, so every song it writes decodes."""
         ...
+
+    @property
+    def grammar(self) -> Grammar:
+        """`allowed` one token at a time (flat schemes): what generation runs."""
+        ...
+
+
+class Cursor(Protocol):
+    """A sequence's place in a scheme's grammar."""
+
+    @property
+    def step(self) -> int:
+        """The step at which the next token sounds (its bar position is fed to the model)."""
+        ...
+
+    @property
+    def ended(self) -> bool:
+        """After <eos>: nothing may follow."""
+        ...
+
+
+class Grammar(Protocol):
+    """Which token may come next, kept up to date token by token (generation's cost per token
+    must not grow with the song)."""
+
+    def parse(self, tokens: list[int]) -> Cursor:
+        """The cursor after a song's first tokens (from <sos>); DecodeError if they break it."""
+        ...
+
+    def advance(self, cursor: Cursor, token: int) -> Cursor:
+        """The cursor after one more token; DecodeError if the grammar does not allow it."""
+        ...
+
+    def allowed(self, cursors: list[Cursor], eos: bool = True) -> np.ndarray:
+        """(B, V) bool, a row per cursor; `eos=False` holds <eos> back. Rows are read-only
+        and shared: the same state gives the same array (generation copies each once)."""
+        ...
+
+
+def prefix_mask(grammar: Grammar, prefix: np.ndarray, size: int, sos: int) -> np.ndarray:
+    """The (size,) mask of the tokens that may follow the tokens `prefix`: <sos> when empty."""
+    tokens = np.asarray(prefix, dtype=np.int64).reshape(-1).tolist()
+    if not tokens:
+        mask = np.zeros(size, dtype=bool)
+        mask[sos] = True
+        return mask
+    return grammar.allowed([grammar.parse(tokens)])[0].copy()
+
+
+def whole_rows(grammar: Grammar, cursor: Cursor, tokens: list[int]) -> list[int]:
+    """`tokens` (drawn after `cursor`) up to the last point where the song could end: what the
+    length limit may leave unfinished (a note waiting for its duration) is dropped."""
+    kept = 0
+    for i, token in enumerate(tokens):
+        cursor = grammar.advance(cursor, token)
+        if cursor.ended or may_end(grammar, cursor):
+            kept = i + 1
+    return list(tokens[:kept])
+
+
+def may_end(grammar: Grammar, cursor: Cursor) -> bool:
+    """Whether <eos> may come next (the one token that `eos=False` holds back)."""
+    return bool((grammar.allowed([cursor]) != grammar.allowed([cursor], eos=False)).any())
+
+
+def decode_song(scheme: Scheme, tokens: list) -> Notes:
+    """The notes of a song's rows, with the <eos> row added when they lack it (a continuation
+    the length limit stopped, cut to whole rows); DecodeError as `Scheme.decode`."""
+    rows = [*tokens]
+    if not rows or tuple(np.atleast_1d(rows[-1]).tolist()) != scheme.eos_row:
+        rows.append(scheme.eos_row if len(scheme.eos_row) > 1 else scheme.eos_row[0])
+    return scheme.decode(np.array(rows, dtype=np.int64))
 
 
 def one_instrument(notes: Notes) -> Notes:

@@ -10,12 +10,14 @@ number of notes a song's NLL is divided by for bits per note, are exactly the ba
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from tokenizers import Tokenizer, models, trainers
 
-from midigen.encodings import NO_PEDALS, DecodeError, Encoded
+from midigen.encodings import NO_PEDALS, DecodeError, Encoded, prefix_mask
 from midigen.encodings.index import END, Cursor, Grammar, Index
 from midigen.midi import Notes
 
@@ -29,7 +31,7 @@ class BPE:
 
     base: Index
     tokenizer: Tokenizer
-    name: str = "index+bpe"
+    name: str = "bpe"
     pieces: list[np.ndarray] = field(init=False, repr=False)  # our id -> base tokens
     ours: np.ndarray = field(init=False, repr=False)  # the tokenizer's id -> ours
     notes_in: np.ndarray = field(init=False, repr=False)  # our id -> the notes it starts
@@ -87,10 +89,14 @@ class BPE:
 
     def merge(self, tokens: np.ndarray, times: np.ndarray) -> Encoded:
         """Base tokens (and the step of each) -> merged tokens, each at its first's step."""
+        ids, first = self.merged(tokens)
+        return Encoded(ids[:, None], np.asarray(times)[first])
+
+    def merged(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Base tokens -> the merged tokens and where each one's first base token was."""
         encoding = self.tokenizer.encode(text_of(tokens))
         first = np.array([start for start, _ in encoding.offsets], dtype=np.int64)
-        ids = self.ours[np.asarray(encoding.ids, dtype=np.int64)]
-        return Encoded(ids[:, None], np.asarray(times)[first])
+        return self.ours[np.asarray(encoding.ids, dtype=np.int64)], first
 
     def expand(self, tokens: np.ndarray) -> np.ndarray:
         """Merged tokens -> the base tokens they stand for."""
@@ -108,20 +114,72 @@ class BPE:
     def changes(self, notes: Notes, pedals: np.ndarray = NO_PEDALS) -> dict[str, int]:
         return self.base.changes(notes)
 
+    @property
+    def eos_row(self) -> tuple[int]:
+        return self.base.eos_row  # base ids are their own merged ids
+
+    pitch_range = (0, 0)  # none it can move: a merged token's pitches cannot move alone
+
+    def pitches(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """None (training does not transpose this scheme, and says so)."""
+        mask = np.zeros(np.shape(tokens), dtype=bool)
+        return mask, np.zeros(0, dtype=np.int64)
+
+    def kinds(self, tokens: np.ndarray) -> np.ndarray:
+        """The base token's type, or "merged"."""
+        tokens = np.asarray(tokens).reshape(-1)
+        base = self.base.kinds(np.minimum(tokens, len(self.base.vocab) - 1))
+        return np.where(tokens < len(self.base.vocab), base, "merged")
+
     def note_counts(self, tokens: np.ndarray) -> np.ndarray:
         """Notes each token starts (a merged token may hold several)."""
         return self.notes_in[np.asarray(tokens).reshape(-1)]
 
+    @cached_property
+    def grammar(self) -> MergedGrammar:
+        return MergedGrammar(self)
+
     def allowed(self, prefix: np.ndarray) -> list[np.ndarray]:
         """The merged tokens whose every base token the index grammar allows in turn."""
-        base = self.expand(prefix)
-        if not len(base):
-            mask = np.zeros(len(self.pieces), dtype=bool)
-            mask[[i for i, p in enumerate(self.pieces) if p[0] == self.base.vocab.sos]] = True
-            return [mask]
-        grammar = self.base.grammar
-        cursor = grammar.parse(base.tolist())
-        return [np.array([_follows(grammar, cursor, piece) for piece in self.pieces])]
+        size, sos = len(self.pieces), self.base.vocab.sos
+        if len(np.asarray(prefix).reshape(-1)) == 0:  # any piece that starts a song
+            return [np.array([p[0] == sos for p in self.pieces])]
+        return [prefix_mask(self.grammar, prefix, size, sos)]
+
+
+class MergedGrammar:
+    """The index grammar over merged tokens: a merged token may follow when its base tokens
+    may, one after the other; it sounds at its first base token's step."""
+
+    def __init__(self, scheme: BPE):
+        self.scheme, self.base = scheme, scheme.base.grammar
+        self._rows: dict[tuple, np.ndarray] = {}
+
+    def parse(self, tokens: list[int]) -> Cursor:
+        return self.base.parse(self.scheme.expand(np.array(tokens)).tolist())
+
+    def advance(self, cursor: Cursor, token: int) -> Cursor:
+        """The cursor after `token`'s base tokens; DecodeError if the grammar does not allow it."""
+        for base in self.scheme.expand(np.array([token])).tolist():
+            cursor = self.base.advance(cursor, base)
+        return cursor
+
+    def allowed(self, cursors: list[Cursor], eos: bool = True) -> np.ndarray:
+        """(B, V) bool, one row per cursor (read-only: rows are shared)."""
+        rows = [self._row(cursor, eos) for cursor in cursors]
+        return rows[0] if len(rows) == 1 else np.concatenate(rows)
+
+    def _row(self, cursor: Cursor, eos: bool) -> np.ndarray:
+        key = (dataclasses.replace(cursor, step=0), eos)  # the mask does not depend on time
+        if key not in self._rows:
+            end = self.scheme.base.vocab.eos
+            self._rows[key] = np.array(
+                [
+                    _follows(self.base, cursor, piece) and (eos or end not in piece)
+                    for piece in self.scheme.pieces
+                ]
+            )[None]
+        return self._rows[key]
 
 
 def _follows(grammar: Grammar, cursor: Cursor, piece: np.ndarray) -> bool:

@@ -95,6 +95,20 @@ class Codebook:
             "duration_clamped": int(np.count_nonzero(duration > self.durations[-1])),
         }
 
+    eos_row = (EOS, 0, 0)
+    pitch_range = (0, 128)
+
+    def pitches(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        tokens = np.asarray(tokens)
+        mask = np.zeros(tokens.shape, dtype=bool)
+        mask.reshape(-1, 3)[:, PITCH] = tokens.reshape(-1, 3)[:, PITCH] < SOS
+        return mask, tokens[mask]
+
+    def kinds(self, tokens: np.ndarray) -> np.ndarray:
+        """A row's type: a note, or <eos>."""
+        pitch = np.asarray(tokens).reshape(-1, 3)[:, PITCH]
+        return np.where(pitch < SOS, "note", "eos")
+
     def note_counts(self, tokens: np.ndarray) -> np.ndarray:
         return (np.asarray(tokens).reshape(-1, 3)[:, PITCH] < SOS).astype(np.int64)
 

@@ -18,11 +18,12 @@ is down sounds until the pedal goes up, or its key strikes again; no pedal token
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
-from midigen.encodings import NO_PEDALS, DecodeError, Encoded, one_instrument
+from midigen.encodings import NO_PEDALS, DecodeError, Encoded, one_instrument, prefix_mask
 from midigen.midi import Notes, end_overlaps
 
 SUSTAIN_MODES = ("ignore", "extend", "explicit")
@@ -200,36 +201,97 @@ class Events:
             "sustain_extended": 0 if ignored else int(np.count_nonzero(held > cut)),
         }  # fmt: skip
 
+    eos_row = (EOS,)
+    pitch_range = (0, 128)
+
+    def pitches(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        tokens = np.asarray(tokens)
+        keys = (tokens >= NOTE_ON) & (tokens < TIME_SHIFT)
+        return keys, (tokens[keys] - NOTE_ON) % 128
+
+    def kinds(self, tokens: np.ndarray) -> np.ndarray:
+        starts = [EOS + 1, NOTE_ON, NOTE_OFF, TIME_SHIFT, self.velocity_base, self.sustain_on]
+        names = np.array(["eos", "note_on", "note_off", "time_shift", "velocity", "sustain"])
+        return names[np.searchsorted(starts, np.asarray(tokens).reshape(-1), side="right")]
+
     def note_counts(self, tokens: np.ndarray) -> np.ndarray:
         tokens = np.asarray(tokens).reshape(-1)
         return ((tokens >= NOTE_ON) & (tokens < NOTE_OFF)).astype(np.int64)
 
+    @cached_property
+    def grammar(self) -> EventGrammar:
+        return EventGrammar(self)
+
     def allowed(self, prefix: np.ndarray) -> list[np.ndarray]:
-        """After <sos>: NOTE_ON of a silent key, NOTE_OFF of a sounding one, any shift, any
-        velocity, the pedal (explicit mode) down when up and up when down, or <eos>."""
-        tokens = np.asarray(prefix, dtype=np.int64).reshape(-1).tolist()
-        mask = np.zeros(self.fields[0], dtype=bool)
-        if not tokens:
-            mask[SOS] = True
-            return [mask]
-        if tokens[-1] == EOS:
-            return [mask]
-        sounding = np.zeros(128, dtype=bool)
-        pedal_down = False
+        return [prefix_mask(self.grammar, prefix, self.fields[0], SOS)]
+
+
+@dataclass(frozen=True)
+class EventCursor:
+    """A song's place in the event grammar: the step its next event sounds at, the keys
+    sounding, the pedal (explicit mode)."""
+
+    step: int = 0
+    sounding: frozenset[int] = frozenset()
+    pedal_down: bool = False
+    ended: bool = False
+
+
+class EventGrammar:
+    """After <sos>: NOTE_ON of a silent key, NOTE_OFF of a sounding one, any shift, any
+    velocity, the pedal (explicit mode) down when up and up when down, or <eos>."""
+
+    def __init__(self, scheme: Events):
+        self.scheme = scheme
+        self._rows: dict[tuple, np.ndarray] = {}  # handed out once per state, then shared
+
+    def parse(self, tokens: list[int]) -> EventCursor:
+        if not tokens or tokens[0] != SOS:
+            raise DecodeError("a song must start with <sos>")
+        cursor = EventCursor()
         for token in tokens[1:]:
-            if NOTE_ON <= token < NOTE_OFF:
-                sounding[token - NOTE_ON] = True
-            elif NOTE_OFF <= token < TIME_SHIFT:
-                sounding[token - NOTE_OFF] = False
-            elif token in (self.sustain_on, self.sustain_on + 1):
-                pedal_down = token == self.sustain_on
-        mask[NOTE_ON:NOTE_OFF] = ~sounding
-        mask[NOTE_OFF:TIME_SHIFT] = sounding
-        mask[TIME_SHIFT : self.sustain_on] = True
-        mask[EOS] = True
-        if self.sustain == "explicit":
-            mask[self.sustain_on + pedal_down] = True
-        return [mask]
+            cursor = self.advance(cursor, token)
+        return cursor
+
+    def advance(self, cursor: EventCursor, token: int) -> EventCursor:
+        """The cursor after `token`; DecodeError if the grammar does not allow it there."""
+        if cursor.ended or not 0 <= token < self.scheme.fields[0]:
+            raise DecodeError(f"token {token} cannot follow here")
+        if not self.allowed([cursor])[0, token]:
+            raise DecodeError(f"token {token} cannot follow here")
+        if token == EOS:
+            return replace(cursor, ended=True)
+        if NOTE_ON <= token < NOTE_OFF:
+            return replace(cursor, sounding=cursor.sounding | {token - NOTE_ON})
+        if NOTE_OFF <= token < TIME_SHIFT:
+            return replace(cursor, sounding=cursor.sounding - {token - NOTE_OFF})
+        if TIME_SHIFT <= token < self.scheme.velocity_base:
+            return replace(cursor, step=cursor.step + token - TIME_SHIFT + 1)
+        if token >= self.scheme.sustain_on:
+            return replace(cursor, pedal_down=token == self.scheme.sustain_on)
+        return cursor  # a velocity
+
+    def allowed(self, cursors: list[EventCursor], eos: bool = True) -> np.ndarray:
+        """(B, V) bool, one row per cursor (read-only: rows are shared)."""
+        rows = [self._row(cursor, eos) for cursor in cursors]
+        return rows[0] if len(rows) == 1 else np.concatenate(rows)
+
+    def _row(self, cursor: EventCursor, eos: bool) -> np.ndarray:
+        key = (cursor.sounding, cursor.pedal_down, cursor.ended, eos)
+        if key not in self._rows:
+            scheme = self.scheme
+            mask = np.zeros(scheme.fields[0], dtype=bool)
+            if not cursor.ended:
+                sounding = np.zeros(128, dtype=bool)
+                sounding[list(cursor.sounding)] = True
+                mask[NOTE_ON:NOTE_OFF] = ~sounding
+                mask[NOTE_OFF:TIME_SHIFT] = sounding
+                mask[TIME_SHIFT : scheme.sustain_on] = True
+                mask[EOS] = eos
+                if scheme.sustain == "explicit":
+                    mask[scheme.sustain_on + cursor.pedal_down] = True
+            self._rows[key] = mask[None]
+        return self._rows[key]
 
 
 def sustained(

@@ -14,10 +14,12 @@ from functools import cached_property
 import numpy as np
 
 from midigen.encoding import DecodeError, Vocab, decode_tokens, encode_notes
-from midigen.encodings import NO_PEDALS, Encoded
+from midigen.encodings import NO_PEDALS, Encoded, prefix_mask
 from midigen.midi import Notes
 
-NOTE_KIND = 1  # Vocab.kinds() of a note token
+KIND_NAMES = ("eos", "note", "duration", "separator", "program")  # by Vocab.kinds() code; the
+# only special token ever predicted is <eos> (<sos> starts every song, <pad> is never a target)
+NOTE_KIND = KIND_NAMES.index("note")
 
 
 @dataclass(frozen=True)
@@ -47,21 +49,26 @@ class Index:
         """Lossless on quantized notes (what the grid changes, midi.NOTE_CHANGES counts)."""
         return {}
 
+    @property
+    def eos_row(self) -> tuple[int]:
+        return (self.vocab.eos,)
+
+    pitch_range = (0, 128)
+
+    def pitches(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        tokens = np.asarray(tokens)
+        notes = (tokens >= self.vocab.note_base) & (tokens < self.vocab.duration_base)
+        return notes, tokens[notes] - self.vocab.note_base
+
+    def kinds(self, tokens: np.ndarray) -> np.ndarray:
+        return np.array(KIND_NAMES)[self.vocab.kinds()[np.asarray(tokens).reshape(-1)]]
+
     def note_counts(self, tokens: np.ndarray) -> np.ndarray:
         return (self.vocab.kinds()[np.asarray(tokens).reshape(-1)] == NOTE_KIND).astype(np.int64)
 
     def allowed(self, prefix: np.ndarray) -> list[np.ndarray]:
         """The tokens that may follow `prefix` (a song's first rows, from <sos>)."""
-        tokens = [int(t) for t in np.asarray(prefix).reshape(-1)]
-        grammar = self.grammar
-        if not tokens:
-            mask = np.zeros(len(self.vocab), dtype=bool)
-            mask[self.vocab.sos] = True
-            return [mask]
-        cursor = grammar.parse(tokens)
-        if cursor.expect == END:
-            return [np.zeros(len(self.vocab), dtype=bool)]
-        return [grammar.mask(cursor).copy()]
+        return [prefix_mask(self.grammar, prefix, len(self.vocab), self.vocab.sos)]
 
 
 # ---- the grammar -------------------------------------------------------------------------------
@@ -77,6 +84,10 @@ class Cursor:
     step: int = 0
     program: bool = True  # a note may open a row: always without programs, else after <iK>
     gap: bool = False  # the awaited duration is a gap's (after <sep>): it advances time
+
+    @property
+    def ended(self) -> bool:
+        return self.expect == END
 
 
 class Grammar:
@@ -117,8 +128,11 @@ class Grammar:
     def _row(self, cursor: Cursor, eos: bool) -> np.ndarray:
         key = (cursor.expect, cursor.program, eos)
         if key not in self._rows:
-            row = self.mask(cursor).copy()
-            row[self.vocab.eos] &= eos
+            if cursor.expect == END:
+                row = np.zeros(len(self.vocab), dtype=bool)
+            else:
+                row = self.mask(cursor).copy()
+                row[self.vocab.eos] &= eos
             self._rows[key] = row[None]
         return self._rows[key]
 
@@ -148,16 +162,3 @@ class Grammar:
         for token in tokens[1:]:
             cursor = self.advance(cursor, token)
         return cursor
-
-
-def whole_rows(tokens: list[int], vocab: Vocab) -> list[int]:
-    """`tokens` without an unfinished last row (a note, <sep> or program still waiting for its
-    duration), which is what the length limit may leave."""
-    kept = list(tokens)
-    while kept and kept[-1] != vocab.eos and not is_duration(kept[-1], vocab):
-        kept.pop()
-    return kept
-
-
-def is_duration(token: int, vocab: Vocab) -> bool:
-    return vocab.duration_base <= token < vocab.program_base

@@ -4,20 +4,22 @@ Configured to the work midigen's index score does (as bench/encode.py's like-for
 positions on the same grid, durations up to max_duration steps, no velocity, every instrument
 in one stream with a Program token where the program changes, duplicate notes removed, no
 time signatures (REMI then assumes 4/4 bars). MidiTok is imported only when a REMI scheme is
-made. Each song is framed by BOS and EOS; a token sounds at its MidiTok event's time.
+made. Each song is framed by BOS and EOS; a token sounds at the step its grammar knows before
+it (a Bar or Position token at the step of what came before it).
 REMI keeps pitches 21-108 only: `changes` counts the notes a round trip does not give back.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import symusic
 
-from midigen.encodings import NO_PEDALS, DecodeError, Encoded
+from midigen.encodings import NO_PEDALS, DecodeError, Encoded, prefix_mask
 from midigen.midi import Notes
 
 NEXT = {  # token type -> the types that may follow it (a REMI song with programs, no velocity)
@@ -57,7 +59,7 @@ class Remi:
     max_duration: int
     name: str = "remi"
     tokenizer: Any = field(init=False, repr=False, compare=False)
-    kinds: list[str] = field(init=False, repr=False, compare=False)  # token id -> its type
+    types: list[str] = field(init=False, repr=False, compare=False)  # token id -> its type
 
     def __post_init__(self) -> None:
         tokenizer = tokenizer_for(self.steps_per_beat, self.max_duration)
@@ -65,19 +67,27 @@ class Remi:
         for name, i in tokenizer.vocab.items():
             kinds[i] = name.split("_")[0]
         object.__setattr__(self, "tokenizer", tokenizer)
-        object.__setattr__(self, "kinds", kinds)
+        object.__setattr__(self, "types", kinds)
 
     @property
     def fields(self) -> tuple[int]:
-        return (len(self.kinds),)
+        return (len(self.types),)
 
     def encode(self, notes: Notes, pedals: np.ndarray = NO_PEDALS) -> Encoded:
         sequence = self.tokenizer.encode(self._score(notes))
         sequence = sequence[0] if isinstance(sequence, list) else sequence
         vocab = self.tokenizer.vocab
         ids = [vocab["BOS_None"], *sequence.ids, vocab["EOS_None"]]
-        times = [0, *(event.time for event in sequence.events), notes.end]
-        return Encoded(np.array(ids, dtype=np.int64)[:, None], np.array(times, dtype=np.int64))
+        return Encoded(np.array(ids, dtype=np.int64)[:, None], self._times(ids))
+
+    def _times(self, ids: list[int]) -> np.ndarray:
+        """The step each token sounds at, as generation knows it before the token: a Bar or a
+        Position at the step of what came before it, every other token at its Position's."""
+        cursor, times = self.grammar.parse(ids[:1]), [0]
+        for token in ids[1:]:
+            times.append(cursor.step)
+            cursor = self.grammar.advance(cursor, token)
+        return np.array(times, dtype=np.int64)
 
     def decode(self, tokens: np.ndarray) -> Notes:
         ids = np.asarray(tokens, dtype=np.int64).reshape(-1).tolist()
@@ -94,14 +104,14 @@ class Remi:
         return _notes(sorted(set(found)))
 
     def _problem(self, ids: list[int]) -> str | None:
-        if not ids or not 0 <= ids[0] < len(self.kinds) or self.kinds[ids[0]] != "BOS":
+        if not ids or not 0 <= ids[0] < len(self.types) or self.types[ids[0]] != "BOS":
             return "a song must start with BOS"
         for i in range(1, len(ids)):
-            if not 0 <= ids[i] < len(self.kinds):
+            if not 0 <= ids[i] < len(self.types):
                 return f"token {i}: {ids[i]} is not in the vocabulary"
-            if self.kinds[ids[i]] not in NEXT.get(self.kinds[ids[i - 1]], set()):
-                return f"token {i}: {self.kinds[ids[i]]} cannot follow {self.kinds[ids[i - 1]]}"
-        if self.kinds[ids[-1]] != "EOS":
+            if self.types[ids[i]] not in NEXT.get(self.types[ids[i - 1]], set()):
+                return f"token {i}: {self.types[ids[i]]} cannot follow {self.types[ids[i - 1]]}"
+        if self.types[ids[-1]] != "EOS":
             return "a song must end with EOS"
         return None
 
@@ -111,26 +121,37 @@ class Remi:
         lost = Counter(zip(*(a.tolist() for a in _columns(notes)), strict=True)) - have
         return {"not_given_back": sum(lost.values())}
 
-    def note_counts(self, tokens: np.ndarray) -> np.ndarray:
-        kinds = [self.kinds[t] for t in np.asarray(tokens).reshape(-1)]
-        return np.array([kind == "Pitch" for kind in kinds], dtype=np.int64)
-
-    def allowed(self, prefix: np.ndarray) -> list[np.ndarray]:
-        """By token type (NEXT); a Position only later in the bar than the last one."""
-        ids = np.asarray(prefix, dtype=np.int64).reshape(-1).tolist()
-        kinds = np.array(self.kinds)
-        if not ids:
-            return [kinds == "BOS"]
-        mask = np.isin(kinds, list(NEXT[self.kinds[ids[-1]]]))
-        since_bar = ids[len(ids) - ids[::-1].index(self._bar) :] if self._bar in ids else []
-        positions = [p for p in since_bar if self.kinds[p] == "Position"]
-        if positions:
-            mask &= ~((kinds == "Position") & (np.arange(len(kinds)) <= max(positions)))
-        return [mask]
+    @property
+    def eos_row(self) -> tuple[int]:
+        return (self.tokenizer.vocab["EOS_None"],)
 
     @property
-    def _bar(self) -> int:
-        return self.tokenizer.vocab["Bar_None"]
+    def pitch_range(self) -> tuple[int, int]:
+        low, high = self.tokenizer.config.pitch_range
+        return low, high
+
+    def pitches(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        kind = np.array(self.types)[np.asarray(tokens)]
+        mask = kind == "Pitch"
+        return mask, np.asarray(tokens)[mask] - self.tokenizer.vocab[
+            f"Pitch_{self.pitch_range[0]}"
+        ] + self.pitch_range[0]
+
+    def kinds(self, tokens: np.ndarray) -> np.ndarray:
+        return np.char.lower(np.array(self.types)[np.asarray(tokens).reshape(-1)])
+
+    def note_counts(self, tokens: np.ndarray) -> np.ndarray:
+        kinds = [self.types[t] for t in np.asarray(tokens).reshape(-1)]
+        return np.array([kind == "Pitch" for kind in kinds], dtype=np.int64)
+
+    @cached_property
+    def grammar(self) -> RemiGrammar:
+        return RemiGrammar(self)
+
+    def allowed(self, prefix: np.ndarray) -> list[np.ndarray]:
+        return [
+            prefix_mask(self.grammar, prefix, len(self.types), self.tokenizer.vocab["BOS_None"])
+        ]
 
     def _score(self, notes: Notes) -> symusic.Score:
         score = symusic.Score(self.steps_per_beat)
@@ -161,3 +182,66 @@ def _notes(rows: list[tuple[int, int, int, int]]) -> Notes:
         return Notes(*(np.zeros(0, dtype=np.int64) for _ in range(4)))
     durations = np.array(list(kept.values()), dtype=np.int64)
     return Notes(columns[0], columns[1], columns[2], durations)
+
+
+@dataclass(frozen=True)
+class RemiCursor:
+    """A song's place in REMI: the last token's type, the bars begun, the last Position in the
+    current bar (-1: none yet), and the step the next token sounds at."""
+
+    kind: str = "BOS"
+    bars: int = 0
+    position: int = -1
+    step: int = 0
+
+    @property
+    def ended(self) -> bool:
+        return self.kind == "EOS"
+
+
+class RemiGrammar:
+    """By token type (NEXT); a Position only later in the bar than the last one. Bars are 4/4
+    (the scheme reads no time signatures), so Bar k starts at step (k - 1) * 4 * steps_per_beat."""
+
+    def __init__(self, scheme: Remi):
+        self.kinds = np.array(scheme.types)
+        self.bar_steps = 4 * scheme.steps_per_beat
+        self.positions = np.full(len(scheme.types), -1)  # a Position token's step in its bar
+        for name, i in scheme.tokenizer.vocab.items():
+            if name.startswith("Position_"):
+                self.positions[i] = int(name.split("_")[1])
+        self._rows: dict[tuple, np.ndarray] = {}
+
+    def parse(self, tokens: list[int]) -> RemiCursor:
+        if not tokens or not 0 <= tokens[0] < len(self.kinds) or self.kinds[tokens[0]] != "BOS":
+            raise DecodeError("a song must start with BOS")
+        cursor = RemiCursor()
+        for token in tokens[1:]:
+            cursor = self.advance(cursor, token)
+        return cursor
+
+    def advance(self, cursor: RemiCursor, token: int) -> RemiCursor:
+        """The cursor after `token`; DecodeError if the grammar does not allow it there."""
+        if not 0 <= token < len(self.kinds) or not self.allowed([cursor])[0, token]:
+            name = self.kinds[token] if 0 <= token < len(self.kinds) else str(token)
+            raise DecodeError(f"{name} cannot follow {cursor.kind}")
+        kind = str(self.kinds[token])
+        if kind == "Bar":
+            return RemiCursor(kind, cursor.bars + 1, -1, cursor.bars * self.bar_steps)
+        if kind == "Position":
+            step = (cursor.bars - 1) * self.bar_steps + int(self.positions[token])
+            return RemiCursor(kind, cursor.bars, int(self.positions[token]), step)
+        return replace(cursor, kind=kind)
+
+    def allowed(self, cursors: list[RemiCursor], eos: bool = True) -> np.ndarray:
+        """(B, V) bool, one row per cursor (read-only: rows are shared)."""
+        rows = [self._row(cursor, eos) for cursor in cursors]
+        return rows[0] if len(rows) == 1 else np.concatenate(rows)
+
+    def _row(self, cursor: RemiCursor, eos: bool) -> np.ndarray:
+        key = (cursor.kind, cursor.position, eos)
+        if key not in self._rows:
+            mask = np.isin(self.kinds, list(NEXT[cursor.kind] - (set() if eos else {"EOS"})))
+            mask &= ~((self.kinds == "Position") & (self.positions <= cursor.position))
+            self._rows[key] = mask[None]
+        return self._rows[key]

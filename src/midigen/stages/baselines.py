@@ -12,35 +12,40 @@ from pathlib import Path
 
 from midigen.atomic import atomic_file
 from midigen.baselines import evaluate_baselines
-from midigen.corpus import load_shard, load_vocab
+from midigen.corpus import load_shard
 from midigen.evaluate import write_metrics
+from midigen.stages.branch import add_scheme_argument, shards_of
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--shards", type=Path, default=Path("data/shards"))
-    parser.add_argument("--out", type=Path, default=Path("metrics/baselines.json"))
-    parser.add_argument("--plots", type=Path, default=Path("plots/baselines"))
+    add_scheme_argument(parser)
+    parser.add_argument("--shards", type=Path, help="default: data/shards/SCHEME")
+    parser.add_argument("--out", type=Path, help="default: metrics/SCHEME/baselines.json")
+    parser.add_argument("--plots", type=Path, help="default: plots/SCHEME/baselines")
 
 
 def run(args: argparse.Namespace, params: dict) -> str:
     settings = params["evaluate"]
+    shards, scheme = shards_of(args)
+    out = args.out or Path("metrics") / args.scheme / "baselines.json"
+    plots = args.plots or Path("plots") / args.scheme / "baselines"
     results = evaluate_baselines(
-        load_shard(args.shards, "train"),
-        load_shard(args.shards, "test"),
-        load_vocab(args.shards),
+        load_shard(shards, "train"),
+        load_shard(shards, "test"),
+        scheme,
         settings["ngram_order"],
         settings["position_buckets"],
     )
-    with atomic_file(args.plots / "nll_by_position.csv", newline="") as f:
+    with atomic_file(plots / "nll_by_position.csv", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["bucket", *results])
         for bucket in results["unigram"]["nll_by_position"]:
             writer.writerow([bucket, *(r["nll_by_position"][bucket] for r in results.values())])
-    write_metrics(args.out, results)
+    write_metrics(out, results)
     return (
         ", ".join(
             f"{name} {r['nll']:.3f} nats/token, {r['bits_per_note']:.2f} bits/note"
             for name, r in results.items()
         )
-        + f" -> {args.out}"
+        + f" -> {out}"
     )

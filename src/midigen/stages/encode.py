@@ -1,7 +1,8 @@
-"""Encode one chunk of the downloaded MIDI files into tokens (sparse -> position -> index score).
+"""Encode one chunk of the downloaded MIDI files into one scheme's tokens (encode.schemes).
 
-Writes OUT/{tokens,times,bar_pos,offsets}.npy, OUT/songs.csv and OUT/errors.csv (skipped files
-with their reason) and prints a one-line summary.
+Writes OUT/{tokens,times,bar_pos,offsets}.npy, OUT/songs.csv (with what the scheme changed),
+OUT/errors.csv (skipped files with their reason) and OUT/scheme.json, and prints a one-line
+summary.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from pathlib import Path
 
 from midigen.corpus import EncodeConfig, encode_chunk
 from midigen.errors import MidigenError
+from midigen.stages.branch import add_scheme_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw", type=Path, default=Path("data/raw"), help="download output")
     parser.add_argument("--chunk", type=int, required=True, help="chunk id in encode.chunks")
-    parser.add_argument("--out", type=Path, help="default: data/encoded/chunk-ID")
+    add_scheme_argument(parser)
+    parser.add_argument("--out", type=Path, help="default: data/encoded/SCHEME/chunk-ID")
     parser.add_argument("--workers", type=int, help="processes (default: encode.workers)")
 
 
@@ -24,8 +27,7 @@ def run(args: argparse.Namespace, params: dict) -> str:
     encode = params["encode"]
     if args.chunk not in encode["chunks"]:
         raise MidigenError(f"--chunk {args.chunk} is not one of encode.chunks {encode['chunks']}")
-    out = args.out or Path(f"data/encoded/chunk-{args.chunk}")
+    out = args.out or Path(f"data/encoded/{args.scheme}/chunk-{args.chunk}")
     workers = encode["workers"] if args.workers is None else args.workers
-    return encode_chunk(
-        args.raw, args.chunk, len(encode["chunks"]), EncodeConfig.from_params(encode), out, workers
-    )
+    config = EncodeConfig.from_params(encode, args.scheme)
+    return encode_chunk(args.raw, args.chunk, len(encode["chunks"]), config, out, workers)

@@ -12,9 +12,10 @@ import argparse
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from midigen.atomic import atomic_dir
-from midigen.corpus import load_shard, load_vocab
+from midigen.corpus import load_shard
 from midigen.errors import MidigenError
 from midigen.evaluate import (
     compare_music,
@@ -23,55 +24,62 @@ from midigen.evaluate import (
     write_metrics,
     write_plots,
 )
-from midigen.model import MusicTransformer, load_model, variant_memory
+from midigen.model import ModelConfig
 from midigen.paired import SONGS_CSV, SongCells, write_song_cells
+from midigen.stages.branch import add_scheme_argument, shards_of
 from midigen.train import TrainConfig, seed_runs
+from midigen.variants import check_variant, load_trained
 
 SEED_METRICS = ("nll", "bits_per_note", "early_nll", "late_nll", "repeat")  # per training seed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", required=True, help="which variant (names the outputs)")
-    parser.add_argument("--shards", type=Path, default=Path("data/shards"))
-    parser.add_argument("--model", type=Path, help="default: models/VARIANT/model.pt")
-    parser.add_argument("--samples", type=Path, help="default: samples/VARIANT")
-    parser.add_argument("--metrics", type=Path, help="default: metrics/eval/VARIANT.json")
-    parser.add_argument("--plots", type=Path, help="default: plots/eval/VARIANT")
+    add_scheme_argument(parser)
+    parser.add_argument("--shards", type=Path, help="default: data/shards/SCHEME")
+    parser.add_argument("--model", type=Path, help="default: models/SCHEME/VARIANT/model.pt")
+    parser.add_argument("--samples", type=Path, help="default: samples/SCHEME/VARIANT")
+    parser.add_argument("--metrics", type=Path, help="default: metrics/SCHEME/eval/VARIANT.json")
+    parser.add_argument("--plots", type=Path, help="default: plots/SCHEME/eval/VARIANT")
 
 
 def run(args: argparse.Namespace, params: dict) -> str:
     settings, steps_per_beat = params["evaluate"], params["encode"]["steps_per_beat"]
     xl_mem_len = params["model"]["xl_mem_len"]  # the same reach buckets for every variant
-    model_path = args.model or Path("models") / args.variant / "model.pt"
-    samples_dir = args.samples or Path("samples") / args.variant
-    metrics_path = args.metrics or Path("metrics/eval") / f"{args.variant}.json"
-    plots_dir = args.plots or Path("plots/eval") / args.variant
+    model_path = args.model or Path("models") / args.scheme / args.variant / "model.pt"
+    samples_dir = args.samples or Path("samples") / args.scheme / args.variant
+    metrics_path = args.metrics or Path("metrics") / args.scheme / "eval" / f"{args.variant}.json"
+    plots_dir = args.plots or Path("plots") / args.scheme / "eval" / args.variant
 
-    variant_memory(args.variant)  # an unknown variant stops here, before any file is read
+    check_variant(args.variant)  # an unknown variant stops here, before any file is read
     samples = load_samples(samples_dir)
     if samples.get("variant", args.variant) != args.variant:
         raise MidigenError(
             f"{samples_dir}/samples.json holds samples of {samples['variant']}, not {args.variant}"
         )
-    test = load_shard(args.shards, "test")
-    vocab = load_vocab(args.shards)
+    shards, scheme = shards_of(args)
+    test = load_shard(shards, "test")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(model_path, len(vocab), device, args.variant)
+    model = load_trained(model_path, scheme.fields[0], device, args.variant)
     expected = {"encode.steps_per_beat": steps_per_beat, "model.xl_mem_len": xl_mem_len}
-    for source, key, value in (
+    checks = [
         (f"{model_path} was trained with", "encode.steps_per_beat", model.config.steps_per_beat),
         (f"{samples_dir}/samples.json has", "encode.steps_per_beat", samples["steps_per_beat"]),
-        (f"{model_path} was trained with", "model.xl_mem_len", model.config.xl_mem_len),
-    ):
+    ]
+    if isinstance(model.config, ModelConfig):  # the LSTM has no XL memory
+        checks.append(
+            (f"{model_path} was trained with", "model.xl_mem_len", model.config.xl_mem_len)
+        )
+    for source, key, value in checks:
         if value != expected[key]:
             name = key.split(".")[1]
             raise MidigenError(f"{source} {name} {value} but {key} is {expected[key]}")
 
-    def score(model: MusicTransformer) -> tuple[dict, SongCells]:
+    def score(model: nn.Module) -> tuple[dict, SongCells]:
         return evaluate_model(
             model,
             test,
-            vocab,
+            scheme,
             settings["position_buckets"],
             settings["batch_size"],
             settings["repeat_ngram"],
@@ -84,13 +92,15 @@ def run(args: argparse.Namespace, params: dict) -> str:
     for seed, folder in seed_runs(TrainConfig.from_params(params["train"])):
         if folder:
             path = model_path.parent / folder / "model.pt"
-            seed_metrics, seeds[folder] = score(load_model(path, len(vocab), device, args.variant))
+            seed_metrics, seeds[folder] = score(
+                load_trained(path, scheme.fields[0], device, args.variant)
+            )
         else:
             seed_metrics = metrics
         metrics["seeds"].append(
             {"seed": seed, "folder": folder, **{k: seed_metrics[k] for k in SEED_METRICS}}
         )
-    metrics["music"], histograms = compare_music(samples, vocab)
+    metrics["music"], histograms = compare_music(samples, scheme)
     with atomic_dir(plots_dir) as tmp:
         write_plots(tmp, args.variant, metrics["nll_by_position"], histograms)
         write_song_cells(tmp / SONGS_CSV, songs)
@@ -99,7 +109,8 @@ def run(args: argparse.Namespace, params: dict) -> str:
             write_song_cells(tmp / folder / SONGS_CSV, table)
     write_metrics(metrics_path, metrics)
     return (
-        f"{args.variant}: {metrics['nll']:.3f} nats/token, {metrics['bits_per_note']:.2f} "
-        f"bits/note, accuracy {metrics['accuracy']:.1%}, repeat {metrics['repeat']['first']:.3f}"
+        f"{args.scheme} {args.variant}: {metrics['nll']:.3f} nats/token, "
+        f"{metrics['bits_per_note']:.2f} bits/note, accuracy {metrics['accuracy']:.1%}, "
+        f"repeat {metrics['repeat']['first']:.3f}"
         f" -> {metrics['repeat']['second']:.3f} -> {metrics_path}"
     )

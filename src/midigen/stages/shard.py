@@ -1,4 +1,5 @@
-"""Gather the encoded chunks into per-split shards (memory-mappable .npy), vocab and stats."""
+"""Gather one scheme's encoded chunks into per-split shards (memory-mappable .npy), the scheme
+(scheme.json, with the merges bpe learns here on the training split) and stats."""
 
 from __future__ import annotations
 
@@ -6,18 +7,21 @@ import argparse
 from pathlib import Path
 
 from midigen.corpus import EncodeConfig, build_shards
+from midigen.stages.branch import add_scheme_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_scheme_argument(parser)
     parser.add_argument(
-        "--encoded", type=Path, default=Path("data/encoded"), help="folder holding chunk-ID folders"
+        "--encoded", type=Path, help="folder of chunk-ID folders (default: data/encoded/SCHEME)"
     )
-    parser.add_argument("--out", type=Path, default=Path("data/shards"))
+    parser.add_argument("--out", type=Path, help="default: data/shards/SCHEME")
 
 
 def run(args: argparse.Namespace, params: dict) -> str:
     encode = params["encode"]
-    chunks = [args.encoded / f"chunk-{i}" for i in sorted(encode["chunks"])]
-    return build_shards(
-        chunks, EncodeConfig.from_params(encode), args.out, encode["flag_lost_fraction"]
-    )
+    encoded = args.encoded or Path("data/encoded") / args.scheme
+    chunks = [encoded / f"chunk-{i}" for i in sorted(encode["chunks"])]
+    config = EncodeConfig.from_params(encode, args.scheme)
+    out = args.out or Path("data/shards") / args.scheme
+    return build_shards(chunks, config, out, encode["flag_lost_fraction"])

@@ -17,19 +17,21 @@ import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from midigen.corpus import load_vocab
 from midigen.dag import PACKAGE, SOURCE_ROOT, code_deps
 from midigen.errors import MidigenError
-from midigen.model import ModelConfig, variant_memory
+from midigen.model import ModelConfig
+from midigen.stages.branch import add_scheme_argument, shards_of
 from midigen.train import TrainConfig, Trainer, seed_runs
+from midigen.variants import Config, variant_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", required=True, help="one of train.variants")
-    parser.add_argument("--shards", type=Path, default=Path("data/shards"))
-    parser.add_argument("--out", type=Path, help="default: models/VARIANT")
+    add_scheme_argument(parser)
+    parser.add_argument("--shards", type=Path, help="default: data/shards/SCHEME")
+    parser.add_argument("--out", type=Path, help="default: models/SCHEME/VARIANT")
     parser.add_argument(
-        "--metrics", type=Path, help="DVCLive folder (default: metrics/train/VARIANT)"
+        "--metrics", type=Path, help="DVCLive folder (default: metrics/SCHEME/train/VARIANT)"
     )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument(
@@ -40,16 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def model_config(params: dict, variant: str, vocab_size: int, steps_per_beat: int) -> ModelConfig:
-    """The model of one variant: all variants share every setting but their memory."""
-    config = ModelConfig(
-        vocab_size=vocab_size,
-        steps_per_beat=steps_per_beat,
-        memory=variant_memory(variant),
-        **params["model"],
-    )
+def model_config(params: dict, variant: str, vocab_size: int, steps_per_beat: int) -> Config:
+    """The model of one variant: the transformers share every setting but their memory, the
+    LSTM is sized to the vanilla transformer (midigen.variants)."""
+    config = ModelConfig(vocab_size=vocab_size, steps_per_beat=steps_per_beat, **params["model"])
     config.validate()
-    return config
+    return variant_config(variant, config)
 
 
 def run_key(config: ModelConfig, train: TrainConfig, shards: Path) -> str:
@@ -70,22 +68,24 @@ def run(args: argparse.Namespace, params: dict) -> str:
         raise MidigenError(
             f"--variant {args.variant} is not one of train.variants {params['train']['variants']}"
         )
-    vocab = load_vocab(args.shards)
-    config = model_config(params, args.variant, len(vocab), params["encode"]["steps_per_beat"])
-    out = args.out or Path("models") / args.variant
-    metrics = args.metrics or Path("metrics/train") / args.variant
+    shards, scheme = shards_of(args)
+    config = model_config(
+        params, args.variant, scheme.fields[0], params["encode"]["steps_per_beat"]
+    )
+    out = args.out or Path("models") / args.scheme / args.variant
+    metrics = args.metrics or Path("metrics") / args.scheme / "train" / args.variant
     train_config = TrainConfig.from_params(params["train"], params["data"])
     done = []
     for seed, folder in seed_runs(train_config):  # the main model first, then the others
         seeded = replace(train_config, seed=seed)
-        store = args.checkpoints / args.variant / run_key(config, seeded, args.shards)
+        store = args.checkpoints / args.variant / run_key(config, seeded, shards)
         if args.resume and (out / folder / "checkpoint.pt").exists():
             store.mkdir(parents=True, exist_ok=True)
             shutil.copy2(out / folder / "checkpoint.pt", store / "checkpoint.pt")
         trainer = Trainer(
             config,
             seeded,
-            args.shards,
+            shards,
             out / folder,
             out / folder / "live" if folder else metrics,
             checkpoint=store / "checkpoint.pt",
@@ -99,4 +99,6 @@ def run(args: argparse.Namespace, params: dict) -> str:
             f"seed {seed}: train loss {last.get('train_loss', 0):.3f}, "
             f"val loss {last.get('val_loss', float('nan')):.3f}"
         )
-    return f"{args.variant}: {trainer.step} steps, {'; '.join(done)} nats/token -> {out}"
+    return (
+        f"{args.scheme} {args.variant}: {trainer.step} steps, {'; '.join(done)} nats/token -> {out}"
+    )
