@@ -2,7 +2,8 @@
 
     python bench/train.py                          # default model size, batch 8 x 256, CPU
     python bench/train.py --steps 16 --repeats 5   # more timed steps
-    python bench/train.py --shards data/shards     # real songs (default if the folder exists)
+    python bench/train.py --shards data/shards/index  # real songs (default if it exists)
+    python bench/train.py --device cuda --batch 64 # on a GPU, bf16 autocast as training
 
 Every side does the same work per step: forward, cross entropy, backward, AdamW step, on the
 same segments of a contiguous song stream (real shards when present, else random tokens in
@@ -15,8 +16,11 @@ and is the headline's reference. `reference`, with nanoGPT's dropout on attentio
 (which takes it off torch's fused causal kernel), is printed for information.
 Sides are timed in turns, one step each, so that a slow spell of the machine hits them all
 alike; the median step time is reported.
+On `--device cuda` every side runs under bf16 autocast, as `Trainer` trains there, and each
+timed step ends with a CUDA synchronisation (the GPU's work is timed, not its queueing).
 Targets: vanilla >= 1.0x ref_noattn, xl >= 0.8x vanilla, xl_knn >= 0.5x vanilla.
-`--results bench/RESULTS.md` writes the table as the file's "train" section (bench/sections.py).
+`--results bench/RESULTS.md` writes the table as the file's "train" section (bench/sections.py),
+or its "train-cuda" section when it ran on a GPU.
 """
 
 from __future__ import annotations
@@ -85,11 +89,12 @@ def segments(args: argparse.Namespace, vocab_size: int) -> Iterator[tuple[torch.
     """(tokens, targets, bar_pos, doc) segments of a contiguous song stream, forever."""
     if args.shards.exists():
         from midigen.batching import ContiguousBatches
-        from midigen.corpus import load_shard, load_vocab
+        from midigen.corpus import load_shard
+        from midigen.encodings.catalog import load_scheme
 
         batches = ContiguousBatches(
             load_shard(args.shards, "train"),
-            load_vocab(args.shards),
+            load_scheme(args.shards),
             args.batch,
             args.segment,
             seed=0,
@@ -112,23 +117,30 @@ def segments(args: argparse.Namespace, vocab_size: int) -> Iterator[tuple[torch.
             yield tokens[:, w], targets[:, w], bar_pos[:, w], doc[:, w]
 
 
-def trainer(model: nn.Module, data: Iterator, memory: bool) -> Callable[[], None]:
-    """One training step on the next segment (memories carried along when the model has any)."""
+def trainer(
+    model: nn.Module, data: Iterator, memory: bool, device: torch.device
+) -> Callable[[], None]:
+    """One training step on the next segment (memories carried along when the model has any),
+    on `device`: there under bf16 autocast when it is a GPU, as `Trainer` trains."""
+    model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     state = None
-    model.train()
+    cuda = device.type == "cuda"
 
     def step() -> None:
         nonlocal state
-        tokens, targets, bar_pos, doc = next(data)
-        if isinstance(model, Reference):
-            logits = model(tokens)
-        else:
-            logits, _, state = model(tokens, bar_pos, doc, state if memory else None)
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+        tokens, targets, bar_pos, doc = (x.to(device) for x in next(data))
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            if isinstance(model, Reference):
+                logits = model(tokens)
+            else:
+                logits, _, state = model(tokens, bar_pos, doc, state if memory else None)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if cuda:  # the step's kernels have run, not only been queued
+            torch.cuda.synchronize(device)
 
     return step
 
@@ -140,15 +152,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed steps per side per repeat")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--shards", type=Path, default=Path("data/shards"))
+    parser.add_argument("--shards", type=Path, default=Path("data/shards/index"))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="model section")
     parser.add_argument("--results", type=Path, help="write the table as its section there")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu (default), or cuda / cuda:N: bf16 autocast there"
+    )
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch sees no CUDA GPU")
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)  # tiny gradients otherwise make CPU matmuls ~30x slower
-    keep_freed_memory()  # as training does on the CPU
+    if device.type == "cpu":  # as training does on the CPU
+        torch.set_flush_denormal(True)  # tiny gradients otherwise make CPU matmuls ~30x slower
+        keep_freed_memory()
 
     # the pipeline's model (params.yaml), so the ratios hold for what `train` actually runs
     settings = {**load_params(args.params)["model"], "segment_len": args.segment}
@@ -156,15 +175,17 @@ def main() -> None:
     sides: dict[str, Callable[[], None]] = {}
     torch.manual_seed(0)
     sides["reference"] = trainer(
-        Reference(base, base.dropout), segments(args, base.vocab_size), False
+        Reference(base, base.dropout), segments(args, base.vocab_size), False, device
     )
     torch.manual_seed(0)
-    sides["ref_noattn"] = trainer(Reference(base, 0.0), segments(args, base.vocab_size), False)
+    sides["ref_noattn"] = trainer(
+        Reference(base, 0.0), segments(args, base.vocab_size), False, device
+    )
     for name, memory in (("vanilla", "none"), ("xl", "xl"), ("xl_knn", "xl_knn")):
         torch.manual_seed(0)
         config = ModelConfig(**settings, memory=memory)
         model = MusicTransformer(config)
-        sides[name] = trainer(model, segments(args, config.vocab_size), memory != "none")
+        sides[name] = trainer(model, segments(args, config.vocab_size), memory != "none", device)
     for step in sides.values():
         for _ in range(args.warmup):
             step()
@@ -177,10 +198,13 @@ def main() -> None:
 
     tokens = args.batch * args.segment
     rate = {name: tokens / statistics.median(t) for name, t in times.items()}
+    where = f"{torch.get_num_threads()} threads"
+    if device.type == "cuda":
+        where = f"{torch.cuda.get_device_name(device)}, bf16 autocast, torch {torch.__version__}"
     lines = [
         f"model: {base.n_layer} layers, {base.n_head} heads, d_model {base.d_model}, d_ff "
         f"{base.d_ff}, dropout {base.dropout}, xl_mem_len {base.xl_mem_len}; batch {args.batch} x "
-        f"{args.segment}; {torch.get_num_threads()} threads; data: "
+        f"{args.segment}; {where}; data: "
         f"{args.shards if args.shards.exists() else 'synthetic'}",
         "",
         "| side | median step (s) | tokens/s |",
@@ -204,7 +228,10 @@ def main() -> None:
     report = "\n".join(lines)
     print(report)
     if args.results:
-        record(args.results, "train", "# Training throughput", report)
+        if device.type == "cuda":
+            record(args.results, "train-cuda", "# Training throughput on a GPU", report)
+        else:
+            record(args.results, "train", "# Training throughput", report)
 
 
 if __name__ == "__main__":
