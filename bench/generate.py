@@ -98,8 +98,7 @@ class FromStart:
 def load(variant: str, params: dict, scheme: Index) -> tuple[MusicTransformer, str]:
     """Trained weights when models/index/VARIANT/model.pt has the default config (named by the
     file and the start of its sha256), else random ones."""
-    size = scheme.fields[0]
-    config = model_config(params, variant, size, params["encode"]["steps_per_beat"])
+    config = model_config(params, variant, scheme.fields, params["encode"]["steps_per_beat"])
     torch.manual_seed(0)
     model = MusicTransformer(config)
     path = Path("models") / scheme.name / variant / "model.pt"

@@ -22,6 +22,7 @@ from midigen.encodings.catalog import load_scheme
 from midigen.errors import MidigenError
 from midigen.evaluate import evaluate_model
 from midigen.generate import GenerateConfig, generate, split_song
+from midigen.model import IGNORE, MASKED, embed_rows, token_loss
 from midigen.params import load_params, validate_params
 from midigen.stages import evaluate as evaluate_stage
 from midigen.stages import generate as generate_stage
@@ -31,6 +32,7 @@ from midigen.variants import build_model, load_trained, variant_config
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAT = ("index", "bpe", "events", "remi")
+SCHEMES = (*FLAT, "codebook")  # codebook: rows of three fields
 PARAMS = load_params(ROOT / "params.yaml")
 
 
@@ -47,10 +49,10 @@ DOWNLOAD = dict(source="bach", max_files=24, val_fraction=0.15, test_fraction=0.
 
 @pytest.fixture(scope="module")
 def branches(tmp_path_factory, raw) -> dict[str, Path]:
-    """The shards of every flat scheme, from the same files (bpe: 64 merges)."""
+    """The shards of every scheme, from the same files (bpe: 64 merges)."""
     encode = {**PARAMS["encode"], "bpe": {"merges": 64}}
     found = {"index": raw / "shards"}
-    for scheme in FLAT[1:]:
+    for scheme in SCHEMES[1:]:
         root = tmp_path_factory.mktemp(scheme)
         found[scheme] = shards_via_stages(root, encode, scheme, **DOWNLOAD)
     return found
@@ -60,7 +62,8 @@ def test_every_scheme_holds_the_same_songs_and_their_notes(branches):
     """Same split per song (by content hash); every song decodes; index, bpe and events give
     back the notes the index score holds (events: velocities aside, none changed here)."""
     index = load_scheme(branches["index"])
-    for scheme_name, shards in branches.items():
+    for scheme_name in FLAT:
+        shards = branches[scheme_name]
         scheme = load_scheme(shards)
         assert scheme.name == scheme_name
         for split in ("train", "val", "test"):
@@ -107,10 +110,10 @@ def test_bpe_learns_its_merges_from_the_training_split_only(branches):
     assert BPE.train(index, everything, 64).to_json() != learned  # the test songs would show
 
 
-@pytest.mark.parametrize("scheme_name", FLAT)
+@pytest.mark.parametrize("scheme_name", SCHEMES)
 def test_the_grammar_tracks_the_steps_the_encoder_wrote(branches, scheme_name):
-    """Every stored token sounds at the step the scheme's grammar says the next token sounds
-    at (what generation feeds the model as bar positions)."""
+    """Every stored token sounds at the step the scheme's grammar says it sounds at (what
+    generation feeds the model as its bar position); a codebook row at its own onset."""
     shards = branches[scheme_name]
     scheme, shard = load_scheme(shards), load_shard(shards, "test")
     grammar = scheme.grammar
@@ -119,26 +122,26 @@ def test_the_grammar_tracks_the_steps_the_encoder_wrote(branches, scheme_name):
         tokens, times = shard.tokens[span].tolist(), shard.times[span]
         cursor = grammar.parse(tokens[:1])
         for i, token in enumerate(tokens[1:-1], start=1):
-            assert cursor.step == times[i], (scheme_name, song, i)
+            assert grammar.sounds_at(cursor, token) == times[i], (scheme_name, song, i)
             cursor = grammar.advance(cursor, token)
 
 
-def tiny(scheme_vocab: int, variant: str, seed: int = 0):
+def tiny(fields: tuple[int, ...], variant: str, seed: int = 0):
     torch.manual_seed(seed)
     config = train_stage.model_config(
-        {**PARAMS, "model": {**PARAMS["model"], **TINY_MODEL}}, variant, scheme_vocab, 4
+        {**PARAMS, "model": {**PARAMS["model"], **TINY_MODEL}}, variant, fields, 4
     )
     return build_model(config).eval()
 
 
-@pytest.mark.parametrize("scheme_name", FLAT)
+@pytest.mark.parametrize("scheme_name", SCHEMES)
 @pytest.mark.parametrize("variant", ["xl_knn", "lstm"])
 def test_generation_in_every_scheme_decodes(branches, scheme_name, variant):
     """A random model of each kind continues each test song's opening inside the scheme's
     grammar; what it draws, cut to whole rows, decodes after the prompt."""
     shards = branches[scheme_name]
     scheme, shard = load_scheme(shards), load_shard(shards, "test")
-    model = tiny(scheme.fields[0], variant)
+    model = tiny(scheme.fields, variant)
     config = GenerateConfig(length=40, min_length=5)
     for song in range(min(3, len(shard.songs))):
         span = shard.song(song)
@@ -158,15 +161,15 @@ def test_generation_in_every_scheme_decodes(branches, scheme_name, variant):
         decode_song(scheme, [*prompt.tokens.tolist(), *kept])
 
 
-@pytest.mark.parametrize("scheme_name", ["events", "bpe"])
+@pytest.mark.parametrize("scheme_name", ["events", "bpe", "codebook"])
 def test_bits_per_note_divide_by_the_notes_each_scheme_predicts(branches, scheme_name):
     shards = branches[scheme_name]
     scheme, shard = load_scheme(shards), load_shard(shards, "test")
-    model = tiny(scheme.fields[0], "vanilla")
+    model = tiny(scheme.fields, "vanilla")
     metrics, _ = evaluate_model(model, shard, scheme, (0, 128), 4, 8, 32)
     targets = np.concatenate(
         [np.asarray(shard.tokens[shard.song(i)])[1:] for i in range(len(shard.songs))]
-    )
+    )  # rows for codebook
     notes = int(scheme.note_counts(targets).sum())
     total = sum(metrics["songs"]["nll_sum"])
     assert metrics["bits_per_note"] == pytest.approx(total / math.log(2) / notes, rel=1e-6)
@@ -180,10 +183,13 @@ def test_a_stage_refuses_shards_of_another_scheme(branches):
         shards_of(args)
 
 
-def test_the_lstm_variant_trains_generates_and_evaluates_through_the_stages(branches, tmp_path):
+@pytest.mark.parametrize("scheme_name", ["events", "codebook"])
+def test_the_lstm_variant_trains_generates_and_evaluates_through_the_stages(
+    branches, tmp_path, scheme_name
+):
     """train.variants [lstm]: sized to the vanilla transformer, saved as an LSTM, refused as
     another variant, and carried through generate and evaluate like any variant."""
-    shards, raw = branches["events"], branches["events"].parent / "raw"
+    shards, raw = branches[scheme_name], branches[scheme_name].parent / "raw"
     params = validate_params(
         {
             **PARAMS,
@@ -198,7 +204,7 @@ def test_the_lstm_variant_trains_generates_and_evaluates_through_the_stages(bran
             "generate": {**PARAMS["generate"], "prompts": 2, "length": 24, "min_length": 4},
         }
     )
-    common = dict(scheme="events", shards=shards, variant="lstm")
+    common = dict(scheme=scheme_name, shards=shards, variant="lstm")
     train_stage.run(
         argparse.Namespace(
             **common,
@@ -209,16 +215,16 @@ def test_the_lstm_variant_trains_generates_and_evaluates_through_the_stages(bran
         ),
         params,
     )
-    size = load_scheme(shards).fields[0]
-    model = load_trained(tmp_path / "lstm" / "model.pt", size, variant="lstm")
+    fields = load_scheme(shards).fields
+    model = load_trained(tmp_path / "lstm" / "model.pt", fields, variant="lstm")
     transformer = build_model(
-        variant_config("vanilla", train_stage.model_config(params, "vanilla", size, 4))
+        variant_config("vanilla", train_stage.model_config(params, "vanilla", fields, 4))
     )
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     # the nearest hidden size in steps of 8: within 10% of a model this small
     assert abs(count(model) - count(transformer)) / count(transformer) < 0.1
     with pytest.raises(MidigenError, match="a model with memory 'lstm', not the vanilla variant"):
-        load_trained(tmp_path / "lstm" / "model.pt", size, variant="vanilla")
+        load_trained(tmp_path / "lstm" / "model.pt", fields, variant="vanilla")
     generate_stage.run(
         argparse.Namespace(
             **common, raw=raw, model=tmp_path / "lstm" / "model.pt", out=tmp_path / "samples"
@@ -235,6 +241,35 @@ def test_the_lstm_variant_trains_generates_and_evaluates_through_the_stages(bran
         ),
         params,
     )
-    assert summary.startswith("events lstm:")
+    assert summary.startswith(f"{scheme_name} lstm:")
     metrics = json.loads((tmp_path / "lstm.json").read_text())
     assert math.isfinite(metrics["bits_per_note"]) and metrics["music"]["prompts"] == 2
+
+
+def test_rows_of_fields_are_embedded_summed_and_predicted_by_a_head_each():
+    """A codebook row's embedding is its fields' sum; its logits are one head per field,
+    padded to the widest with MASKED; its loss is the sum of the fields' cross entropies."""
+    fields = (130, 11, 10)
+    model = tiny(fields, "vanilla")
+    rows = torch.stack([torch.randint(0, n, (2, 9)) for n in fields], dim=-1)
+    bar_pos = torch.zeros(2, 9, dtype=torch.int64)
+    logits, _, _ = model(rows, bar_pos)
+    assert logits.shape == (2, 9, 3, 130)
+    assert (logits[:, :, 1, 11:] == MASKED).all() and (logits[:, :, 2, 10:] == MASKED).all()
+    embedded = sum(emb(rows[..., f]) for f, emb in enumerate([model.tok_emb, *model.field_emb]))
+    np.testing.assert_allclose(
+        embed_rows(model.tok_emb, model.field_emb, rows).detach(), embedded.detach()
+    )
+    targets = rows.roll(-1, dims=1)
+    targets[:, -1] = IGNORE
+    total, count = token_loss(logits, targets)
+    by_hand = sum(
+        torch.nn.functional.cross_entropy(
+            logits[:, :-1, f, : fields[f]].flatten(0, 1),
+            targets[:, :-1, f].flatten(),
+            reduction="sum",
+        )
+        for f in range(3)
+    )
+    assert int(count) == 2 * 8
+    assert float(total.detach()) == pytest.approx(float(by_hand.detach()), rel=1e-5)

@@ -71,7 +71,7 @@ def tiny_params(**train) -> dict:
 
 
 def trainer(shards: Path, out: Path, variant: str, params: dict) -> Trainer:
-    config = model_config(params, variant, load_scheme(shards).fields[0], 4)
+    config = model_config(params, variant, load_scheme(shards).fields, 4)
     return Trainer(config, TrainConfig.from_params(params["train"], params["data"]), shards, out)
 
 

@@ -6,6 +6,8 @@ token of a song after its `<sos>` is a target, and nothing is predicted across s
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -141,10 +143,18 @@ def evaluate_baselines(
     All orders are reported, so a model is compared with the best of them, not with one
     order that happens to be weak on this corpus.
     """
-    train_songs, test_songs = songs_of(train), songs_of(test)
+    fields = scheme.fields
+    train_songs, test_songs = (
+        [np.ravel_multi_index(s.reshape(len(s), -1).T, fields) for s in songs_of(shard)]
+        for shard in (train, test)
+    )  # rows of several fields: one id per row, so a row's NLL is its joint probability's
     results = {}
     for n in range(1, order + 1):
-        model = NGramModel(n, scheme.fields[0]).fit(train_songs)
-        metrics = likelihood_metrics(model.scores(test_songs), scheme, buckets)
+        model = NGramModel(n, math.prod(fields)).fit(train_songs)
+        scores = model.scores(test_songs)
+        if len(fields) > 1:  # back to rows, which the scheme counts notes in
+            rows = np.stack(np.unravel_index(scores.target, fields), axis=-1)
+            scores = dataclasses.replace(scores, target=rows)
+        metrics = likelihood_metrics(scores, scheme, buckets)
         results["unigram" if n == 1 else f"{n}-gram"] = {"order": n, **metrics}
     return results

@@ -28,8 +28,8 @@ PAD = 0  # the input under padding (its target is IGNORE): every vocabulary has 
 class Segment:
     """One step of every row: inputs, next-token targets, bar positions and song ids."""
 
-    tokens: torch.Tensor  # (B, T) int64
-    targets: torch.Tensor  # (B, T) int64, IGNORE where there is nothing to predict
+    tokens: torch.Tensor  # (B, T) int64, or (B, T, F) rows of F fields (codebook)
+    targets: torch.Tensor  # the same shape, IGNORE where there is nothing to predict
     bar_pos: torch.Tensor  # (B, T) int64
     doc: torch.Tensor  # (B, T) int64 song id, -1 on padding
 
@@ -98,6 +98,7 @@ class ContiguousBatches:
         repeat_fraction: float = 0.0,
     ):
         self.shard, self.scheme = shard, scheme
+        self.fields = len(scheme.fields)
         self.batch_size, self.segment_len = batch_size, segment_len
         self.seed, self.shuffle, self.pitch_range = seed, shuffle, pitch_range
         self.repeat_fraction = repeat_fraction
@@ -126,33 +127,44 @@ class ContiguousBatches:
         streams = [self._row(songs, twice, epoch, rng) for songs in rows]
         n_segments = -(-int(lengths.max()) // self.segment_len)
         width = n_segments * self.segment_len
-        batch = np.stack([self._pad(stream, width) for stream in streams])  # (B, 4, width)
+        batch = np.stack([self._pad(stream, width) for stream in streams])  # (B, 2F + 2, width)
         return [self._segment(batch, i) for i in range(n_segments)]
 
     def _row(
         self, songs: list[int], twice: np.ndarray, epoch: int, rng: np.random.Generator
     ) -> np.ndarray:
-        """One row's stream as 4 parallel arrays: tokens, targets, bar positions, song ids."""
+        """One row's stream as parallel arrays: F of tokens, F of targets (a field each), bar
+        positions, song ids."""
         parts = []
         for song in songs:
             span = self.shard.song(song)
-            tokens = np.asarray(self.shard.tokens[span], dtype=np.int64)
+            tokens = np.asarray(self.shard.tokens[span], dtype=np.int64).reshape(
+                span.stop - span.start, self.fields
+            )
             tokens = pitch_shift(tokens, self.scheme, *self.pitch_range, rng)
             bar_pos = np.asarray(self.shard.bar_pos[span], dtype=np.int64)
             if twice[song]:
                 tokens, bar_pos = played_twice(tokens), played_twice(bar_pos)
-            targets = np.append(tokens[1:], IGNORE)  # no target across the song boundary
+            ignored = np.full((1, self.fields), IGNORE)  # no target across the song boundary
+            targets = np.concatenate([tokens[1:], ignored])
             doc = np.full(len(tokens), epoch * self.n_songs + song, dtype=np.int64)
-            parts.append(np.stack([tokens, targets, bar_pos, doc]))
-        return np.concatenate(parts, axis=1) if parts else np.zeros((4, 0), dtype=np.int64)
+            parts.append(np.concatenate([tokens.T, targets.T, bar_pos[None], doc[None]]))
+        empty = np.zeros((2 * self.fields + 2, 0), dtype=np.int64)
+        return np.concatenate(parts, axis=1) if parts else empty
 
     def _pad(self, stream: np.ndarray, width: int) -> np.ndarray:
-        fill = np.array([[PAD], [IGNORE], [0], [-1]], dtype=np.int64)
+        fill = np.array([[PAD]] * self.fields + [[IGNORE]] * self.fields + [[0], [-1]])
         return np.concatenate([stream, np.repeat(fill, width - stream.shape[1], axis=1)], axis=1)
 
     def _segment(self, batch: np.ndarray, i: int) -> Segment:
         window = torch.from_numpy(batch[:, :, i * self.segment_len : (i + 1) * self.segment_len])
-        return Segment(window[:, 0], window[:, 1], window[:, 2], window[:, 3])
+        f = self.fields
+        tokens, targets = window[:, :f], window[:, f : 2 * f]
+        if f > 1:  # rows: (B, T, F)
+            tokens, targets = tokens.transpose(1, 2), targets.transpose(1, 2)
+        else:
+            tokens, targets = tokens[:, 0], targets[:, 0]
+        return Segment(tokens, targets, window[:, 2 * f], window[:, 2 * f + 1])
 
     def __iter__(self) -> Iterator[Segment]:
         epoch = 0

@@ -137,18 +137,20 @@ def score_model(
         segment = segment.to(device)
         logits, _, state = model(segment.tokens, segment.bar_pos, segment.doc, state)
         logits = logits.float()
-        nll.append(
-            F.cross_entropy(
-                logits.transpose(1, 2), segment.targets, ignore_index=IGNORE, reduction="none"
-            )
-        )
-        correct.append(logits.argmax(-1) == segment.targets)
+        cells = F.cross_entropy(
+            logits.flatten(0, -2), segment.targets.flatten(), ignore_index=IGNORE, reduction="none"
+        ).view(segment.targets.shape)
+        hits = logits.argmax(-1) == segment.targets
+        if cells.dim() == 3:  # rows of fields: a row's NLL is its fields' sum, all must hit
+            cells, hits = cells.sum(-1), hits.all(-1)
+        nll.append(cells)
+        correct.append(hits)
         targets.append(segment.targets)
         docs.append(segment.doc)
     nll, correct, targets, doc = (
         torch.cat(x, dim=1).cpu().numpy() for x in (nll, correct, targets, docs)
     )
-    keep = targets != IGNORE
+    keep = (targets if targets.ndim == 2 else targets[..., 0]) != IGNORE
     column = np.broadcast_to(np.arange(doc.shape[1]), doc.shape)
     return TokenScores(
         nll[keep].astype(np.float64),
@@ -175,6 +177,8 @@ def repeat_distance(tokens: np.ndarray, n: int) -> np.ndarray:
     """Per token p: p - q for the latest q < p where the n tokens ending at q equal those ending
     at p, else 0. A model that copies what followed them must look back that far."""
     tokens = np.asarray(tokens)
+    if tokens.ndim == 2:  # rows of fields: one id per distinct row
+        tokens = np.unique(tokens, axis=0, return_inverse=True)[1].reshape(-1)
     distance = np.zeros(len(tokens), dtype=np.int64)
     if len(tokens) < n:
         return distance

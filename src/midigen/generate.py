@@ -73,7 +73,7 @@ class DeviceGrammar:
 
     def __init__(self, grammar: Grammar, device: torch.device | str):
         self.grammar, self.device = grammar, device
-        self.parse, self.advance = grammar.parse, grammar.advance
+        self.parse, self.advance, self.sounds_at = grammar.parse, grammar.advance, grammar.sounds_at
         self._copies: dict[int, Tensor] = {}  # id of the grammar's shared row -> its tensor
 
     def allowed(self, cursors: list[Cursor], eos: bool = True) -> Tensor:
@@ -129,7 +129,7 @@ def split_song(
     bar_steps = bar_steps_of(times, bar_pos, steps_per_beat)
     n = min(int(np.searchsorted(times, bars * bar_steps)), len(tokens) - 1)
     if grammar is not None:
-        head = [int(t) for t in tokens[:n]]
+        head = np.asarray(tokens[:n]).tolist()
         n = 1 + len(whole_rows(grammar, grammar.parse(head[:1]), head[1:]))
     bar_start = int(times[n - 1]) - int(bar_pos[n - 1])
     prompt = Prompt(np.asarray(tokens[:n]), np.asarray(bar_pos[:n]), bar_steps, bar_start)
@@ -258,7 +258,7 @@ class Carried:
 
     def feed(self, tokens: Tensor, bar_pos: Tensor) -> Tensor:
         """(B, n) tokens and bar positions -> the next-token logits (B, V) after the last one."""
-        logits, _, self.state = self.model(tokens, bar_pos, torch.zeros_like(tokens), self.state)
+        logits, _, self.state = self.model(tokens, bar_pos, torch.zeros_like(bar_pos), self.state)
         return logits[:, -1]
 
     def select(self, rows: Tensor) -> None:
@@ -270,7 +270,11 @@ class Carried:
 
 
 def sample(logits: Tensor, allowed: Tensor, config: GenerateConfig, generator: torch.Generator):
-    """One token per row (B,), drawn from the allowed tokens after temperature, top-k, top-p."""
+    """One token per row (B,), drawn from the allowed tokens after temperature, top-k, top-p;
+    with rows of fields (B, F, V), each field drawn on its own (B, F), as the heads predict."""
+    if logits.dim() == 3:
+        fields = sample(logits.flatten(0, 1), allowed.flatten(0, 1), config, generator)
+        return fields.view(logits.shape[:2])
     if config.temperature != 1:
         logits = logits / config.temperature
     logits = logits.float().masked_fill(~allowed, float("-inf"))
@@ -330,7 +334,7 @@ def generate(
     model.eval()
     device = model.tok_emb.weight.device
     grammar = DeviceGrammar(scheme.grammar, device)
-    cursor = grammar.parse([int(t) for t in prompt.tokens])
+    cursor = grammar.parse(prompt.tokens.tolist())
     if context is None:
         context = Carried if isinstance(model, MusicLSTM) else KVCache
     context = context(model)
@@ -339,15 +343,18 @@ def generate(
         torch.as_tensor(np.asarray(prompt.bar_pos, np.int64), device=device)[None],
     )
     if config.beams > 1:
+        if logits.dim() == 3:
+            raise MidigenError("generate.beams > 1 needs one token per step (not codebook rows)")
         return _beam_search(context, logits, cursor, grammar, prompt, config)
     generator = torch.Generator(device=device).manual_seed(config.seed if seed is None else seed)
     tokens, drawn_from = [], []  # the tokens, and the (logits, allowed) each was drawn from
     for _ in range(config.length):
         allowed = grammar.allowed([cursor], eos=len(tokens) >= config.min_length)
-        token = int(sample(logits, allowed, config, generator)[0])
+        drawn = sample(logits, allowed, config, generator)[0]
+        token = int(drawn) if drawn.dim() == 0 else tuple(drawn.tolist())
         tokens.append(token)
         drawn_from.append((logits, allowed))
-        bar = prompt.bar_position(cursor.step)  # a token sounds at its row's step
+        bar = prompt.bar_position(grammar.sounds_at(cursor, token))
         cursor = grammar.advance(cursor, token)
         if cursor.ended or len(tokens) == config.length:
             break
@@ -358,8 +365,8 @@ def generate(
         return Generation(tokens, 0.0)
     # scored once at the end, all steps together: per token it would cost a twentieth of a step
     log_probs = _log_probs(*(torch.cat(column) for column in zip(*drawn_from, strict=True)))
-    chosen = torch.tensor(tokens, device=device)[:, None]
-    return Generation(tokens, float(log_probs.gather(1, chosen).sum()))
+    chosen = torch.tensor(tokens, device=device)[..., None]  # (N, 1), or (N, F, 1) for rows
+    return Generation(tokens, float(log_probs.gather(-1, chosen).sum()))
 
 
 def _log_probs(logits: Tensor, allowed: Tensor) -> Tensor:
@@ -407,7 +414,10 @@ def _beam_search(
         tokens = [token for _, _, token in live]
         scores = torch.tensor([score for score, _, _ in live], dtype=torch.float64, device=device)
         sequences = [[*sequences[row], token] for row, token in zip(rows, tokens, strict=True)]
-        bars = [prompt.bar_position(cursors[row].step) for row in rows]
+        bars = [
+            prompt.bar_position(grammar.sounds_at(cursors[row], token))
+            for row, token in zip(rows, tokens, strict=True)
+        ]
         cursors = [grammar.advance(cursors[r], t) for r, t in zip(rows, tokens, strict=True)]
         if step + 1 == config.length:
             full_length = list(zip(scores.tolist(), sequences, strict=True))
@@ -478,8 +488,8 @@ def write_samples(
             seconds = time.perf_counter() - started
             after_prompt = grammar.parse(prompt.tokens.tolist())
             generated = whole_rows(grammar, after_prompt, generation.tokens)
-            head = [int(t) for t in prompt.tokens]
-            tokens = {"prompt": head, "real": [int(t) for t in real], "generated": generated}
+            head = prompt.tokens.tolist()  # ints, or rows of them (codebook)
+            tokens = {"prompt": head, "real": real.tolist(), "generated": generated}
             entry = {
                 "id": f"{k:02d}",
                 "song": song["sha256"],

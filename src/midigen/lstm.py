@@ -15,12 +15,13 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from midigen.model import token_loss
+from midigen.model import embed_rows, row_logits, token_loss
 
 
 @dataclass(frozen=True)
 class LSTMConfig:
     vocab_size: int
+    extra_fields: tuple[int, ...] = ()  # rows of fields (codebook), as ModelConfig's
     d_hidden: int = 256
     n_layer: int = 2
     d_embed: int = 128
@@ -29,6 +30,9 @@ class LSTMConfig:
     segment_len: int = 256  # tokens per segment of the stream (the transformers')
     steps_per_beat: int = 4  # of the bar positions it reads
     memory: str = "lstm"  # what it carries across segments: its (h, c)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "extra_fields", tuple(self.extra_fields))  # JSON gives a list
 
 
 @dataclass
@@ -59,6 +63,7 @@ class MusicLSTM(nn.Module):
         super().__init__()
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_embed)
+        self.field_emb = nn.ModuleList(nn.Embedding(n, config.d_embed) for n in config.extra_fields)
         self.bar_emb = nn.Embedding(config.bar_pos_size, config.d_embed)
         self.lstm = nn.LSTM(
             config.d_embed,
@@ -69,6 +74,7 @@ class MusicLSTM(nn.Module):
         )
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.d_hidden, config.vocab_size)
+        self.field_heads = nn.ModuleList(nn.Linear(config.d_hidden, n) for n in config.extra_fields)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -100,11 +106,12 @@ class MusicLSTM(nn.Module):
     ) -> tuple[Tensor, Tensor | None, LSTMState]:
         """One segment of every row: (B, T) -> logits (B, T, V), the mean cross entropy over
         targets that are not IGNORE (None without targets), and the state for the next."""
-        batch, length = tokens.shape
-        doc = torch.zeros_like(tokens) if doc is None else doc
+        batch, length = tokens.shape[:2]
+        doc = torch.zeros_like(bar_pos) if doc is None else doc
         if state is None:
             state = self.initial_state(batch, tokens.device)
-        x = self.tok_emb(tokens) + self.bar_emb(bar_pos.clamp(0, self.config.bar_pos_size - 1))
+        x = embed_rows(self.tok_emb, self.field_emb, tokens)
+        x = x + self.bar_emb(bar_pos.clamp(0, self.config.bar_pos_size - 1))
         x = self.drop(x)
         previous = torch.cat([state.last_doc[:, None], doc[:, :-1]], dim=1)
         new_song = doc != previous  # (B, T): this token opens a song in its row
@@ -114,7 +121,7 @@ class MusicLSTM(nn.Module):
             keep = (~new_song[:, start]).to(h.dtype)[None, :, None]  # zeros where a song opens
             out, (h, c) = self.lstm(x[:, start:end], (h * keep, c * keep))
             outputs.append(out)
-        logits = self.head(self.drop(torch.cat(outputs, dim=1)))
+        logits = row_logits(self.head, self.field_heads, self.drop(torch.cat(outputs, dim=1)))
         loss = None
         if targets is not None:  # the transformer's loss, so the two compare like for like
             total, count = token_loss(logits, targets)
@@ -125,7 +132,8 @@ class MusicLSTM(nn.Module):
 
 def lstm_params(config: LSTMConfig) -> int:
     """Parameters of a MusicLSTM, without building it."""
-    e, h, v, n = config.d_embed, config.d_hidden, config.vocab_size, config.n_layer
+    e, h, n = config.d_embed, config.d_hidden, config.n_layer
+    v = config.vocab_size + sum(config.extra_fields)  # every field's embedding and head
     recurrent = 4 * h * (e + h + 2) + (n - 1) * 4 * h * (h + h + 2)
     return v * e + config.bar_pos_size * e + recurrent + h * v + v
 

@@ -27,11 +27,36 @@ IGNORE = -100  # target id the loss skips
 
 
 def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of cross entropy over real targets, their count), so ranks can be averaged exactly."""
+    """(sum of cross entropy over real targets, their count), so ranks can be averaged exactly.
+    Rows of fields (logits (B, T, F, V), targets (B, T, F)): a row's loss is the sum of its
+    fields', and rows are counted."""
     loss = F.cross_entropy(
-        logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
+        logits.float().flatten(0, -2), targets.flatten(), ignore_index=IGNORE, reduction="sum"
     )
-    return loss, (targets != IGNORE).sum()
+    rows = targets if logits.dim() == 3 else targets[..., 0]
+    return loss, (rows != IGNORE).sum()
+
+
+def embed_rows(tok_emb: nn.Embedding, field_emb: nn.ModuleList, tokens: Tensor) -> Tensor:
+    """Token embeddings (B, T) -> (B, T, d), or of rows of fields (B, T, F): the sum of each
+    field's embedding, as MusicBox embeds pitch, onset step and duration."""
+    if tokens.dim() == 2:
+        return tok_emb(tokens)
+    x = tok_emb(tokens[..., 0])
+    for i, embedding in enumerate(field_emb, start=1):
+        x = x + embedding(tokens[..., i])
+    return x
+
+
+def row_logits(head: nn.Linear, field_heads: nn.ModuleList, x: Tensor) -> Tensor:
+    """Next-token logits (B, T, V), or with several fields one head each, stacked and padded to
+    the widest field with MASKED (B, T, F, V): each field predicted on its own from x."""
+    first = head(x)
+    if not len(field_heads):
+        return first
+    fields = [first, *(field_head(x) for field_head in field_heads)]
+    width = max(f.shape[-1] for f in fields)
+    return torch.stack([F.pad(f, (0, width - f.shape[-1]), value=MASKED) for f in fields], -2)
 
 
 def variant_memory(variant: str) -> str:
@@ -47,7 +72,8 @@ MASKED = -1e9  # additive mask of a hidden key: exp() of it is exactly 0, and a 
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = 164
+    vocab_size: int = 164  # of the first field, with rows of several (`extra_fields`)
+    extra_fields: tuple[int, ...] = ()  # rows of fields (codebook): the other fields' sizes
     n_layer: int = default("model", "n_layer")
     n_head: int = default("model", "n_head")
     d_model: int = default("model", "d_model")
@@ -66,6 +92,9 @@ class ModelConfig:
     knn_k: int = default("model", "knn_k")
     knn_max_memories: int = default("model", "knn_max_memories")  # per row; oldest dropped
     previous_tokens: int = default("model", "previous_tokens")  # token shift: n tokens back
+
+    def __post_init__(self) -> None:
+        self.extra_fields = tuple(self.extra_fields)  # a list when read back from model.pt
 
     @property
     def head_dim(self) -> int:
@@ -96,6 +125,12 @@ class ModelConfig:
             raise MidigenError(
                 f"model.previous_tokens must be an integer >= 0 (got {self.previous_tokens!r})"
             )
+        if any(isinstance(n, bool) or not isinstance(n, int) or n <= 0 for n in self.extra_fields):
+            raise MidigenError(
+                f"model extra_fields must be positive sizes (got {self.extra_fields})"
+            )
+        if lags and self.extra_fields:
+            raise MidigenError("model.previous_tokens needs one token per row (not codebook)")
         for name in ("dropout", "attn_dropout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
@@ -491,6 +526,7 @@ class MusicTransformer(nn.Module):
         self.config = config
         d = config.d_model
         self.tok_emb = nn.Embedding(config.vocab_size, d)
+        self.field_emb = nn.ModuleList(nn.Embedding(n, d) for n in config.extra_fields)
         self.bar_emb = nn.Embedding(config.bar_pos_size, d)
         self.beat_emb = nn.Embedding(config.beat_size, d)
         # one more row: "no token before this one" (a song's first token)
@@ -509,6 +545,7 @@ class MusicTransformer(nn.Module):
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, config.vocab_size, bias=False)
         self.head.weight = self.tok_emb.weight  # tied, as in GPT-2: fewer parameters
+        self.field_heads = nn.ModuleList(nn.Linear(d, n, bias=False) for n in config.extra_fields)
         self.apply(self._init)
         for block in self.blocks:  # GPT-2: keep the residual stream's variance in check
             for proj in (block.attn.proj, block.mlp.down):
@@ -600,7 +637,8 @@ class MusicTransformer(nn.Module):
         state: MemoryState | None = None,
         targets: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None, MemoryState]:
-        """One segment of every row: (B, T) tokens, bar positions, song ids -> logits (B, T, V),
+        """One segment of every row: (B, T) tokens (or (B, T, F) rows of fields), bar positions,
+        song ids -> logits (B, T, V) (or (B, T, F, V), see `row_logits`),
         the mean cross entropy over targets that are not IGNORE (None without targets), and
         the state after the segment, its memories updated: pass it to the next segment of the
         same rows."""
@@ -622,9 +660,9 @@ class MusicTransformer(nn.Module):
         leaves for the memories; no memory is written. Training's forward hands each complete
         segment to `remember`; generation keeps a growing segment in a key/value cache
         (`SegmentTrace.cached`) and remembers it once complete, as training does."""
-        batch, length = tokens.shape
+        batch, length = tokens.shape[:2]
         device = tokens.device
-        doc = torch.zeros_like(tokens) if doc is None else doc
+        doc = torch.zeros_like(bar_pos) if doc is None else doc
         if state is None:
             state = self.initial_state(batch, device)
         if state.batch != batch:
@@ -632,7 +670,8 @@ class MusicTransformer(nn.Module):
         positions = torch.arange(state.offset, state.offset + length, device=device)
         song_pos, song_start = self._song_positions(positions, doc, state)
 
-        x = self.tok_emb(tokens) + self.bar_emb(bar_pos.clamp(0, self.config.bar_pos_size - 1))
+        x = embed_rows(self.tok_emb, self.field_emb, tokens)
+        x = x + self.bar_emb(bar_pos.clamp(0, self.config.bar_pos_size - 1))
         x = x + self.beat_emb(
             (bar_pos // self.config.steps_per_beat).clamp(0, self.config.beat_size - 1)
         )
@@ -659,7 +698,8 @@ class MusicTransformer(nn.Module):
             song_start=song_start,
             last_tokens=self._last_tokens(tokens, state),
         )
-        return self.head(self.ln_f(x)), SegmentTrace(after, keys, values, key_pos, key_doc, doc)
+        logits = row_logits(self.head, self.field_heads, self.ln_f(x))
+        return logits, SegmentTrace(after, keys, values, key_pos, key_doc, doc)
 
     def remember(self, trace: SegmentTrace) -> MemoryState:
         """The state after a complete segment: every memory takes it in (no gradient crosses)."""
@@ -691,6 +731,8 @@ class MusicTransformer(nn.Module):
 
     def _last_tokens(self, tokens: Tensor, state: MemoryState) -> Tensor:
         """The row's last `previous_tokens` tokens after this segment (B, n), oldest first."""
+        if self.prev_emb is None:
+            return state.last_tokens  # (B, 0): kept by no one
         return torch.cat([state.last_tokens, tokens], dim=1)[:, tokens.shape[1] :].clone()
 
     @staticmethod

@@ -36,6 +36,7 @@ def variant_config(variant: str, model: ModelConfig) -> Config:
     vanilla = MusicTransformer(ModelConfig(**{**asdict(model), "memory": "none"}))
     base = LSTMConfig(
         vocab_size=model.vocab_size,
+        extra_fields=model.extra_fields,
         d_embed=model.d_model,  # the same embeddings as the transformer's
         bar_pos_size=model.bar_pos_size,
         dropout=model.dropout,
@@ -56,10 +57,13 @@ def saved_form(model: nn.Module) -> dict:
 
 
 def load_trained(
-    path: Path, vocab_size: int, device: str | torch.device = "cpu", variant: str | None = None
+    path: Path,
+    fields: tuple[int, ...],
+    device: str | torch.device = "cpu",
+    variant: str | None = None,
 ) -> nn.Module:
-    """A trained model from the model.pt training saves, checked against the shards'
-    vocabulary size and, given a variant, that it is that variant."""
+    """A trained model from the model.pt training saves, checked against the shards' scheme
+    (the vocabulary size of each field) and, given a variant, that it is that variant."""
     if variant is not None:
         check_variant(variant)
     path = Path(path)
@@ -68,10 +72,12 @@ def load_trained(
     saved = torch.load(path, map_location=device, weights_only=True)
     lstm = saved.get("kind") == "lstm"
     config = (LSTMConfig if lstm else ModelConfig)(**saved["model_config"])
-    if config.vocab_size != vocab_size:
+    predicts = (config.vocab_size, *config.extra_fields)
+    if predicts != tuple(fields):
+        said = " x ".join(map(str, predicts))
         raise MidigenError(
-            f"{path}: the model predicts {config.vocab_size} tokens but the shards' vocabulary "
-            f"has {vocab_size} (retrain the model after changing the encoding)"
+            f"{path}: the model predicts {said} tokens but the shards' vocabulary has "
+            f"{' x '.join(map(str, fields))} (retrain the model after changing the encoding)"
         )
     kind = "lstm" if lstm else config.memory
     wanted = None if variant is None else ("lstm" if variant == "lstm" else variant_memory(variant))

@@ -29,6 +29,7 @@ __all__ = [
     "Encoded",
     "Grammar",
     "Scheme",
+    "TokenGrammar",
     "decode_song",
     "may_end",
     "one_instrument",
@@ -105,7 +106,7 @@ class Cursor(Protocol):
 
     @property
     def step(self) -> int:
-        """The step at which the next token sounds (its bar position is fed to the model)."""
+        """Where the song is: the step of its last token (`Grammar.sounds_at` the next's)."""
         ...
 
     @property
@@ -126,10 +127,24 @@ class Grammar(Protocol):
         """The cursor after one more token; DecodeError if the grammar does not allow it."""
         ...
 
-    def allowed(self, cursors: list[Cursor], eos: bool = True) -> np.ndarray:
-        """(B, V) bool, a row per cursor; `eos=False` holds <eos> back. Rows are read-only
-        and shared: the same state gives the same array (generation copies each once)."""
+    def sounds_at(self, cursor: Cursor, token) -> int:
+        """The step at which `token` sounds after `cursor` (its bar position is fed to the
+        model with it): the cursor's step, but for a codebook row its own onset."""
         ...
+
+    def allowed(self, cursors: list[Cursor], eos: bool = True) -> np.ndarray:
+        """(B, V) bool, a row per cursor (rows of fields: (B, F, V)); `eos=False` holds <eos>
+        back. Read-only and shared: the same state gives the same array (generation copies
+        each once)."""
+        ...
+
+
+class TokenGrammar:
+    """What the grammars of schemes with one token per step share: a token sounds at the step
+    its cursor is at (a codebook row, at its own onset, has its own `sounds_at`)."""
+
+    def sounds_at(self, cursor: Cursor, token: int) -> int:
+        return cursor.step
 
 
 def prefix_mask(grammar: Grammar, prefix: np.ndarray, size: int, sos: int) -> np.ndarray:
@@ -162,7 +177,7 @@ def decode_song(scheme: Scheme, tokens: list) -> Notes:
     """The notes of a song's rows, with the <eos> row added when they lack it (a continuation
     the length limit stopped, cut to whole rows); DecodeError as `Scheme.decode`."""
     rows = [*tokens]
-    if not rows or tuple(np.atleast_1d(rows[-1]).tolist()) != scheme.eos_row:
+    if not rows or not scheme.grammar.parse(rows).ended:
         rows.append(scheme.eos_row if len(scheme.eos_row) > 1 else scheme.eos_row[0])
     return scheme.decode(np.array(rows, dtype=np.int64))
 

@@ -17,7 +17,7 @@ from functools import cached_property
 import numpy as np
 from tokenizers import Tokenizer, models, trainers
 
-from midigen.encodings import NO_PEDALS, DecodeError, Encoded, prefix_mask
+from midigen.encodings import NO_PEDALS, DecodeError, Encoded, TokenGrammar, prefix_mask
 from midigen.encodings.index import END, Cursor, Grammar, Index
 from midigen.midi import Notes
 
@@ -147,7 +147,7 @@ class BPE:
         return [prefix_mask(self.grammar, prefix, size, sos)]
 
 
-class MergedGrammar:
+class MergedGrammar(TokenGrammar):
     """The index grammar over merged tokens: a merged token may follow when its base tokens
     may, one after the other; it sounds at its first base token's step."""
 

@@ -18,6 +18,7 @@ The <sos> and <eos> rows carry index 0 in the other two fields, which decode ign
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -112,16 +113,80 @@ class Codebook:
     def note_counts(self, tokens: np.ndarray) -> np.ndarray:
         return (np.asarray(tokens).reshape(-1, 3)[:, PITCH] < SOS).astype(np.int64)
 
+    @cached_property
+    def grammar(self) -> CodebookGrammar:
+        return CodebookGrammar(self)
+
     def allowed(self, prefix: np.ndarray) -> list[np.ndarray]:
         """Per field, the values the next row may take after the rows `prefix`: <sos> first;
         then a note or <eos> in the pitch field, any codebook index in the others."""
-        sizes = self.fields
-        pitch = np.zeros(sizes[PITCH], dtype=bool)
-        if len(prefix) == 0:
+        rows = [tuple(row) for row in np.asarray(prefix, dtype=np.int64).reshape(-1, 3).tolist()]
+        if not rows:
+            pitch = np.zeros(self.fields[PITCH], dtype=bool)
             pitch[SOS] = True
-        elif np.asarray(prefix).reshape(-1, 3)[-1, PITCH] != EOS:
-            pitch[:128] = pitch[EOS] = True
-        return [pitch, np.ones(sizes[STEP], dtype=bool), np.ones(sizes[DURATION], dtype=bool)]
+            return [pitch, *(np.ones(n, dtype=bool) for n in self.fields[1:])]
+        masks = self.grammar.allowed([self.grammar.parse(rows)])[0]
+        return [masks[f, :n].copy() for f, n in enumerate(self.fields)]
+
+
+@dataclass(frozen=True)
+class CodebookCursor:
+    """A song's place in the codebook scheme: the onset of its last note, whether it ended."""
+
+    step: int = 0
+    ended: bool = False
+
+
+class CodebookGrammar:
+    """Rows, not tokens: after <sos> a note (any pitch, any codebook entries) or <eos>. Masks
+    are (F, V) per row, each field padded to the widest (the pitch field) with False."""
+
+    def __init__(self, scheme: Codebook):
+        self.scheme = scheme
+        width = max(scheme.fields)
+        self._rows: dict[tuple, np.ndarray] = {}
+        self._open = np.zeros((len(scheme.fields), width), dtype=bool)
+        for f, n in enumerate(scheme.fields):
+            self._open[f, :n] = True
+        self._open[PITCH, SOS] = False  # <sos> only opens a song
+
+    def parse(self, rows: list) -> CodebookCursor:
+        if not rows or tuple(rows[0])[PITCH] != SOS:
+            raise DecodeError("a song must start with a <sos> row")
+        cursor = CodebookCursor()
+        for row in rows[1:]:
+            cursor = self.advance(cursor, row)
+        return cursor
+
+    def advance(self, cursor: CodebookCursor, row) -> CodebookCursor:
+        """The cursor after `row` (pitch, step, duration); DecodeError if not allowed here."""
+        row = tuple(int(v) for v in row)
+        mask = self.allowed([cursor])[0]
+        if len(row) != 3 or not all(
+            0 <= v < mask.shape[1] and mask[f, v] for f, v in enumerate(row)
+        ):
+            raise DecodeError(f"row {list(row)} cannot follow here")
+        if row[PITCH] == EOS:
+            return CodebookCursor(cursor.step, ended=True)
+        return CodebookCursor(self.sounds_at(cursor, row))
+
+    def sounds_at(self, cursor: CodebookCursor, row) -> int:
+        """A note row sounds at the last onset plus its own step field."""
+        if tuple(row)[PITCH] >= SOS:
+            return cursor.step
+        return cursor.step + self.scheme.steps[int(tuple(row)[STEP])]
+
+    def allowed(self, cursors: list[CodebookCursor], eos: bool = True) -> np.ndarray:
+        """(B, F, V) bool, one (F, V) mask per cursor (read-only: shared)."""
+        rows = [self._row(cursor.ended, eos) for cursor in cursors]
+        return rows[0] if len(rows) == 1 else np.concatenate(rows)
+
+    def _row(self, ended: bool, eos: bool) -> np.ndarray:
+        if (ended, eos) not in self._rows:
+            mask = np.zeros_like(self._open) if ended else self._open.copy()
+            mask[PITCH, EOS] &= eos
+            self._rows[ended, eos] = mask[None]
+        return self._rows[ended, eos]
 
 
 def nearest(book: tuple[int, ...], values: np.ndarray) -> np.ndarray:

@@ -23,7 +23,14 @@ from functools import cached_property
 
 import numpy as np
 
-from midigen.encodings import NO_PEDALS, DecodeError, Encoded, one_instrument, prefix_mask
+from midigen.encodings import (
+    NO_PEDALS,
+    DecodeError,
+    Encoded,
+    TokenGrammar,
+    one_instrument,
+    prefix_mask,
+)
 from midigen.midi import Notes, end_overlaps
 
 SUSTAIN_MODES = ("ignore", "extend", "explicit")
@@ -237,7 +244,7 @@ class EventCursor:
     ended: bool = False
 
 
-class EventGrammar:
+class EventGrammar(TokenGrammar):
     """After <sos>: NOTE_ON of a silent key, NOTE_OFF of a sounding one, any shift, any
     velocity, the pedal (explicit mode) down when up and up when down, or <eos>."""
 

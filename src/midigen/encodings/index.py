@@ -14,7 +14,7 @@ from functools import cached_property
 import numpy as np
 
 from midigen.encoding import DecodeError, Vocab, decode_tokens, encode_notes
-from midigen.encodings import NO_PEDALS, Encoded, prefix_mask
+from midigen.encodings import NO_PEDALS, Encoded, TokenGrammar, prefix_mask
 from midigen.midi import Notes
 
 KIND_NAMES = ("eos", "note", "duration", "separator", "program")  # by Vocab.kinds() code; the
@@ -90,7 +90,7 @@ class Cursor:
         return self.expect == END
 
 
-class Grammar:
+class Grammar(TokenGrammar):
     """Which tokens may come next: the sequences the encoder writes, every one of which
     `decode_tokens` accepts. After <sos> or a duration: a note (in instrument mode only once a
     program token has opened the run), <sep>, a program token, or <eos>; after a note or <sep>:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import symusic
 
-from midigen.encodings import NO_PEDALS, DecodeError, Encoded, prefix_mask
+from midigen.encodings import NO_PEDALS, DecodeError, Encoded, TokenGrammar, prefix_mask
 from midigen.midi import Notes
 
 NEXT = {  # token type -> the types that may follow it (a REMI song with programs, no velocity)
@@ -199,7 +199,7 @@ class RemiCursor:
         return self.kind == "EOS"
 
 
-class RemiGrammar:
+class RemiGrammar(TokenGrammar):
     """By token type (NEXT); a Position only later in the bar than the last one. Bars are 4/4
     (the scheme reads no time signatures), so Bar k starts at step (k - 1) * 4 * steps_per_beat."""
 

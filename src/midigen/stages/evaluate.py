@@ -60,7 +60,7 @@ def run(args: argparse.Namespace, params: dict) -> str:
     shards, scheme = shards_of(args)
     test = load_shard(shards, "test")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_trained(model_path, scheme.fields[0], device, args.variant)
+    model = load_trained(model_path, scheme.fields, device, args.variant)
     expected = {"encode.steps_per_beat": steps_per_beat, "model.xl_mem_len": xl_mem_len}
     checks = [
         (f"{model_path} was trained with", "encode.steps_per_beat", model.config.steps_per_beat),
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace, params: dict) -> str:
         if folder:
             path = model_path.parent / folder / "model.pt"
             seed_metrics, seeds[folder] = score(
-                load_trained(path, scheme.fields[0], device, args.variant)
+                load_trained(path, scheme.fields, device, args.variant)
             )
         else:
             seed_metrics = metrics

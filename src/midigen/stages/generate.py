@@ -26,7 +26,7 @@ def run(args: argparse.Namespace, params: dict) -> str:
     shards, scheme = shards_of(args)
     path = args.model or Path("models") / args.scheme / args.variant / "model.pt"
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_trained(path, scheme.fields[0], device, args.variant)
+    model = load_trained(path, scheme.fields, device, args.variant)
     config = GenerateConfig.from_params(params["generate"])
     out = args.out or Path("samples") / args.scheme / args.variant
     samples = write_samples(

@@ -42,10 +42,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def model_config(params: dict, variant: str, vocab_size: int, steps_per_beat: int) -> Config:
-    """The model of one variant: the transformers share every setting but their memory, the
-    LSTM is sized to the vanilla transformer (midigen.variants)."""
-    config = ModelConfig(vocab_size=vocab_size, steps_per_beat=steps_per_beat, **params["model"])
+def model_config(
+    params: dict, variant: str, fields: tuple[int, ...], steps_per_beat: int
+) -> Config:
+    """The model of one variant for a scheme's fields (vocabulary sizes): the transformers
+    share every setting but their memory, the LSTM is sized to the vanilla transformer
+    (midigen.variants)."""
+    config = ModelConfig(
+        vocab_size=fields[0],
+        extra_fields=tuple(fields[1:]),
+        steps_per_beat=steps_per_beat,
+        **params["model"],
+    )
     config.validate()
     return variant_config(variant, config)
 
@@ -69,9 +77,7 @@ def run(args: argparse.Namespace, params: dict) -> str:
             f"--variant {args.variant} is not one of train.variants {params['train']['variants']}"
         )
     shards, scheme = shards_of(args)
-    config = model_config(
-        params, args.variant, scheme.fields[0], params["encode"]["steps_per_beat"]
-    )
+    config = model_config(params, args.variant, scheme.fields, params["encode"]["steps_per_beat"])
     out = args.out or Path("models") / args.scheme / args.variant
     metrics = args.metrics or Path("metrics") / args.scheme / "train" / args.variant
     train_config = TrainConfig.from_params(params["train"], params["data"])
