@@ -35,6 +35,7 @@ class BPE:
     pieces: list[np.ndarray] = field(init=False, repr=False)  # our id -> base tokens
     ours: np.ndarray = field(init=False, repr=False)  # the tokenizer's id -> ours
     notes_in: np.ndarray = field(init=False, repr=False)  # our id -> the notes it starts
+    lengths: np.ndarray = field(init=False, repr=False)  # our id -> its base tokens' count
 
     def __post_init__(self) -> None:
         size = len(self.base.vocab)
@@ -55,6 +56,7 @@ class BPE:
         object.__setattr__(self, "pieces", pieces)
         object.__setattr__(self, "ours", ours)
         object.__setattr__(self, "notes_in", notes_in)
+        object.__setattr__(self, "lengths", np.array([len(piece) for piece in pieces]))
 
     @classmethod
     def train(cls, base: Index, songs: list[np.ndarray], merges: int) -> BPE:
@@ -94,9 +96,9 @@ class BPE:
 
     def merged(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Base tokens -> the merged tokens and where each one's first base token was."""
-        encoding = self.tokenizer.encode(text_of(tokens))
-        first = np.array([start for start, _ in encoding.offsets], dtype=np.int64)
-        return self.ours[np.asarray(encoding.ids, dtype=np.int64)], first
+        ids = self.ours[np.asarray(self.tokenizer.encode(text_of(tokens)).ids, dtype=np.int64)]
+        first = np.cumsum(self.lengths[ids]) - self.lengths[ids]  # one character per base token
+        return ids, first
 
     def expand(self, tokens: np.ndarray) -> np.ndarray:
         """Merged tokens -> the base tokens they stand for."""
@@ -192,4 +194,6 @@ def _follows(grammar: Grammar, cursor: Cursor, piece: np.ndarray) -> bool:
 
 
 def text_of(tokens: np.ndarray) -> str:
-    return "".join(chr(FIRST_CHAR + int(t)) for t in np.asarray(tokens).reshape(-1))
+    """Base tokens as the string the tokenizer reads: one character each (UTF-32 code units)."""
+    codes = np.asarray(tokens, dtype=np.uint32).reshape(-1) + FIRST_CHAR
+    return codes.astype("<u4").tobytes().decode("utf-32-le")
