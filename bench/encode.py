@@ -48,8 +48,7 @@ from sections import commit, write_section
 from midigen.corpus import EncodeConfig, encode_bytes, encode_chunk
 from midigen.encodings import Scheme, remi
 from midigen.encodings.bpe import BPE
-from midigen.encodings.codebook import Codebook
-from midigen.encodings.events import Events
+from midigen.encodings.catalog import scheme_for
 from midigen.encodings.index import Index
 from midigen.midi import SkipSong
 from midigen.params import load_params, validate_params
@@ -147,17 +146,6 @@ def midigen_pass(config: EncodeConfig) -> Callable[[list[Path]], int]:
     return per_file(lambda data: encode_bytes(data, config))
 
 
-# MusicBox-like codebooks on the beat grid, for the codebook scheme's row (until the scheme
-# has its params: issue 13).
-CODEBOOK = Codebook(
-    steps=(0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32), durations=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
-)
-
-
-# Performance-RNN events on the grid, for the events scheme's row (the same caveat).
-EVENTS = Events(max_shift=16, velocity_bins=32, sustain="extend")
-
-
 def scheme_pass(config: EncodeConfig, scheme: Scheme) -> Callable[[list[Path]], int]:
     """The same per-file work in another scheme: parse, quantize, rows, bar positions."""
 
@@ -168,10 +156,7 @@ def scheme_pass(config: EncodeConfig, scheme: Scheme) -> Callable[[list[Path]], 
     return per_file(work)
 
 
-BPE_MERGES = 200  # learned tokens for the BPE row, trained on the first 80% of the files
-
-
-def bpe_pass(config: EncodeConfig, paths: list[Path]) -> Callable[[list[Path]], int]:
+def bpe_pass(config: EncodeConfig, paths: list[Path], merges: int) -> Callable[[list[Path]], int]:
     """The encode stage's per-file work, then the learned merges applied (issue 13); the
     merges are learned once, untimed, from the index tokens of the first 80% of the files."""
     index = Index(config.vocab)
@@ -179,7 +164,7 @@ def bpe_pass(config: EncodeConfig, paths: list[Path]) -> Callable[[list[Path]], 
     for path in paths[: max(1, len(paths) * 4 // 5)]:
         with contextlib.suppress(SkipSong):
             training.append(encode_bytes(path.read_bytes(), config).tokens)
-    bpe = BPE.train(index, training, BPE_MERGES)
+    bpe = BPE.train(index, training, merges)
 
     def work(data: bytes) -> None:
         song = encode_bytes(data, config)
@@ -302,7 +287,9 @@ def table(timings: list[Timing]) -> str:
     return "\n".join(rows)
 
 
-def results_markdown(timings: list[Timing], corpus: str, command: str, config: EncodeConfig) -> str:
+def results_markdown(
+    timings: list[Timing], corpus: str, command: str, config: EncodeConfig, encode: dict
+) -> str:
     ratio = timings[0].files_per_s / timings[1].files_per_s
     default_ratio = timings[0].files_per_s / timings[2].files_per_s
     codebook_ratio = timings[3].files_per_s / timings[1].files_per_s
@@ -330,10 +317,10 @@ instruments {"program" if config.instruments else "merge"} (from params.yaml)
 notes/s gives the same ratio, both sides counting the same input notes).
 midigen / MidiTok REMI at its defaults (more work: velocities, 8 positions per beat, one
 stream per track): {default_ratio:.2f}x, for information.
-midigen's codebook scheme (MusicBox; issue 13, target >= 2x) / MidiTok REMI like for like:
-{codebook_ratio:.2f}x (codebooks: steps {list(CODEBOOK.steps)}, durations
-{list(CODEBOOK.durations)}); events ({EVENTS.max_shift} shifts, {EVENTS.velocity_bins} velocity
-bins, sustain {EVENTS.sustain}): {events_ratio:.2f}x; index + BPE: {bpe_ratio:.2f}x.
+Each scheme of issue 13 (target >= 2x MidiTok REMI like for like, its params from
+params.yaml): codebook (MusicBox; `encode.codebook` {encode["codebook"]}) {codebook_ratio:.2f}x;
+events (`encode.events` {encode["events"]}) {events_ratio:.2f}x; index + BPE
+(`encode.bpe` {encode["bpe"]}) {bpe_ratio:.2f}x.
 
 The encode_chunk row is the whole stage on all cores: manifest, process pool start-up,
 workers encoding, arrays and CSVs written; it is there for information, not for the ratio.
@@ -350,7 +337,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=None, help="write a markdown report")
     args = parser.parse_args(argv)
 
-    config = EncodeConfig.from_params(load_params(args.params)["encode"])
+    encode = load_params(args.params)["encode"]
+    config = EncodeConfig.from_params(encode)
+    schemes = [scheme_for(name, encode) for name in ("codebook", "events")]
     if args.dir:
         paths, corpus = folder_files(args.dir, args.files), f"MIDI files under {args.dir}"
     else:
@@ -376,11 +365,11 @@ def main(argv: list[str] | None = None) -> None:
         best_of("MidiTok REMI, defaults", miditok_pass(), paths, notes, args.repeats),
         *(
             best_of(f"midigen {scheme.name} scheme", scheme_pass(config, scheme), paths, notes, r)
-            for scheme, r in ((CODEBOOK, args.repeats), (EVENTS, args.repeats))
+            for scheme, r in zip(schemes, (args.repeats,) * 2, strict=True)
         ),
         best_of(
-            f"midigen index + BPE ({BPE_MERGES} merges)",
-            bpe_pass(config, paths),
+            f"midigen index + BPE ({encode['bpe']['merges']} merges)",
+            bpe_pass(config, paths, encode["bpe"]["merges"]),
             paths,
             notes,
             args.repeats,
@@ -394,7 +383,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nmidigen / MidiTok like for like, files/s: {ratio:.2f}x (target >= 1.0x)")
     if args.results:
         command = "python " + shlex.join(["bench/encode.py", *(argv or sys.argv[1:])])
-        write_section(args.results, "encode", results_markdown(timings, corpus, command, config))
+        markdown = results_markdown(timings, corpus, command, config, encode)
+        write_section(args.results, "encode", markdown)
         print(f"wrote {args.results}", file=sys.stderr)
 
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from midigen.encoding import Vocab
-from midigen.encodings import DecodeError
+from midigen.encodings import DecodeError, decode_song, whole_rows
 from midigen.encodings import events as ev
 from midigen.encodings.bpe import BPE
 from midigen.encodings.codebook import EOS, SOS, Codebook
@@ -290,6 +290,25 @@ def test_bpe_grammar_every_sampled_song_decodes(bpe: BPE, rng, limit: int):
         tokens.append(rng.choice(closing if len(tokens) >= limit and closing else choices))
     bpe.decode(np.array(tokens))
     assert not bpe.allowed(np.array(tokens))[0].any()
+
+
+@given(rng=st.randoms(use_true_random=False), cut=st.integers(1, 60))
+@settings(max_examples=25, deadline=None)
+def test_bpe_songs_cut_anywhere_end_only_where_the_index_score_may(bpe: BPE, rng, cut: int):
+    """A continuation stopped by the length limit is cut back to where the song may end: never
+    right after a note, though a merged token holding a duration and <eos> may follow one."""
+    vocab = bpe.base.vocab
+    holding_eos = [i for i, p in enumerate(bpe.pieces) if len(p) > 1 and vocab.eos in p]
+    assert holding_eos, "some merge ends a song (else this test could not fail)"
+    tokens: list[int] = []
+    while len(tokens) < cut and (not tokens or vocab.eos not in bpe.pieces[tokens[-1]]):
+        (mask,) = bpe.allowed(np.array(tokens, dtype=np.int64))
+        tokens.append(rng.choice(np.flatnonzero(mask).tolist()))
+    grammar = bpe.grammar
+    kept = whole_rows(grammar, grammar.parse(tokens[:1]), tokens[1:])
+    base = bpe.expand(np.array([tokens[0], *kept])).tolist()
+    assert base[-1] == vocab.eos or not vocab.note_base <= base[-1] < vocab.duration_base
+    decode_song(bpe, [tokens[0], *kept])  # ends where it may: decodes
 
 
 # ---- MidiTok REMI through the interface ----------------------------------------------------

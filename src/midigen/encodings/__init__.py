@@ -29,9 +29,8 @@ __all__ = [
     "Encoded",
     "Grammar",
     "Scheme",
-    "TokenGrammar",
+    "SchemeGrammar",
     "decode_song",
-    "may_end",
     "one_instrument",
     "prefix_mask",
     "whole_rows",
@@ -132,6 +131,10 @@ class Grammar(Protocol):
         model with it): the cursor's step, but for a codebook row its own onset."""
         ...
 
+    def may_end(self, cursor: Cursor) -> bool:
+        """Whether the song could end right after `cursor` (what a cut continuation keeps)."""
+        ...
+
     def allowed(self, cursors: list[Cursor], eos: bool = True) -> np.ndarray:
         """(B, V) bool, a row per cursor (rows of fields: (B, F, V)); `eos=False` holds <eos>
         back. Read-only and shared: the same state gives the same array (generation copies
@@ -139,12 +142,26 @@ class Grammar(Protocol):
         ...
 
 
-class TokenGrammar:
-    """What the grammars of schemes with one token per step share: a token sounds at the step
-    its cursor is at (a codebook row, at its own onset, has its own `sounds_at`)."""
+class SchemeGrammar:
+    """What every scheme's grammar shares: `allowed` stacks one mask per cursor, each made
+    once by `_row` and then shared; a token sounds at the step its cursor is at (a codebook
+    row, at its own onset, says otherwise); the song may end where <eos> may come next."""
 
-    def sounds_at(self, cursor: Cursor, token: int) -> int:
+    def allowed(self, cursors: list, eos: bool = True) -> np.ndarray:
+        rows = [self._row(cursor, eos) for cursor in cursors]
+        return rows[0] if len(rows) == 1 else np.concatenate(rows)
+
+    def _row(self, cursor, eos: bool) -> np.ndarray:
+        """(1, ...) the mask after `cursor`, the same array for the same state."""
+        raise NotImplementedError
+
+    def sounds_at(self, cursor: Cursor, token) -> int:
         return cursor.step
+
+    def may_end(self, cursor: Cursor) -> bool:
+        """Whether the song could end right here: <eos>, the one token `eos=False` holds back,
+        may come next."""
+        return bool((self.allowed([cursor]) != self.allowed([cursor], eos=False)).any())
 
 
 def prefix_mask(grammar: Grammar, prefix: np.ndarray, size: int, sos: int) -> np.ndarray:
@@ -163,14 +180,9 @@ def whole_rows(grammar: Grammar, cursor: Cursor, tokens: list[int]) -> list[int]
     kept = 0
     for i, token in enumerate(tokens):
         cursor = grammar.advance(cursor, token)
-        if cursor.ended or may_end(grammar, cursor):
+        if cursor.ended or grammar.may_end(cursor):
             kept = i + 1
     return list(tokens[:kept])
-
-
-def may_end(grammar: Grammar, cursor: Cursor) -> bool:
-    """Whether <eos> may come next (the one token that `eos=False` holds back)."""
-    return bool((grammar.allowed([cursor]) != grammar.allowed([cursor], eos=False)).any())
 
 
 def decode_song(scheme: Scheme, tokens: list) -> Notes:

@@ -17,7 +17,7 @@ from functools import cached_property
 import numpy as np
 from tokenizers import Tokenizer, models, trainers
 
-from midigen.encodings import NO_PEDALS, DecodeError, Encoded, TokenGrammar, prefix_mask
+from midigen.encodings import NO_PEDALS, DecodeError, Encoded, SchemeGrammar, prefix_mask
 from midigen.encodings.index import END, Cursor, Grammar, Index
 from midigen.midi import Notes
 
@@ -149,7 +149,7 @@ class BPE:
         return [prefix_mask(self.grammar, prefix, size, sos)]
 
 
-class MergedGrammar(TokenGrammar):
+class MergedGrammar(SchemeGrammar):
     """The index grammar over merged tokens: a merged token may follow when its base tokens
     may, one after the other; it sounds at its first base token's step."""
 
@@ -166,10 +166,10 @@ class MergedGrammar(TokenGrammar):
             cursor = self.base.advance(cursor, base)
         return cursor
 
-    def allowed(self, cursors: list[Cursor], eos: bool = True) -> np.ndarray:
-        """(B, V) bool, one row per cursor (read-only: rows are shared)."""
-        rows = [self._row(cursor, eos) for cursor in cursors]
-        return rows[0] if len(rows) == 1 else np.concatenate(rows)
+    def may_end(self, cursor: Cursor) -> bool:
+        """Where the index score may end (a merged token holding <eos> may come after a note,
+        but the song cannot end before that note's duration)."""
+        return self.base.may_end(cursor)
 
     def _row(self, cursor: Cursor, eos: bool) -> np.ndarray:
         key = (dataclasses.replace(cursor, step=0), eos)  # the mask does not depend on time

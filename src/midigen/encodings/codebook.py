@@ -22,7 +22,7 @@ from functools import cached_property
 
 import numpy as np
 
-from midigen.encodings import NO_PEDALS, DecodeError, Encoded, one_instrument
+from midigen.encodings import NO_PEDALS, DecodeError, Encoded, SchemeGrammar, one_instrument
 from midigen.midi import Notes
 
 SOS, EOS = 128, 129  # values of the pitch field beyond the 128 pitches
@@ -137,7 +137,7 @@ class CodebookCursor:
     ended: bool = False
 
 
-class CodebookGrammar:
+class CodebookGrammar(SchemeGrammar):
     """Rows, not tokens: after <sos> a note (any pitch, any codebook entries) or <eos>. Masks
     are (F, V) per row, each field padded to the widest (the pitch field) with False."""
 
@@ -176,17 +176,13 @@ class CodebookGrammar:
             return cursor.step
         return cursor.step + self.scheme.steps[int(tuple(row)[STEP])]
 
-    def allowed(self, cursors: list[CodebookCursor], eos: bool = True) -> np.ndarray:
-        """(B, F, V) bool, one (F, V) mask per cursor (read-only: shared)."""
-        rows = [self._row(cursor.ended, eos) for cursor in cursors]
-        return rows[0] if len(rows) == 1 else np.concatenate(rows)
-
-    def _row(self, ended: bool, eos: bool) -> np.ndarray:
-        if (ended, eos) not in self._rows:
-            mask = np.zeros_like(self._open) if ended else self._open.copy()
+    def _row(self, cursor: CodebookCursor, eos: bool) -> np.ndarray:
+        """(1, F, V): one mask per field."""
+        if (cursor.ended, eos) not in self._rows:
+            mask = np.zeros_like(self._open) if cursor.ended else self._open.copy()
             mask[PITCH, EOS] &= eos
-            self._rows[ended, eos] = mask[None]
-        return self._rows[ended, eos]
+            self._rows[cursor.ended, eos] = mask[None]
+        return self._rows[cursor.ended, eos]
 
 
 def nearest(book: tuple[int, ...], values: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ from midigen.encodings import (
     NO_PEDALS,
     DecodeError,
     Encoded,
-    TokenGrammar,
+    SchemeGrammar,
     one_instrument,
     prefix_mask,
 )
@@ -244,7 +244,7 @@ class EventCursor:
     ended: bool = False
 
 
-class EventGrammar(TokenGrammar):
+class EventGrammar(SchemeGrammar):
     """After <sos>: NOTE_ON of a silent key, NOTE_OFF of a sounding one, any shift, any
     velocity, the pedal (explicit mode) down when up and up when down, or <eos>."""
 
@@ -277,11 +277,6 @@ class EventGrammar(TokenGrammar):
         if token >= self.scheme.sustain_on:
             return replace(cursor, pedal_down=token == self.scheme.sustain_on)
         return cursor  # a velocity
-
-    def allowed(self, cursors: list[EventCursor], eos: bool = True) -> np.ndarray:
-        """(B, V) bool, one row per cursor (read-only: rows are shared)."""
-        rows = [self._row(cursor, eos) for cursor in cursors]
-        return rows[0] if len(rows) == 1 else np.concatenate(rows)
 
     def _row(self, cursor: EventCursor, eos: bool) -> np.ndarray:
         key = (cursor.sounding, cursor.pedal_down, cursor.ended, eos)

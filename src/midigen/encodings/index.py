@@ -14,7 +14,7 @@ from functools import cached_property
 import numpy as np
 
 from midigen.encoding import DecodeError, Vocab, decode_tokens, encode_notes
-from midigen.encodings import NO_PEDALS, Encoded, TokenGrammar, prefix_mask
+from midigen.encodings import NO_PEDALS, Encoded, SchemeGrammar, prefix_mask
 from midigen.midi import Notes
 
 KIND_NAMES = ("eos", "note", "duration", "separator", "program")  # by Vocab.kinds() code; the
@@ -90,7 +90,7 @@ class Cursor:
         return self.expect == END
 
 
-class Grammar(TokenGrammar):
+class Grammar(SchemeGrammar):
     """Which tokens may come next: the sequences the encoder writes, every one of which
     `decode_tokens` accepts. After <sos> or a duration: a note (in instrument mode only once a
     program token has opened the run), <sep>, a program token, or <eos>; after a note or <sep>:
@@ -118,12 +118,6 @@ class Grammar(TokenGrammar):
         if cursor.expect == END:
             raise ValueError("nothing may follow <eos>")
         return self._masks[cursor.expect]
-
-    def allowed(self, cursors: list[Cursor], eos: bool = True) -> np.ndarray:
-        """(B, V) bool, one row per cursor; `eos=False` holds <eos> back (minimum length).
-        Read-only: rows are shared (generation asks once per token)."""
-        rows = [self._row(cursor, eos) for cursor in cursors]
-        return rows[0] if len(rows) == 1 else np.concatenate(rows)
 
     def _row(self, cursor: Cursor, eos: bool) -> np.ndarray:
         key = (cursor.expect, cursor.program, eos)

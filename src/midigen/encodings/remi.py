@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import symusic
 
-from midigen.encodings import NO_PEDALS, DecodeError, Encoded, TokenGrammar, prefix_mask
+from midigen.encodings import NO_PEDALS, DecodeError, Encoded, SchemeGrammar, prefix_mask
 from midigen.midi import Notes
 
 NEXT = {  # token type -> the types that may follow it (a REMI song with programs, no velocity)
@@ -199,7 +199,7 @@ class RemiCursor:
         return self.kind == "EOS"
 
 
-class RemiGrammar(TokenGrammar):
+class RemiGrammar(SchemeGrammar):
     """By token type (NEXT); a Position only later in the bar than the last one. Bars are 4/4
     (the scheme reads no time signatures), so Bar k starts at step (k - 1) * 4 * steps_per_beat."""
 
@@ -232,11 +232,6 @@ class RemiGrammar(TokenGrammar):
             step = (cursor.bars - 1) * self.bar_steps + int(self.positions[token])
             return RemiCursor(kind, cursor.bars, int(self.positions[token]), step)
         return replace(cursor, kind=kind)
-
-    def allowed(self, cursors: list[RemiCursor], eos: bool = True) -> np.ndarray:
-        """(B, V) bool, one row per cursor (read-only: rows are shared)."""
-        rows = [self._row(cursor, eos) for cursor in cursors]
-        return rows[0] if len(rows) == 1 else np.concatenate(rows)
 
     def _row(self, cursor: RemiCursor, eos: bool) -> np.ndarray:
         key = (cursor.kind, cursor.position, eos)
