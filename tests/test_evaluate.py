@@ -31,7 +31,6 @@ from midigen.evaluate import (
     continuation_notes,
     evaluate_model,
     likelihood_metrics,
-    load_samples,
     reach_buckets,
     repeat_distance,
     repeat_probe,
@@ -46,6 +45,7 @@ from midigen.evaluate import (
 from midigen.model import MEMORY_KINDS, ModelConfig, MusicTransformer, token_loss
 from midigen.paired import CELLS, REACH, read_song_cells
 from midigen.params import load_params, validate_params
+from midigen.samples import PIECES, PieceFiles, SamplePrompt, Samples, read_samples
 from midigen.stages import evaluate as stage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -333,9 +333,8 @@ def test_continuations_decode_after_their_prompt():
     stopped = continuation_notes(prompt, vocab.from_text("<n62><d2><n64><d1>"), 4, scheme)
     assert stopped.pitch.tolist() == [62, 64]  # stopped by the length limit: no <eos>
     assert len(continuation_notes(prompt, [], 4, scheme)) == 0
-    samples = {
-        "steps_per_beat": 4,
-        "prompts": [
+    samples = as_samples(
+        [
             {
                 "id": "07",
                 "prompt_steps": 4,
@@ -346,8 +345,8 @@ def test_continuations_decode_after_their_prompt():
                     "generated": vocab.from_text("<n62><d2><n64>").tolist(),
                 },
             }
-        ],
-    }
+        ]
+    )
     with pytest.raises(MidigenError, match="prompt 07: the generated tokens do not decode"):
         compare_music(samples, scheme)
 
@@ -374,8 +373,21 @@ def write_samples(folder: Path, shard: Shard, variant: str, generated_from_other
             }
         )
     folder.mkdir(parents=True, exist_ok=True)
-    samples = {"variant": variant, "renderer": None, "steps_per_beat": 4, "prompts": prompts}
-    (folder / "samples.json").write_text(json.dumps(samples))
+    as_samples(prompts, variant).write(folder)
+
+
+def as_samples(prompts: list[dict], variant: str = "vanilla") -> Samples:
+    """Samples of prompts given by id, prompt_steps, bar_steps and tokens: what evaluate reads
+    (the files, titles and timings, which it does not, filled in)."""
+    files = {piece: PieceFiles(f"{piece}.mid", f"{piece}.png", None) for piece in PIECES}
+    filled = {"song": "0" * 64, "source": "x", "title": "x", "files": files, "seconds": 1.0}
+    return Samples(
+        variant,
+        "index",
+        None,
+        4,
+        tuple(SamplePrompt(**{**filled, "tokens_per_s": 1.0, **p}) for p in prompts),
+    )
 
 
 def save_model(model: MusicTransformer, path: Path) -> Path:
@@ -527,8 +539,9 @@ def test_stage_errors_are_one_clear_message(chorales, tmp_path):
     with pytest.raises(MidigenError, match="trained with xl_mem_len 32 but model.xl_mem_len is 64"):
         stage.run(args, longer)
 
-    (tmp_path / "samples" / "samples.json").write_text('{"steps_per_beat": 4, "prompts": [{}]}')
-    with pytest.raises(MidigenError, match="prompt 0 has no id, prompt_steps"):
+    bad = {"variant": "vanilla", "scheme": "index", "renderer": None, "steps_per_beat": 4}
+    (tmp_path / "samples" / "samples.json").write_text(json.dumps({**bad, "prompts": [{}]}))
+    with pytest.raises(MidigenError, match="prompt 0 has no id, song, source"):
         stage.run(args, PARAMS)
     assert not (tmp_path / "metrics").exists() and not (tmp_path / "plots").exists()
 
@@ -544,9 +557,8 @@ def test_music_comparison_by_hand():
         for pitch in (64, 67)
     }
     short_c_sharp = vocab.from_text("<n61><d2><sep><d8><eos>").tolist()
-    samples = {
-        "steps_per_beat": 4,
-        "prompts": [
+    samples = as_samples(
+        [
             {
                 "id": "00",
                 "prompt_steps": 4,
@@ -559,8 +571,8 @@ def test_music_comparison_by_hand():
                 "bar_steps": 16,
                 "tokens": {"prompt": prompt, "real": c_then[67], "generated": short_c_sharp},
             },
-        ],
-    }
+        ]
+    )
     metrics, counts = compare_music(samples, scheme)
     assert metrics["prompts"] == 2
     mean = {
@@ -649,24 +661,46 @@ def test_repeated_songs_keep_each_songs_times():
     assert twice.times.tolist() == [0, 0, 4, 4, 8, 0, 0, 2, 6, 6, 8, 12]
 
 
+PROMPT = {"id": "00", "prompt_steps": 4, "bar_steps": 16, "tokens": dict.fromkeys(PIECES, [])}
+
+
+TOP = {"variant": "vanilla", "scheme": "index", "renderer": None, "steps_per_beat": 4}
+NOT_SAMPLES = "not a samples file (needs variant, scheme, renderer, steps_per_beat, prompts)"
+
+
 @pytest.mark.parametrize(
     ("samples", "problem"),
     [
-        ([], "not a samples file (needs steps_per_beat and prompts)"),
-        ({"prompts": []}, "not a samples file (needs steps_per_beat and prompts)"),
+        ([], NOT_SAMPLES),
+        ({"prompts": []}, NOT_SAMPLES),
         (
-            {"steps_per_beat": 4, "prompts": [{"id": "p7", "tokens": {"prompt": []}}]},
-            "prompt p7 has no prompt_steps, bar_steps, tokens.real, tokens.generated",
+            {**TOP, "prompts": [{"id": "p7", "tokens": {"prompt": []}}]},
+            "prompt p7 has no song, source, title, prompt_steps, bar_steps, files, seconds, "
+            "tokens_per_s, tokens.real, tokens.generated, files.prompt.mid, files.prompt.png, "
+            "files.prompt.wav, files.real.mid, files.real.png, files.real.wav, "
+            "files.generated.mid, files.generated.png, files.generated.wav",
         ),
-        ({"steps_per_beat": 4, "prompts": [{}]}, "prompt 0 has no id, prompt_steps, bar_steps, "
-         "tokens, tokens.prompt, tokens.real, tokens.generated"),
+        (
+            {**TOP, "prompts": [{k: v for k, v in asdict(as_samples([PROMPT]).prompts[0]).items()
+                                 if k != "files"}]},
+            "prompt 00 has no files, files.prompt.mid, files.prompt.png, files.prompt.wav, "
+            "files.real.mid, files.real.png, files.real.wav, files.generated.mid, "
+            "files.generated.png, files.generated.wav",
+        ),
     ],
 )  # fmt: skip
-def test_a_samples_file_lacking_what_evaluate_reads_is_named(tmp_path, samples, problem):
+def test_a_samples_file_lacking_what_is_read_is_named(tmp_path, samples, problem):
+    """One reader, for evaluate and the report: every key the generate stage writes."""
     (tmp_path / "samples.json").write_text(json.dumps(samples))
     with pytest.raises(MidigenError) as error:
-        load_samples(tmp_path)
+        read_samples(tmp_path)
     assert str(error.value) == f"{tmp_path / 'samples.json'}: {problem}"
+
+
+def test_samples_read_back_as_written(tmp_path):
+    samples = as_samples([PROMPT, {**PROMPT, "id": "01"}], "xl")
+    samples.write(tmp_path)
+    assert read_samples(tmp_path) == samples
 
 
 def test_continuation_notes_keep_their_instruments():

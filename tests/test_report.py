@@ -171,7 +171,12 @@ def _write_samples(samples: Path, sources: list[tuple[str, bytes]], params: dict
                     "tokens_per_s": 100.0 + 10 * k,
                 }
             )
-        samples_json = {"variant": variant, "renderer": None, "steps_per_beat": 4}
+        samples_json = {
+            "variant": variant,
+            "scheme": "index",
+            "renderer": None,
+            "steps_per_beat": 4,
+        }
         (folder / "samples.json").write_text(json.dumps({**samples_json, "prompts": prompts}))
 
 

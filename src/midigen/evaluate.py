@@ -34,10 +34,11 @@ from midigen.atomic import atomic_file
 from midigen.batching import IGNORE, ContiguousBatches, played_twice
 from midigen.corpus import Shard
 from midigen.encodings import DecodeError, Scheme, decode_song
-from midigen.errors import MidigenError, read_json
+from midigen.errors import MidigenError
 from midigen.midi import Notes
 from midigen.model import MusicTransformer
 from midigen.paired import CELLS, REACH, SongCells, mean_interval, ratio_interval
+from midigen.samples import Samples
 
 
 @dataclass(frozen=True)
@@ -340,31 +341,6 @@ def evaluate_model(
 # ---- generated against real music ----------------------------------------------------------
 
 
-def load_samples(folder: Path) -> dict:
-    """samples/V/samples.json (written by `midigen generate`), checked for what we read."""
-    path = Path(folder) / "samples.json"
-    samples = read_json(path, f"{path}: not found (run midigen generate first)")
-    problem = _samples_problem(samples)
-    if problem:
-        raise MidigenError(f"{path}: {problem}")
-    return samples
-
-
-def _samples_problem(samples) -> str | None:
-    """What a samples.json lacks of what evaluate reads, or None."""
-    if not isinstance(samples, dict) or not {"steps_per_beat", "prompts"} <= samples.keys():
-        return "not a samples file (needs steps_per_beat and prompts)"
-    for i, prompt in enumerate(samples["prompts"]):
-        missing = [f for f in ("id", "prompt_steps", "bar_steps", "tokens") if f not in prompt]
-        tokens = prompt.get("tokens", {})
-        missing += [
-            f"tokens.{kind}" for kind in ("prompt", "real", "generated") if kind not in tokens
-        ]
-        if missing:
-            return f"prompt {prompt.get('id', i)} has no {', '.join(missing)}"
-    return None
-
-
 def continuation_notes(
     prompt: Sequence[int], continuation: Sequence[int], prompt_steps: int, scheme: Scheme
 ) -> Notes:
@@ -377,23 +353,20 @@ def continuation_notes(
     return Notes(notes.onset[keep], notes.program[keep], notes.pitch[keep], notes.duration[keep])
 
 
-def _continuations(samples: dict, scheme: Scheme) -> dict[str, list[Notes]]:
+def _continuations(samples: Samples, scheme: Scheme) -> dict[str, list[Notes]]:
     """The real and the generated continuation of every prompt, as notes."""
     pieces: dict[str, list[Notes]] = {"real": [], "generated": []}
-    for prompt in samples["prompts"]:
+    for prompt in samples.prompts:
         for kind, notes in pieces.items():
             try:
                 notes.append(
                     continuation_notes(
-                        prompt["tokens"]["prompt"],
-                        prompt["tokens"][kind],
-                        prompt["prompt_steps"],
-                        scheme,
+                        prompt.tokens["prompt"], prompt.tokens[kind], prompt.prompt_steps, scheme
                     )
                 )
             except DecodeError as e:
                 raise MidigenError(
-                    f"samples.json prompt {prompt['id']}: the {kind} tokens do not decode ({e})"
+                    f"samples.json prompt {prompt.id}: the {kind} tokens do not decode ({e})"
                 ) from None
     return pieces
 
@@ -416,17 +389,19 @@ def prompt_music(
     }
 
 
-def compare_music(samples: dict, scheme: Scheme) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
+def compare_music(
+    samples: Samples, scheme: Scheme
+) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
     """Per statistic of the real and generated continuations and per histogram overlap: the mean
     over prompts with its 95% bootstrap interval over prompts (a statistic undefined for a
     prompt leaves it out); and the histograms pooled over prompts ({"real"|"generated":
     {feature: counts}})."""
-    steps_per_beat = samples["steps_per_beat"]
+    steps_per_beat = samples.steps_per_beat
     pieces = _continuations(samples, scheme)
     per_prompt = [
-        prompt_music(real, generated, steps_per_beat, prompt["bar_steps"])
+        prompt_music(real, generated, steps_per_beat, prompt.bar_steps)
         for real, generated, prompt in zip(
-            pieces["real"], pieces["generated"], samples["prompts"], strict=True
+            pieces["real"], pieces["generated"], samples.prompts, strict=True
         )
     ]
     keys = {

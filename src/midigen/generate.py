@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,11 +39,10 @@ from midigen.errors import MidigenError
 from midigen.lstm import MusicLSTM
 from midigen.media import piano_roll, render_audio
 from midigen.memory import MemoryState
-from midigen.midi import Meter, write_midi
+from midigen.midi import Meter, Notes, write_midi
 from midigen.model import MusicTransformer, SegmentTrace
 from midigen.params import default
-
-PIECES = ("prompt", "real", "generated")
+from midigen.samples import PIECES, PieceFiles, SamplePrompt, Samples
 
 
 @dataclass(frozen=True)
@@ -453,9 +451,9 @@ def write_samples(
     out: Path,
     config: GenerateConfig,
     steps_per_beat: int,
-) -> dict:
+) -> Samples:
     """Continue the first `config.prompts` test songs; write OUT/ (MIDI, WAV and piano roll of
-    prompt, real and generated piece, and samples.json) atomically; return samples.json."""
+    prompt, real and generated piece, and samples.json) atomically; return what it records."""
     scheme, shard = load_scheme(shards), load_shard(shards, "test")
     grammar = scheme.grammar
     if config.prompts > len(shard.songs):
@@ -464,13 +462,7 @@ def write_samples(
             f"{len(shard.songs)} songs (lower generate.prompts)"
         )
     files = {row["sha256"]: raw / row["path"] for row in read_manifest(raw / "manifest.csv")}
-    samples: dict = {
-        "variant": variant,
-        "scheme": scheme.name,
-        "renderer": None,
-        "steps_per_beat": steps_per_beat,
-    }
-    samples["prompts"] = []
+    prompts, renderer = [], None
     with atomic_dir(out) as tmp:
         for k in range(config.prompts):
             song, span = shard.songs[k], shard.song(k)
@@ -487,50 +479,61 @@ def write_samples(
             generation = generate(model, prompt, scheme, config, seed=config.seed + k)
             seconds = time.perf_counter() - started
             after_prompt = grammar.parse(prompt.tokens.tolist())
-            generated = whole_rows(grammar, after_prompt, generation.tokens)
             head = prompt.tokens.tolist()  # ints, or rows of them (codebook)
-            tokens = {"prompt": head, "real": real.tolist(), "generated": generated}
-            entry = {
-                "id": f"{k:02d}",
-                "song": song["sha256"],
-                "source": song["source"],
-                "title": song_title(files.get(song["sha256"]), song["source"]),
-                "prompt_steps": int(times[len(head)]),
-                "bar_steps": prompt.bar_steps,
-                "tokens": tokens,
-                "files": {},
-                "seconds": seconds,
-                "tokens_per_s": len(generation.tokens) / seconds,
+            tokens = {
+                "prompt": head,
+                "real": real.tolist(),
+                "generated": whole_rows(grammar, after_prompt, generation.tokens),
             }
+            title = song_title(files.get(song["sha256"]), song["source"])
+            heading = song["source"] if title == song["source"] else f"{title} ({song['source']})"
+            piece_files = {}
             for piece in PIECES:
                 body = [] if piece == "prompt" else tokens[piece]
-                entry["files"][piece], reason = _write_piece(
-                    tmp, entry, piece, [*head, *body], scheme, config, steps_per_beat
+                continuation = None if piece == "prompt" else int(times[len(head)])
+                piece_files[piece], reason = _write_piece(
+                    tmp / f"{k:02d}_{piece}",
+                    decode_song(scheme, [*head, *body]),
+                    f"{heading}: {piece}",
+                    prompt.bar_steps,
+                    continuation,
+                    config.sample_rate,
+                    steps_per_beat,
                 )
-                samples["renderer"] = samples["renderer"] or reason
-            samples["prompts"].append(entry)
-        (tmp / "samples.json").write_text(json.dumps(samples, indent=1))
+                renderer = renderer or reason
+            prompts.append(
+                SamplePrompt(
+                    id=f"{k:02d}",
+                    song=song["sha256"],
+                    source=song["source"],
+                    title=title,
+                    prompt_steps=int(times[len(head)]),
+                    bar_steps=prompt.bar_steps,
+                    tokens=tokens,
+                    files=piece_files,
+                    seconds=seconds,
+                    tokens_per_s=len(generation.tokens) / seconds,
+                )
+            )
+        samples = Samples(variant, scheme.name, renderer, steps_per_beat, tuple(prompts))
+        samples.write(tmp)
     return samples
 
 
 def _write_piece(
-    folder: Path,
-    entry: dict,
-    piece: str,
-    tokens: list[int],
-    scheme: Scheme,
-    config: GenerateConfig,
+    stem: Path,
+    notes: Notes,
+    heading: str,
+    bar_steps: int,
+    continuation: int | None,
+    sample_rate: int,
     steps_per_beat: int,
-) -> tuple[dict, str | None]:
-    """One piece as MIDI, WAV and piano roll: its file names, and why there is no WAV, if not."""
-    notes = decode_song(scheme, tokens)
-    stem = f"{entry['id']}_{piece}"
-    midi = write_midi(notes, steps_per_beat, Meter(np.array([0]), np.array([entry["bar_steps"]])))
-    (folder / f"{stem}.mid").write_bytes(midi)
-    reason = render_audio(midi, folder / f"{stem}.wav", config.sample_rate)
-    title, source = entry["title"], entry["source"]
-    heading = f"{source}: {piece}" if title == source else f"{title} ({source}): {piece}"
-    continuation = None if piece == "prompt" else entry["prompt_steps"]
-    piano_roll(notes, folder / f"{stem}.png", steps_per_beat, heading, continuation)
-    files = {"mid": f"{stem}.mid", "wav": None if reason else f"{stem}.wav", "png": f"{stem}.png"}
-    return files, reason
+) -> tuple[PieceFiles, str | None]:
+    """One piece as STEM.mid, .wav and .png (the piano roll, the continuation marked where it
+    starts): its file names, and why there is no WAV, if not."""
+    midi = write_midi(notes, steps_per_beat, Meter(np.array([0]), np.array([bar_steps])))
+    stem.with_suffix(".mid").write_bytes(midi)
+    reason = render_audio(midi, stem.with_suffix(".wav"), sample_rate)
+    piano_roll(notes, stem.with_suffix(".png"), steps_per_beat, heading, continuation)
+    wav = None if reason else f"{stem.name}.wav"
+    return PieceFiles(f"{stem.name}.mid", f"{stem.name}.png", wav), reason

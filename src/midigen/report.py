@@ -41,11 +41,11 @@ from midigen.paired import (
     paired_ratio_difference,
     read_song_cells,
 )
+from midigen.samples import SAMPLES_JSON, SamplePrompt, Samples, read_samples
 
 log = logging.getLogger(__name__)
 
 EVAL_PLOTS = ("nll_by_position.png", "histograms.png")
-SAMPLE_KINDS = ("prompt", "real", "generated")
 EVAL_KEYS = (  # what the report reads from metrics/eval/V.json
     "nll",
     "perplexity",
@@ -133,7 +133,7 @@ class Variant:
     songs: SongCells  # plots/eval/V/songs.csv
     seed_songs: dict[int, SongCells]  # per training seed (the main one's is `songs`)
     plots: Path  # plots/eval/V
-    samples: dict[str, Any]  # samples/V/samples.json
+    samples: Samples  # samples/V/samples.json
     samples_dir: Path
 
 
@@ -217,17 +217,13 @@ def load_variant(name: str, inputs: ReportInputs) -> Variant:
         seed, folder = _field(entry, "seed", eval_path), _field(entry, "folder", eval_path)
         seed_songs[seed] = read_song_cells(plots / folder / SONGS_CSV) if folder else songs
     samples_dir = inputs.samples / name
-    samples_path = samples_dir / "samples.json"
-    samples = _read_json(samples_path, generated)
-    for prompt in _field(samples, "prompts", samples_path):
-        for key in ("id", "song", "source", "title", "prompt_steps"):
-            _field(prompt, key, samples_path)
-        for kind in SAMPLE_KINDS:
-            names = [_field(prompt, f"files.{kind}.{ext}", samples_path) for ext in ("mid", "png")]
-            wav = prompt["files"][kind].get("wav")
-            if wav is not None:  # None: no audio, and samples.json says why ("renderer")
-                names.append(wav)
-            for file_name in names:
+    samples_path = samples_dir / SAMPLES_JSON
+    _existing(samples_path, generated)
+    samples = read_samples(samples_dir)
+    for prompt in samples.prompts:
+        for files in prompt.files.values():
+            # wav None: no audio, and samples.json says why (renderer)
+            for file_name in (files.mid, files.png, *([files.wav] if files.wav else [])):
                 _existing(samples_dir / _plain_name(file_name, samples_path), generated)
     return Variant(name, train, curves, metrics, songs, seed_songs, plots, samples, samples_dir)
 
@@ -235,9 +231,9 @@ def load_variant(name: str, inputs: ReportInputs) -> Variant:
 def _check_same_prompts(variants: list[Variant]) -> None:
     """Continuations are only comparable when every variant continued the same prompts."""
     first = variants[0]
-    songs = [(p["id"], p["song"], p["prompt_steps"]) for p in first.samples["prompts"]]
+    songs = [(p.id, p.song, p.prompt_steps) for p in first.samples.prompts]
     for other in variants[1:]:
-        theirs = [(p["id"], p["song"], p["prompt_steps"]) for p in other.samples["prompts"]]
+        theirs = [(p.id, p.song, p.prompt_steps) for p in other.samples.prompts]
         if theirs != songs:
             raise MidigenError(
                 f"{other.samples_dir / 'samples.json'} continues other prompts than "
@@ -252,7 +248,7 @@ def summarize(variants: list[Variant], baselines: dict[str, Any]) -> dict[str, A
     """The numbers kept in run.json and compared between runs."""
     summary: dict[str, Any] = {"variants": {}, "baselines": {}}
     for v in variants:
-        speeds = [p["tokens_per_s"] for p in v.samples["prompts"] if "tokens_per_s" in p]
+        speeds = [p.tokens_per_s for p in v.samples.prompts]
         summary["variants"][v.name] = {
             "nll": v.eval["nll"],
             "perplexity": v.eval["perplexity"],
@@ -599,29 +595,29 @@ def _copy_media(variants: list[Variant], run_dir: Path) -> list[dict[str, Any]]:
     Prompt and real continuation are the same for every variant: they come from the first.
     """
     prompts = []
-    for i, prompt in enumerate(variants[0].samples["prompts"]):
+    for i, prompt in enumerate(variants[0].samples.prompts):
         rows = [
             _media_row(variants[0], prompt, kind, label, run_dir, "media")
             for kind, label in (("prompt", "prompt"), ("real", "real continuation"))
         ]
         rows += [
-            _media_row(v, v.samples["prompts"][i], "generated", v.name, run_dir, f"media/{v.name}")
+            _media_row(v, v.samples.prompts[i], "generated", v.name, run_dir, f"media/{v.name}")
             for v in variants
         ]
         prompts.append(
-            {"id": prompt["id"], "title": prompt["title"], "source": prompt["source"], "rows": rows}
+            {"id": prompt.id, "title": prompt.title, "source": prompt.source, "rows": rows}
         )
     return prompts
 
 
 def _media_row(
-    variant: Variant, prompt: dict[str, Any], kind: str, label: str, run_dir: Path, folder: str
+    variant: Variant, prompt: SamplePrompt, kind: str, label: str, run_dir: Path, folder: str
 ) -> dict[str, Any]:
     """Copy one sample's files to run_dir/folder; their URLs relative to the run's page."""
     (run_dir / folder).mkdir(parents=True, exist_ok=True)
-    row: dict[str, Any] = {"label": label, "no_audio": variant.samples.get("renderer")}
+    row: dict[str, Any] = {"label": label, "no_audio": variant.samples.renderer}
     for ext in ("mid", "wav", "png"):
-        name = prompt["files"][kind].get(ext)
+        name = getattr(prompt.files[kind], ext)
         row[ext] = None if name is None else quote(f"{folder}/{name}")
         if name is not None:
             shutil.copy2(variant.samples_dir / name, run_dir / folder / name)
@@ -786,7 +782,7 @@ def _page(
     (run_dir / "plots").mkdir(parents=True, exist_ok=True)
     plot_losses(variants, run_dir / "plots" / "loss.png")
     plot_nll_by_position(variants, run_dir / "plots" / "nll_by_position.png")
-    renderers = {v.name: v.samples["renderer"] for v in variants if v.samples.get("renderer")}
+    renderers = {v.name: v.samples.renderer for v in variants if v.samples.renderer}
     return {
         "title": params.get("report", {}).get("title", "midigen"),
         "run": record,

@@ -20,12 +20,12 @@ from midigen.errors import MidigenError
 from midigen.evaluate import (
     compare_music,
     evaluate_model,
-    load_samples,
     write_metrics,
     write_plots,
 )
 from midigen.model import ModelConfig
 from midigen.paired import SONGS_CSV, SongCells, write_song_cells
+from midigen.samples import read_samples
 from midigen.stages.branch import add_scheme_argument, shards_of
 from midigen.train import TrainConfig, seed_runs
 from midigen.variants import check_variant, load_trained
@@ -52,10 +52,10 @@ def run(args: argparse.Namespace, params: dict) -> str:
     plots_dir = args.plots or Path("plots") / args.scheme / "eval" / args.variant
 
     check_variant(args.variant)  # an unknown variant stops here, before any file is read
-    samples = load_samples(samples_dir)
-    if samples.get("variant", args.variant) != args.variant:
+    samples = read_samples(samples_dir)
+    if samples.variant != args.variant:
         raise MidigenError(
-            f"{samples_dir}/samples.json holds samples of {samples['variant']}, not {args.variant}"
+            f"{samples_dir}/samples.json holds samples of {samples.variant}, not {args.variant}"
         )
     shards, scheme = shards_of(args)
     test = load_shard(shards, "test")
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace, params: dict) -> str:
     expected = {"encode.steps_per_beat": steps_per_beat, "model.xl_mem_len": xl_mem_len}
     checks = [
         (f"{model_path} was trained with", "encode.steps_per_beat", model.config.steps_per_beat),
-        (f"{samples_dir}/samples.json has", "encode.steps_per_beat", samples["steps_per_beat"]),
+        (f"{samples_dir}/samples.json has", "encode.steps_per_beat", samples.steps_per_beat),
     ]
     if isinstance(model.config, ModelConfig):  # the LSTM has no XL memory
         checks.append(
