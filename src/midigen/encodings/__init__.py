@@ -143,9 +143,30 @@ class Grammar(Protocol):
 
 
 class SchemeGrammar:
-    """What every scheme's grammar shares: `allowed` stacks one mask per cursor, each made
-    once by `_row` and then shared; a token sounds at the step its cursor is at (a codebook
-    row, at its own onset, says otherwise); the song may end where <eos> may come next."""
+    """What every scheme's grammar shares: `parse` from the opening token on, `advance` after
+    advance; `allowed` stacks one mask per cursor, each made once by `_row` and then shared; a
+    token sounds at the step its cursor is at (a codebook row, at its own onset, says
+    otherwise); the song may end where <eos> may come next."""
+
+    opening: str  # what a song starts with, for the message when it does not
+
+    def start(self) -> Cursor:
+        """The cursor right after a song's opening token."""
+        raise NotImplementedError
+
+    def opens(self, token) -> bool:
+        """Whether `token` opens a song."""
+        raise NotImplementedError
+
+    def parse(self, tokens: list) -> Cursor:
+        """The cursor after a song's first tokens; DecodeError names the first one the grammar
+        does not allow."""
+        if not tokens or not self.opens(tokens[0]):
+            raise DecodeError(f"a song must start with {self.opening}")
+        cursor = self.start()
+        for token in tokens[1:]:
+            cursor = self.advance(cursor, token)
+        return cursor
 
     def allowed(self, cursors: list, eos: bool = True) -> np.ndarray:
         rows = [self._row(cursor, eos) for cursor in cursors]

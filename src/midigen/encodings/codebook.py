@@ -150,13 +150,13 @@ class CodebookGrammar(SchemeGrammar):
             self._open[f, :n] = True
         self._open[PITCH, SOS] = False  # <sos> only opens a song
 
-    def parse(self, rows: list) -> CodebookCursor:
-        if not rows or tuple(rows[0])[PITCH] != SOS:
-            raise DecodeError("a song must start with a <sos> row")
-        cursor = CodebookCursor()
-        for row in rows[1:]:
-            cursor = self.advance(cursor, row)
-        return cursor
+    opening = "a <sos> row"
+
+    def start(self) -> CodebookCursor:
+        return CodebookCursor()
+
+    def opens(self, row) -> bool:
+        return tuple(row)[PITCH] == SOS
 
     def advance(self, cursor: CodebookCursor, row) -> CodebookCursor:
         """The cursor after `row` (pitch, step, duration); DecodeError if not allowed here."""

@@ -252,13 +252,13 @@ class EventGrammar(SchemeGrammar):
         self.scheme = scheme
         self._rows: dict[tuple, np.ndarray] = {}  # handed out once per state, then shared
 
-    def parse(self, tokens: list[int]) -> EventCursor:
-        if not tokens or tokens[0] != SOS:
-            raise DecodeError("a song must start with <sos>")
-        cursor = EventCursor()
-        for token in tokens[1:]:
-            cursor = self.advance(cursor, token)
-        return cursor
+    opening = "<sos>"
+
+    def start(self) -> EventCursor:
+        return EventCursor()
+
+    def opens(self, token: int) -> bool:
+        return token == SOS
 
     def advance(self, cursor: EventCursor, token: int) -> EventCursor:
         """The cursor after `token`; DecodeError if the grammar does not allow it there."""

@@ -148,11 +148,7 @@ class Grammar(SchemeGrammar):
         steps = token - vocab.duration_base + 1
         return Cursor(ROW, cursor.step + steps * cursor.gap, cursor.program)
 
-    def parse(self, tokens: list[int]) -> Cursor:
-        """The cursor after a prompt that starts with <sos>."""
-        if not tokens or tokens[0] != self.vocab.sos:
-            raise DecodeError("a prompt must start with <sos>")
-        cursor = self.start()
-        for token in tokens[1:]:
-            cursor = self.advance(cursor, token)
-        return cursor
+    opening = "<sos>"
+
+    def opens(self, token: int) -> bool:
+        return token == self.vocab.sos

@@ -212,13 +212,13 @@ class RemiGrammar(SchemeGrammar):
                 self.positions[i] = int(name.split("_")[1])
         self._rows: dict[tuple, np.ndarray] = {}
 
-    def parse(self, tokens: list[int]) -> RemiCursor:
-        if not tokens or not 0 <= tokens[0] < len(self.kinds) or self.kinds[tokens[0]] != "BOS":
-            raise DecodeError("a song must start with BOS")
-        cursor = RemiCursor()
-        for token in tokens[1:]:
-            cursor = self.advance(cursor, token)
-        return cursor
+    opening = "BOS"
+
+    def start(self) -> RemiCursor:
+        return RemiCursor()
+
+    def opens(self, token: int) -> bool:
+        return 0 <= token < len(self.kinds) and self.kinds[token] == "BOS"
 
     def advance(self, cursor: RemiCursor, token: int) -> RemiCursor:
         """The cursor after `token`; DecodeError if the grammar does not allow it there."""
