@@ -83,7 +83,7 @@ class EncodeConfig:
 
     @property
     def scheme_params(self) -> dict:
-        """The params the scheme is made from (catalog.scheme_params)."""
+        """The params the scheme is made from: the grid keys and its own section."""
         grid = {
             "steps_per_beat": self.steps_per_beat,
             "max_duration": self.max_duration,

@@ -82,14 +82,20 @@ def nll_by_position(scores: TokenScores, starts: Sequence[int]) -> dict[str, flo
     }
 
 
-def likelihood_metrics(scores: TokenScores, scheme: Scheme, starts: Sequence[int]) -> dict:
+def likelihood_metrics(
+    scores: TokenScores,
+    scheme: Scheme,
+    starts: Sequence[int],
+    sums: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict:
     """NLL (nats/token), perplexity, bits per note and NLL by position: shared by models and
     baselines. Bits per note divide the total NLL by the number of notes predicted, which stays
-    comparable between encodings that spend a different number of tokens per note."""
+    comparable between encodings that spend a different number of tokens per note. `sums`:
+    `song_sums` of the scores when the caller has them already."""
     if len(scores.nll) == 0:
         raise MidigenError("nothing to evaluate: the test split has no tokens to predict")
     nll = float(scores.nll.mean())
-    nll_sum, notes = song_sums(scores, scheme)
+    nll_sum, notes = song_sums(scores, scheme) if sums is None else sums
     total = int(notes.sum())
     return {
         "nll": nll,
@@ -313,7 +319,7 @@ def evaluate_model(
     table = song_table(scores, probe, second, segment_len, [s["sha256"] for s in shard.songs])
     nll_sum, notes = song_sums(scores, scheme)
     metrics = {
-        **likelihood_metrics(scores, scheme, starts),
+        **likelihood_metrics(scores, scheme, starts, (nll_sum, notes)),
         "songs": {  # for comparing encodings of the same songs (report)
             "sha256": [s["sha256"] for s in shard.songs[: len(notes)]],
             "nll_sum": nll_sum.tolist(),

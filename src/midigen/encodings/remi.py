@@ -141,8 +141,7 @@ class Remi:
         return np.char.lower(np.array(self.types)[np.asarray(tokens).reshape(-1)])
 
     def note_counts(self, tokens: np.ndarray) -> np.ndarray:
-        kinds = [self.types[t] for t in np.asarray(tokens).reshape(-1)]
-        return np.array([kind == "Pitch" for kind in kinds], dtype=np.int64)
+        return (np.array(self.types)[np.asarray(tokens).reshape(-1)] == "Pitch").astype(np.int64)
 
     @cached_property
     def grammar(self) -> RemiGrammar:
