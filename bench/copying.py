@@ -15,7 +15,7 @@ A curriculum in two phases, the same for every variant: `--warmup` steps on shor
 (the copy lies inside the segment, where local attention learns the look-up circuit), then
 short and long songs mixed (a long song's copy lies beyond segment + XL reach: only the kNN
 memory holds it). The weights and the optimizer go on from one phase to the next. The test
-songs are all long, scored by the real repeat probe (`midigen.evaluate.repeat_probe`).
+songs are all long, scored by the real repeat probe (`midigen.evaluation.likelihood.repeat_probe`).
 Target (issue 10): xl_knn's second-copy NLL <= 50% of its first copy; vanilla's >= 90%.
 """
 
@@ -33,13 +33,13 @@ import torch
 import yaml
 from sections import record
 
-from midigen.corpus import ARRAYS, SONG_FIELDS, load_shard
-from midigen.encoding import Vocab
+from midigen.data.corpus import ARRAYS, SONG_FIELDS, load_shard
 from midigen.encodings.catalog import write_scheme
 from midigen.encodings.index import Index
-from midigen.evaluate import repeat_probe
-from midigen.model import ModelConfig, variant_memory
-from midigen.train import TrainConfig, Trainer
+from midigen.encodings.scores import Vocab
+from midigen.evaluation.likelihood import repeat_probe
+from midigen.models.training import TrainConfig, Trainer
+from midigen.models.transformer import ModelConfig, variant_memory
 
 VOCAB = Vocab(max_duration=32)
 MODEL = dict(
@@ -62,7 +62,7 @@ def random_songs(n: int, lengths: tuple[int, int], alphabet: int, rng: np.random
 
 
 def write_split(folder: Path, songs: list[np.ndarray]) -> None:
-    """One shard folder in the format `midigen.corpus.load_shard` reads."""
+    """One shard folder in the format `midigen.data.corpus.load_shard` reads."""
     folder.mkdir(parents=True)
     tokens = np.concatenate(songs)
     times = np.concatenate([np.arange(len(s)) for s in songs])

@@ -45,12 +45,12 @@ from pathlib import Path
 import symusic
 from sections import commit, write_section
 
-from midigen.corpus import EncodeConfig, encode_bytes, encode_chunk
+from midigen.data.corpus import EncodeConfig, encode_bytes, encode_chunk
+from midigen.data.midi import SkipSong
 from midigen.encodings import Scheme, remi
 from midigen.encodings.bpe import BPE
 from midigen.encodings.catalog import scheme_for
 from midigen.encodings.index import Index
-from midigen.midi import SkipSong
 from midigen.params import load_params, validate_params
 
 BENCH = Path(__file__).resolve().parent
@@ -228,7 +228,7 @@ def best_of(
 
 def chunk_stage(paths: list[Path], config: EncodeConfig, notes: int, repeats: int) -> Timing:
     """The whole encode_chunk stage (process pool, all cores) over a dir-source download."""
-    from midigen.download import download
+    from midigen.data.download import download
 
     with tempfile.TemporaryDirectory(dir=BENCH / "out") as tmp:
         src = Path(tmp) / "src"

@@ -35,12 +35,14 @@ import numpy as np
 import torch
 from sections import record
 
-from midigen.corpus import load_shard
-from midigen.encoding import Vocab
+from midigen.data.corpus import load_shard
 from midigen.encodings.catalog import SCHEME_FILE, load_scheme
 from midigen.encodings.index import Index
-from midigen.generate import GenerateConfig, KVCache, Prompt, Recompute, generate, split_song
-from midigen.model import VARIANT_MEMORY, ModelConfig, MusicTransformer
+from midigen.encodings.scores import Vocab
+from midigen.generation.contexts import KVCache, Recompute
+from midigen.generation.prompts import Prompt, split_song
+from midigen.generation.sampling import GenerateConfig, generate
+from midigen.models.transformer import VARIANT_MEMORY, ModelConfig, MusicTransformer
 from midigen.params import load_params
 from midigen.stages.train import model_config
 

@@ -124,7 +124,7 @@ echo "$versions"
 
 step imports 120 "$PYTHON" -c "
 import torch, faiss
-import midigen.generate, midigen.memory, midigen.model, midigen.train
+import midigen.generation.sampling, midigen.models.memory, midigen.models.transformer, midigen.models.training
 print('imports ok: torch', torch.__version__, '| faiss', faiss.__version__, '| midigen', midigen.__file__)
 "
 step test_cuda 300 "$PYTHON" -m pytest -v -rs -p no:cacheprovider tests/test_cuda.py

@@ -33,13 +33,15 @@ TARGET = 0.90
 
 # mutmut names a mutant <module>.x_<function>__mutmut_<n> (methods: xǁClassǁmethod).
 MUTANTS = {
-    "encoding": ["midigen.encoding.*"],
-    "memory": ["midigen.memory.*"],
+    "encoding": ["midigen.encodings.scores.*"],
+    "memory": ["midigen.models.memory.*"],
     "model (attention, memories)": [
-        "midigen.model.x_token_loss__mutmut_*", "midigen.model.x_alibi_slopes__mutmut_*",
-        "midigen.model.x_local_logsumexp__mutmut_*", "midigen.model.x_knn_attention__mutmut_*",
         *(
-            f"midigen.model.x\u01c1{cls}\u01c1*"
+            f"midigen.models.transformer.x_{name}__mutmut_*"
+            for name in ("token_loss", "alibi_slopes", "local_logsumexp", "knn_attention")
+        ),
+        *(
+            f"midigen.models.transformer.x\u01c1{cls}\u01c1*"
             for cls in (
                 "RelativeBias", "ALiBi", "BiasedAttention", "Attention", "KNNAttention", "Block",
                 "SegmentTrace", "Memory", "XLRecurrence", "KNNRetrieval", "MusicTransformer",
@@ -47,9 +49,9 @@ MUTANTS = {
         ),
     ],
     "evaluate": [
-        "midigen.evaluate.x\u01c1TokenScores\u01c1*",
+        "midigen.evaluation.likelihood.x\u01c1TokenScores\u01c1*",
         *(
-            f"midigen.evaluate.x_{name}__mutmut_*"
+            f"midigen.evaluation.likelihood.x_{name}__mutmut_*"
             for name in (
                 "check_buckets", "bucket_labels", "nll_by_position", "likelihood_metrics",
                 "loss_by_type", "score_model", "_song_positions", "repeat_distance",
@@ -60,11 +62,11 @@ MUTANTS = {
             )  # not write_plots: figures (its tables are checked by hand in test_evaluate)
         ),
     ],
-    "baselines": ["midigen.baselines.*"],
-    "paired (intervals)": ["midigen.paired.*"],
-    "musical": ["midigen.musical.*"],
+    "baselines": ["midigen.evaluation.baselines.*"],
+    "paired (intervals)": ["midigen.evaluation.paired.*"],
+    "musical": ["midigen.evaluation.musical.*"],
     "download (checks)": [
-        f"midigen.download.x_{name}__mutmut_*"
+        f"midigen.data.download.x_{name}__mutmut_*"
         for name in (
             "split_of", "_is_midi", "_dir_entries", "_read_inside", "_fetched", "_fetch",
             "_refuse", "_check_name", "_check_tar_member", "_check_zip_member",
@@ -72,7 +74,7 @@ MUTANTS = {
         )
     ],
     "report (escaping, verdicts)": [
-        f"midigen.report.x_{name}__mutmut_*"
+        f"midigen.report.build.x_{name}__mutmut_*"
         for name in (
             "_environment", "_plain_name", "format_interval", "effect_outcome",
             "memory_verdict", "floor_verdict",

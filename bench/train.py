@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from sections import record
 from torch import nn
 
-from midigen.model import IGNORE, ModelConfig, MusicTransformer
+from midigen.models.training import keep_freed_memory
+from midigen.models.transformer import IGNORE, ModelConfig, MusicTransformer
 from midigen.params import load_params
-from midigen.train import keep_freed_memory
 
 
 class Reference(nn.Module):
@@ -88,8 +88,8 @@ class Reference(nn.Module):
 def segments(args: argparse.Namespace, vocab_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
     """(tokens, targets, bar_pos, doc) segments of a contiguous song stream, forever."""
     if args.shards.exists():
-        from midigen.batching import ContiguousBatches
-        from midigen.corpus import load_shard
+        from midigen.data.batching import ContiguousBatches
+        from midigen.data.corpus import load_shard
         from midigen.encodings.catalog import load_scheme
 
         batches = ContiguousBatches(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from midigen.corpus import EncodeConfig, build_shards, encode_chunk
-from midigen.download import download
-from midigen.midi import Notes, write_midi
+from midigen.data.corpus import EncodeConfig, build_shards, encode_chunk
+from midigen.data.download import download
+from midigen.data.midi import Notes, write_midi
 from midigen.params import validate_params
 
 # A model small enough to train or run in a fraction of a second, with every part present.

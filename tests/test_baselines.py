@@ -15,11 +15,11 @@ from builders import shards_from_songs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from midigen.baselines import NGramModel, evaluate_baselines
-from midigen.corpus import load_shard
+from midigen.data.corpus import load_shard
+from midigen.data.midi import Notes
 from midigen.encodings.catalog import load_scheme
 from midigen.errors import MidigenError
-from midigen.midi import Notes
+from midigen.evaluation.baselines import NGramModel, evaluate_baselines
 from midigen.params import validate_params
 from midigen.stages import baselines as stage
 

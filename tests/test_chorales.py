@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from midigen.corpus import EncodeConfig, roundtrip_corpus
-from midigen.download import download, read_manifest
+from midigen.data.corpus import EncodeConfig, roundtrip_corpus
+from midigen.data.download import download, read_manifest
 from midigen.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import pytest
 from builders import shards_via_stages
 
 from midigen.cli import STAGES, stage_summary
-from midigen.midi import Notes, write_midi
+from midigen.data.midi import Notes, write_midi
 
 HEAVY = ("torch", "matplotlib")
 
@@ -39,8 +39,8 @@ def test_help_and_data_stages_never_import_torch_or_matplotlib(args):
 
 def test_a_model_stage_still_gets_its_own_arguments():
     modules = imported_modules("train", "--help")
-    assert {"torch", "midigen.train"} <= modules
-    assert "midigen.report" not in modules
+    assert {"torch", "midigen.models.training"} <= modules
+    assert "midigen.report.build" not in modules
 
 
 def test_help_lists_every_stage_by_its_docstring():

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
-from midigen.corpus import load_shard
+from midigen.data.corpus import load_shard
 from midigen.encodings.catalog import load_scheme
 
 ROOT = Path(__file__).resolve().parents[1]

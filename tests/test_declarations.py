@@ -27,29 +27,29 @@ def test_dvc_yaml_lists_exactly_the_declared_code_and_params():
 
 def test_a_code_file_or_param_left_out_of_dvc_yaml_is_named():
     stages = copy.deepcopy(dvc_stages())
-    stages["generate"]["deps"].remove(f"{SOURCE_ROOT}/midi.py")
+    stages["generate"]["deps"].remove(f"{SOURCE_ROOT}/data/midi.py")
     stages["evaluate"]["params"].remove("train.seeds")
-    stages["shard"]["do"]["deps"].append(f"{SOURCE_ROOT}/model.py")
+    stages["shard"]["do"]["deps"].append(f"{SOURCE_ROOT}/models/transformer.py")
     stages["encode"]["params"].remove("encode.${item.scheme}")  # its own scheme's section
     assert dvc_problems(stages) == [
         "encode: param encode.{scheme} missing",
-        "shard: code dependency src/midigen/model.py not declared",
-        "generate: code dependency src/midigen/midi.py missing",
+        "shard: code dependency src/midigen/models/transformer.py not declared",
+        "generate: code dependency src/midigen/data/midi.py missing",
         "evaluate: param train.seeds missing",
     ]
 
 
 def test_code_deps_follow_imports_through_other_modules():
     """What the data issue found missing: generate reads midi.py and corpus.py, evaluate
-    encoding.py and midi.py, baselines model.py and batching.py (through evaluate.py)."""
+    scores.py and midi.py, baselines transformer.py and batching.py (through likelihood.py)."""
     for stage, files in (
-        ("generate", ("midi.py", "corpus.py")),
-        ("evaluate", ("encoding.py", "midi.py")),
-        ("baselines", ("model.py", "batching.py")),
-        ("report", ("templates/report.html.j2", "params.schema.yaml")),
+        ("generate", ("data/midi.py", "data/corpus.py")),
+        ("evaluate", ("encodings/scores.py", "data/midi.py")),
+        ("baselines", ("models/transformer.py", "data/batching.py")),
+        ("report", ("report/templates/report.html.j2", "params.schema.yaml")),
     ):
         assert {f"{SOURCE_ROOT}/{f}" for f in files} <= set(code_deps(stage)), stage
-    assert f"{SOURCE_ROOT}/model.py" not in code_deps("encode")
+    assert f"{SOURCE_ROOT}/models/transformer.py" not in code_deps("encode")
 
 
 @pytest.mark.parametrize("stage", sorted(STAGE_PARAMS))

@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 import yaml
 
-from midigen import download as dl
-from midigen.download import (
+from midigen.data import download as dl
+from midigen.data.download import (
     SPLITS,
     download,
     music21_ids,
@@ -36,8 +36,8 @@ from midigen.download import (
     top_voice,
     tune_of,
 )
+from midigen.data.midi import Notes
 from midigen.errors import MidigenError
-from midigen.midi import Notes
 from midigen.params import validate_params
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,8 +11,18 @@ from builders import shards_via_stages
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from midigen.corpus import EncodeConfig, encode_bytes, roundtrip_bytes
-from midigen.encoding import (
+from midigen.data.corpus import EncodeConfig, encode_bytes, roundtrip_bytes
+from midigen.data.midi import (
+    NOTE_CHANGES,
+    Limits,
+    Meter,
+    Notes,
+    SkipSong,
+    end_overlaps,
+    read_song,
+    write_midi,
+)
+from midigen.encodings.scores import (
     DecodeError,
     SparseScore,
     Vocab,
@@ -24,16 +34,6 @@ from midigen.encoding import (
     position_to_sparse,
     sparse_to_notes,
     sparse_to_position,
-)
-from midigen.midi import (
-    NOTE_CHANGES,
-    Limits,
-    Meter,
-    Notes,
-    SkipSong,
-    end_overlaps,
-    read_song,
-    write_midi,
 )
 
 SEED_TOKENS = "<sos><n1><d4><sep><d1><n3><d2><sep><d5><n2><d2><n3><d2><sep><d2><eos>"

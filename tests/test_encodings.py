@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from midigen.encoding import Vocab
+from midigen.data.midi import Limits, Notes, read_song
 from midigen.encodings import DecodeError, decode_song, whole_rows
 from midigen.encodings import events as ev
 from midigen.encodings.bpe import BPE
@@ -19,7 +19,7 @@ from midigen.encodings.codebook import EOS, SOS, Codebook
 from midigen.encodings.events import Events
 from midigen.encodings.index import Index
 from midigen.encodings.remi import Remi
-from midigen.midi import Limits, Notes, read_song
+from midigen.encodings.scores import Vocab
 
 BOOK = Codebook(steps=(0, 1, 2, 4, 8), durations=(1, 2, 4, 8))
 

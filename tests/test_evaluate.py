@@ -16,15 +16,15 @@ import pytest
 import torch
 from builders import TINY_MODEL
 
-from midigen.batching import ContiguousBatches
-from midigen.corpus import EncodeConfig, Shard, build_shards, encode_chunk, load_shard
-from midigen.download import download
-from midigen.encoding import Vocab
+from midigen.data.batching import ContiguousBatches
+from midigen.data.corpus import EncodeConfig, Shard, build_shards, encode_chunk, load_shard
+from midigen.data.download import download
 from midigen.encodings import Scheme
 from midigen.encodings.catalog import load_scheme
 from midigen.encodings.index import Index
+from midigen.encodings.scores import Vocab
 from midigen.errors import MidigenError
-from midigen.evaluate import (
+from midigen.evaluation.likelihood import (
     TokenScores,
     check_buckets,
     compare_music,
@@ -42,10 +42,10 @@ from midigen.evaluate import (
     with_reach,
     write_plots,
 )
-from midigen.model import MEMORY_KINDS, ModelConfig, MusicTransformer, token_loss
-from midigen.paired import CELLS, REACH, read_song_cells
+from midigen.evaluation.paired import CELLS, REACH, read_song_cells
+from midigen.generation.samples import PIECES, PieceFiles, SamplePrompt, Samples, read_samples
+from midigen.models.transformer import MEMORY_KINDS, ModelConfig, MusicTransformer, token_loss
 from midigen.params import load_params, validate_params
-from midigen.samples import PIECES, PieceFiles, SamplePrompt, Samples, read_samples
 from midigen.stages import evaluate as stage
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,24 +18,17 @@ from builders import TINY_MODEL, shards_via_stages
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from midigen.corpus import EncodeConfig, load_shard
-from midigen.download import read_manifest
-from midigen.encoding import DecodeError, Vocab, decode_tokens
+from midigen.data.corpus import EncodeConfig, load_shard
+from midigen.data.download import read_manifest
 from midigen.encodings import decode_song, whole_rows
 from midigen.encodings.catalog import load_scheme
 from midigen.encodings.index import NOTE, Grammar, Index
+from midigen.encodings.scores import DecodeError, Vocab, decode_tokens
 from midigen.errors import MidigenError
-from midigen.generate import (
-    GenerateConfig,
-    KVCache,
-    Prompt,
-    Recompute,
-    bar_steps_of,
-    generate,
-    sample,
-    split_song,
-)
-from midigen.model import MEMORY_KINDS, ModelConfig, MusicTransformer
+from midigen.generation.contexts import KVCache, Recompute
+from midigen.generation.prompts import Prompt, bar_steps_of, split_song
+from midigen.generation.sampling import GenerateConfig, generate, sample
+from midigen.models.transformer import MEMORY_KINDS, ModelConfig, MusicTransformer
 from midigen.params import load_params
 from midigen.stages import generate as stage
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from builders import TINY_MODEL
 
-from midigen.lstm import LSTMConfig, LSTMState, MusicLSTM, lstm_params, sized_to
-from midigen.model import ModelConfig, MusicTransformer
+from midigen.models.lstm import LSTMConfig, LSTMState, MusicLSTM, lstm_params, sized_to
+from midigen.models.transformer import ModelConfig, MusicTransformer
 
 V, T = 40, 8
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from midigen.corpus import EncodeConfig
-from midigen.media import piano_roll, render_audio
-from midigen.midi import Notes, write_midi
+from midigen.data.corpus import EncodeConfig
+from midigen.data.midi import Notes, write_midi
+from midigen.generation.media import piano_roll, render_audio
 from midigen.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +70,7 @@ def test_render_audio_without_a_synthesizer_returns_the_reason(tmp_path):
     script = (
         "import sys; sys.modules['midirenderer'] = None  # makes the import raise ImportError\n"
         "from pathlib import Path\n"
-        "from midigen.media import render_audio\n"
+        "from midigen.generation.media import render_audio\n"
         f"print(render_audio(b'', Path({str(out)!r})))\n"
     )
     result = subprocess.run(

@@ -19,12 +19,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from midigen.corpus import Shard
-from midigen.encoding import Vocab
+from midigen.data.corpus import Shard
 from midigen.encodings.index import Index
-from midigen.evaluate import repeat_probe
-from midigen.memory import KNNMemory
-from midigen.model import Context, KNNAttention, ModelConfig, MusicTransformer
+from midigen.encodings.scores import Vocab
+from midigen.evaluation.likelihood import repeat_probe
+from midigen.models.memory import KNNMemory
+from midigen.models.transformer import Context, KNNAttention, ModelConfig, MusicTransformer
 
 VOCAB = Vocab(max_duration=8)
 SONG = 100  # tokens per song, <sos> and <eos> included: also the number of tags

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from builders import TINY_MODEL
 
 from midigen.errors import MidigenError
-from midigen.memory import KNNMemory, MemoryState, retrieve_bruteforce
-from midigen.model import (
+from midigen.models.memory import KNNMemory, MemoryState, retrieve_bruteforce
+from midigen.models.transformer import (
     MASKED,
     BiasedAttention,
     KNNAttention,

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from midigen import musical
-from midigen.midi import Notes
+from midigen.data.midi import Notes
+from midigen.evaluation import musical
 
 
 def notes(onset, pitch, duration) -> Notes:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from midigen.errors import MidigenError
-from midigen.paired import (
+from midigen.evaluation.paired import (
     CELLS,
     CONTRASTS,
     Cell,

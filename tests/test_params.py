@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from midigen.errors import MidigenError
-from midigen.generate import GenerateConfig
-from midigen.model import ModelConfig
+from midigen.generation.sampling import GenerateConfig
+from midigen.models.training import TrainConfig
+from midigen.models.transformer import ModelConfig
 from midigen.params import default, load_params, schema, validate_params
-from midigen.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -24,13 +24,20 @@ import symusic
 from builders import shards_via_stages
 from matplotlib.figure import Figure
 
-from midigen.corpus import EncodeConfig
+from midigen.data.corpus import EncodeConfig
+from midigen.data.midi import Notes, write_midi
 from midigen.errors import MidigenError
-from midigen.media import piano_roll, render_audio
-from midigen.midi import Notes, write_midi
-from midigen.paired import CELLS, CONTRASTS, REACH, SongCells, memory_effect, write_song_cells
+from midigen.evaluation.paired import (
+    CELLS,
+    CONTRASTS,
+    REACH,
+    SongCells,
+    memory_effect,
+    write_song_cells,
+)
+from midigen.generation.media import piano_roll, render_audio
 from midigen.params import load_params
-from midigen.report import (
+from midigen.report.build import (
     _environment,
     _plain_name,
     effect_outcome,

@@ -24,10 +24,16 @@ from builders import shards_via_stages
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from midigen.corpus import EncodeConfig, EncodedSong, encode_bytes, encode_chunk, roundtrip_bytes
-from midigen.download import download, read_manifest
-from midigen.encoding import decode_tokens
-from midigen.midi import FILE_REPAIRS, SkipSong
+from midigen.data.corpus import (
+    EncodeConfig,
+    EncodedSong,
+    encode_bytes,
+    encode_chunk,
+    roundtrip_bytes,
+)
+from midigen.data.download import download, read_manifest
+from midigen.data.midi import FILE_REPAIRS, SkipSong
+from midigen.encodings.scores import decode_tokens
 from midigen.params import validate_params
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "odd_midi"

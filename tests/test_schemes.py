@@ -15,20 +15,21 @@ import pytest
 import torch
 from builders import TINY_MODEL, shards_via_stages
 
-from midigen.corpus import load_shard
+from midigen.data.corpus import load_shard
 from midigen.encodings import decode_song, whole_rows
 from midigen.encodings.bpe import BPE
 from midigen.encodings.catalog import load_scheme
 from midigen.errors import MidigenError
-from midigen.evaluate import evaluate_model
-from midigen.generate import GenerateConfig, generate, split_song
-from midigen.model import IGNORE, MASKED, embed_rows, token_loss
+from midigen.evaluation.likelihood import evaluate_model
+from midigen.generation.prompts import split_song
+from midigen.generation.sampling import GenerateConfig, generate
+from midigen.models.transformer import IGNORE, MASKED, embed_rows, token_loss
+from midigen.models.variants import build_model, load_trained, variant_config
 from midigen.params import load_params, validate_params
 from midigen.stages import evaluate as evaluate_stage
 from midigen.stages import generate as generate_stage
 from midigen.stages import train as train_stage
 from midigen.stages.branch import shards_of
-from midigen.variants import build_model, load_trained, variant_config
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAT = ("index", "bpe", "events", "remi")

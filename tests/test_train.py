@@ -20,16 +20,16 @@ import torch
 import yaml
 from builders import TINY_MODEL, shards_from_songs
 
-from midigen.batching import IGNORE, ContiguousBatches, pitch_shift
-from midigen.corpus import load_shard
-from midigen.encoding import Vocab
+from midigen.data.batching import IGNORE, ContiguousBatches, pitch_shift
+from midigen.data.corpus import load_shard
+from midigen.data.midi import Notes
 from midigen.encodings.catalog import load_scheme
 from midigen.encodings.index import Index
-from midigen.midi import Notes
+from midigen.encodings.scores import Vocab
+from midigen.models.training import TrainConfig, Trainer, lr_at
 from midigen.params import load_params
 from midigen.stages import train as train_stage
 from midigen.stages.train import model_config
-from midigen.train import TrainConfig, Trainer, lr_at
 
 ROOT = Path(__file__).resolve().parents[1]
 N_SONGS = 14
@@ -293,7 +293,7 @@ def test_torchrun_two_processes_match_one_process(shards, tmp_path, variant):
 
 
 def test_an_empty_split_is_one_clear_error(shards):
-    from midigen.corpus import Shard
+    from midigen.data.corpus import Shard
     from midigen.errors import MidigenError
 
     empty = Shard(*(np.zeros(0, np.int64) for _ in range(3)), np.zeros(1, np.int64), [])
@@ -304,8 +304,8 @@ def test_an_empty_split_is_one_clear_error(shards):
 PAGE_FAULTS_PER_STEP = """
 import itertools, resource, sys
 from pathlib import Path
-import midigen.train as train
-from midigen.model import ModelConfig
+import midigen.models.training as train
+from midigen.models.transformer import ModelConfig
 if sys.argv[1] == "default":
     train.keep_freed_memory = lambda: None  # leave glibc as it is, for comparison
 model = ModelConfig(

@@ -51,7 +51,7 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
 # Files besides code that a module reads from the package (by module name).
 PACKAGE_DATA = {
     "midigen.params": ("params.schema.yaml",),
-    "midigen.report": ("templates/report.html.j2",),
+    "midigen.report.build": ("report/templates/report.html.j2",),
 }
 
 

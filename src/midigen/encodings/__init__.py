@@ -17,8 +17,8 @@ from typing import Protocol
 
 import numpy as np
 
-from midigen.encoding import DecodeError
-from midigen.midi import Notes
+from midigen.data.midi import Notes
+from midigen.encodings.scores import DecodeError
 
 NO_PEDALS = np.zeros((0, 2), dtype=np.int64)  # a song without a sustain pedal
 

@@ -17,9 +17,9 @@ from functools import cached_property
 import numpy as np
 from tokenizers import Tokenizer, models, trainers
 
+from midigen.data.midi import Notes
 from midigen.encodings import NO_PEDALS, DecodeError, Encoded, SchemeGrammar, prefix_mask
 from midigen.encodings.index import END, Cursor, Grammar, Index
-from midigen.midi import Notes
 
 FIRST_CHAR = 0x4E00  # base id i is the character chr(FIRST_CHAR + i) (a CJK block, as MidiTok)
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from midigen.encoding import Vocab
 from midigen.encodings import Scheme
 from midigen.encodings.bpe import BPE
 from midigen.encodings.codebook import Codebook
 from midigen.encodings.events import Events
 from midigen.encodings.index import Index
+from midigen.encodings.scores import Vocab
 from midigen.errors import MidigenError, read_json
 
 SCHEMES = ("index", "bpe", "codebook", "events", "remi")

@@ -23,6 +23,7 @@ from functools import cached_property
 
 import numpy as np
 
+from midigen.data.midi import Notes, end_overlaps
 from midigen.encodings import (
     NO_PEDALS,
     DecodeError,
@@ -31,7 +32,6 @@ from midigen.encodings import (
     one_instrument,
     prefix_mask,
 )
-from midigen.midi import Notes, end_overlaps
 
 SUSTAIN_MODES = ("ignore", "extend", "explicit")
 PAD, SOS, EOS = 0, 1, 2

@@ -1,6 +1,6 @@
 """The index score (MIDIGen, seed 000) behind the scheme interface, and its grammar.
 
-The score itself is src/midigen/encoding.py (notes -> sparse -> position -> index and back);
+The score itself is src/midigen/encodings/scores.py (notes -> sparse -> position -> index and back);
 this module gives it the interface every scheme has, one field per row, and the grammar that
 generation masks its sampling with: every sequence the grammar allows decodes.
 """
@@ -13,9 +13,9 @@ from functools import cached_property
 
 import numpy as np
 
-from midigen.encoding import DecodeError, Vocab, decode_tokens, encode_notes
+from midigen.data.midi import Notes
 from midigen.encodings import NO_PEDALS, Encoded, SchemeGrammar, prefix_mask
-from midigen.midi import Notes
+from midigen.encodings.scores import DecodeError, Vocab, decode_tokens, encode_notes
 
 KIND_NAMES = ("eos", "note", "duration", "separator", "program")  # by Vocab.kinds() code; the
 # only special token ever predicted is <eos> (<sos> starts every song, <pad> is never a target)

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import symusic
 
+from midigen.data.midi import Notes
 from midigen.encodings import NO_PEDALS, DecodeError, Encoded, SchemeGrammar, prefix_mask
-from midigen.midi import Notes
 
 NEXT = {  # token type -> the types that may follow it (a REMI song with programs, no velocity)
     "BOS": {"Bar", "EOS"},

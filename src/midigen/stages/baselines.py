@@ -11,9 +11,9 @@ import csv
 from pathlib import Path
 
 from midigen.atomic import atomic_file
-from midigen.baselines import evaluate_baselines
-from midigen.corpus import load_shard
-from midigen.evaluate import write_metrics
+from midigen.data.corpus import load_shard
+from midigen.evaluation.baselines import evaluate_baselines
+from midigen.evaluation.likelihood import write_metrics
 from midigen.stages.branch import add_scheme_argument, shards_of
 
 

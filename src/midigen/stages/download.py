@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from midigen.download import download
+from midigen.data.download import download
 from midigen.errors import MidigenError
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from midigen.corpus import EncodeConfig, encode_chunk
+from midigen.data.corpus import EncodeConfig, encode_chunk
 from midigen.errors import MidigenError
 from midigen.stages.branch import add_scheme_argument
 

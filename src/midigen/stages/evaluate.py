@@ -15,20 +15,20 @@ import torch
 from torch import nn
 
 from midigen.atomic import atomic_dir
-from midigen.corpus import load_shard
+from midigen.data.corpus import load_shard
 from midigen.errors import MidigenError
-from midigen.evaluate import (
+from midigen.evaluation.likelihood import (
     compare_music,
     evaluate_model,
     write_metrics,
     write_plots,
 )
-from midigen.model import ModelConfig
-from midigen.paired import SONGS_CSV, SongCells, write_song_cells
-from midigen.samples import read_samples
+from midigen.evaluation.paired import SONGS_CSV, SongCells, write_song_cells
+from midigen.generation.samples import read_samples
+from midigen.models.training import TrainConfig, seed_runs
+from midigen.models.transformer import ModelConfig
+from midigen.models.variants import check_variant, load_trained
 from midigen.stages.branch import add_scheme_argument, shards_of
-from midigen.train import TrainConfig, seed_runs
-from midigen.variants import check_variant, load_trained
 
 SEED_METRICS = ("nll", "bits_per_note", "early_nll", "late_nll", "repeat")  # per training seed
 

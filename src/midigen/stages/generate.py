@@ -1,5 +1,5 @@
 """Continue the first test songs with a trained variant: MIDI, WAV and piano rolls of prompt,
-real and generated piece, and samples.json (see midigen.generate)."""
+real and generated piece, and samples.json (see midigen.generation.writing)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
-from midigen.generate import GenerateConfig, write_samples
+from midigen.generation.sampling import GenerateConfig
+from midigen.generation.writing import write_samples
+from midigen.models.variants import load_trained
 from midigen.stages.branch import add_scheme_argument, shards_of
-from midigen.variants import load_trained
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

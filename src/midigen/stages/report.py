@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from midigen.report import ReportInputs, build_report
+from midigen.report.build import ReportInputs, build_report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

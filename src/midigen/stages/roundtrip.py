@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from midigen.corpus import EncodeConfig, roundtrip_corpus
+from midigen.data.corpus import EncodeConfig, roundtrip_corpus
 from midigen.errors import MidigenError
 
 

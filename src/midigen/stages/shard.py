@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from midigen.corpus import EncodeConfig, build_shards
+from midigen.data.corpus import EncodeConfig, build_shards
 from midigen.stages.branch import add_scheme_argument
 
 

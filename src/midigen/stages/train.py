@@ -19,10 +19,10 @@ from pathlib import Path
 
 from midigen.dag import PACKAGE, SOURCE_ROOT, code_deps
 from midigen.errors import MidigenError
-from midigen.model import ModelConfig
+from midigen.models.training import TrainConfig, Trainer, seed_runs
+from midigen.models.transformer import ModelConfig
+from midigen.models.variants import Config, variant_config
 from midigen.stages.branch import add_scheme_argument, shards_of
-from midigen.train import TrainConfig, Trainer, seed_runs
-from midigen.variants import Config, variant_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +47,7 @@ def model_config(
 ) -> Config:
     """The model of one variant for a scheme's fields (vocabulary sizes): the transformers
     share every setting but their memory, the LSTM is sized to the vanilla transformer
-    (midigen.variants)."""
+    (midigen.models.variants)."""
     config = ModelConfig(
         vocab_size=fields[0],
         extra_fields=tuple(fields[1:]),

@@ -53,8 +53,8 @@ import numpy as np
 from tqdm import tqdm
 
 from midigen.atomic import atomic_dir, atomic_file
+from midigen.data.midi import Limits, Notes, SkipSong, read_song
 from midigen.errors import MidigenError
-from midigen.midi import Limits, Notes, SkipSong, read_song
 
 log = logging.getLogger(__name__)
 

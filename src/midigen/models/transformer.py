@@ -18,7 +18,7 @@ from einops import einsum, rearrange
 from torch import Tensor, nn
 
 from midigen.errors import MidigenError
-from midigen.memory import NO_DOC, KNNMemory, MemoryState, XLMemory
+from midigen.models.memory import NO_DOC, KNNMemory, MemoryState, XLMemory
 from midigen.params import default
 
 POSITIONS = ("relative", "alibi", "absolute")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from midigen.midi import Notes
+from midigen.data.midi import Notes
 
 GAP = -1
 SPECIALS = ("<pad>", "<sos>", "<eos>", "<sep>")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import symusic
 
-from midigen.lenient import (
+from midigen.data.lenient import (
     HEADER_BYTES,
     REPAIRS,
     Layout,

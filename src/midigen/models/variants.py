@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from midigen.errors import MidigenError
-from midigen.lstm import LSTMConfig, MusicLSTM, sized_to
-from midigen.model import VARIANT_MEMORY, ModelConfig, MusicTransformer, variant_memory
+from midigen.models.lstm import LSTMConfig, MusicLSTM, sized_to
+from midigen.models.transformer import VARIANT_MEMORY, ModelConfig, MusicTransformer, variant_memory
 
 VARIANTS = (*VARIANT_MEMORY, "lstm")
 Config = ModelConfig | LSTMConfig

@@ -12,9 +12,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from midigen.corpus import Shard
+from midigen.data.corpus import Shard
 from midigen.encodings import Scheme
-from midigen.evaluate import TokenScores, likelihood_metrics
+from midigen.evaluation.likelihood import TokenScores, likelihood_metrics
 
 NO_LEFT = -1  # the "token" before a song's first token
 

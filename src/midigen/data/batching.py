@@ -15,10 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from midigen.corpus import Shard
+from midigen.data.corpus import Shard
 from midigen.encodings import Scheme
 from midigen.errors import MidigenError
-from midigen.model import IGNORE  # target the loss skips (padding, the jump between songs)
+from midigen.models.transformer import (
+    IGNORE,  # target the loss skips (padding, the jump between songs)
+)
 
 log = logging.getLogger(__name__)
 PAD = 0  # the input under padding (its target is IGNORE): every vocabulary has an id 0

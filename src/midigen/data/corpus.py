@@ -25,13 +25,8 @@ import numpy as np
 from tqdm import tqdm
 
 from midigen.atomic import atomic_dir
-from midigen.download import read_manifest, write_csv
-from midigen.encoding import Vocab, decode_tokens, encode_notes
-from midigen.encodings import Scheme
-from midigen.encodings.bpe import BPE
-from midigen.encodings.catalog import SCHEME_FILE, scheme_for, write_scheme
-from midigen.errors import MidigenError, read_json
-from midigen.midi import (
+from midigen.data.download import read_manifest, write_csv
+from midigen.data.midi import (
     DROPPED,
     FILE_REPAIRS,
     NOTE_CHANGES,
@@ -41,6 +36,11 @@ from midigen.midi import (
     read_song,
     write_midi,
 )
+from midigen.encodings import Scheme
+from midigen.encodings.bpe import BPE
+from midigen.encodings.catalog import SCHEME_FILE, scheme_for, write_scheme
+from midigen.encodings.scores import Vocab, decode_tokens, encode_notes
+from midigen.errors import MidigenError, read_json
 
 SPLITS = ("train", "val", "test")
 ARRAYS = {"tokens": np.uint16, "times": np.int32, "bar_pos": np.int32}

@@ -320,8 +320,9 @@ class MemoryState:
     `offset` is the stream position of the next token (the same for all rows); `last_doc`,
     `song_start` and `last_tokens` let the next segment know whether its first tokens continue
     a song, where that song began and which tokens came just before (model.previous_tokens).
-    `xl` and `knn` hold what the model's memories keep (model.py: XLRecurrence, KNNRetrieval; a
-    vanilla model has neither, but generation's key/value cache uses `xl` for every model).
+    `xl` and `knn` hold what the model's memories keep (transformer.py: XLRecurrence,
+    KNNRetrieval; a vanilla model has neither, but generation's key/value cache uses `xl` for
+    every model).
     The kNN memory is updated in place (an index is too big to copy every segment).
     """
 

@@ -23,13 +23,13 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from midigen.atomic import atomic_file
-from midigen.batching import IGNORE, ContiguousBatches, Segment
-from midigen.corpus import load_shard
+from midigen.data.batching import IGNORE, ContiguousBatches, Segment
+from midigen.data.corpus import load_shard
 from midigen.encodings.catalog import load_scheme
 from midigen.errors import MidigenError
-from midigen.model import token_loss
+from midigen.models.transformer import token_loss
+from midigen.models.variants import Config, build_model, saved_form
 from midigen.params import default
-from midigen.variants import Config, build_model, saved_form
 
 log = logging.getLogger(__name__)
 

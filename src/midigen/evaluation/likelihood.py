@@ -11,7 +11,7 @@ later segment than its song's start, so only a memory can reach the song's begin
 is that token's index inside its segment (what local attention sees of the past), and its reach
 says how far back the n tokens ending there last occurred in the song: nowhere, inside the
 segment, inside XL's memory, or beyond. Per song and probe cell the NLL sums go to songs.csv
-(`midigen.paired`), the material of every paired comparison between variants.
+(`midigen.evaluation.paired`), the material of every paired comparison between variants.
 """
 
 from __future__ import annotations
@@ -29,16 +29,16 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from numpy.lib.stride_tricks import sliding_window_view
 
-from midigen import musical
 from midigen.atomic import atomic_file
-from midigen.batching import IGNORE, ContiguousBatches, played_twice
-from midigen.corpus import Shard
+from midigen.data.batching import IGNORE, ContiguousBatches, played_twice
+from midigen.data.corpus import Shard
+from midigen.data.midi import Notes
 from midigen.encodings import DecodeError, Scheme, decode_song
 from midigen.errors import MidigenError
-from midigen.midi import Notes
-from midigen.model import MusicTransformer
-from midigen.paired import CELLS, REACH, SongCells, mean_interval, ratio_interval
-from midigen.samples import Samples
+from midigen.evaluation import musical
+from midigen.evaluation.paired import CELLS, REACH, SongCells, mean_interval, ratio_interval
+from midigen.generation.samples import Samples
+from midigen.models.transformer import MusicTransformer
 
 
 @dataclass(frozen=True)

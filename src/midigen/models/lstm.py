@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from midigen.model import embed_rows, row_logits, token_loss
+from midigen.models.transformer import embed_rows, row_logits, token_loss
 
 
 @dataclass(frozen=True)

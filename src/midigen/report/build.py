@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 import midigen
 from midigen.atomic import atomic_dir, atomic_file
 from midigen.errors import MidigenError, read_json
-from midigen.paired import (
+from midigen.evaluation.paired import (
     CELLS,
     CONTRASTS,
     REACH,
@@ -41,7 +41,7 @@ from midigen.paired import (
     paired_ratio_difference,
     read_song_cells,
 )
-from midigen.samples import SAMPLES_JSON, SamplePrompt, Samples, read_samples
+from midigen.generation.samples import SAMPLES_JSON, SamplePrompt, Samples, read_samples
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ def _data_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 def compare_with_vanilla(variants: list[Variant]) -> dict[str, dict[str, Any]]:
     """Per variant against vanilla on the same test songs: the paired difference on every cell
-    and every memory effect (`midigen.paired`), each {"mean", "low", "high"}."""
+    and every memory effect (`midigen.evaluation.paired`), each {"mean", "low", "high"}."""
     base = next((v for v in variants if v.name == "vanilla"), None)
     compared = {}
     for v in variants:
@@ -358,9 +358,10 @@ def effect_outcome(effect: dict[str, float | None]) -> str:
 def memory_verdict(summary: dict[str, Any]) -> tuple[str, list[str]]:
     """(headline, sentences with the numbers): did memory help where it can reach?
 
-    Only memory effects count (`midigen.paired.CONTRASTS`: a variant's difference from vanilla
-    where memory can reach minus where it cannot), and only where their 95% interval over
-    songs excludes zero; a variant that is better or worse everywhere has no memory effect.
+    Only memory effects count (`midigen.evaluation.paired.CONTRASTS`: a variant's difference
+    from vanilla where memory can reach minus where it cannot), and only where their 95%
+    interval over songs excludes zero; a variant that is better or worse everywhere has no
+    memory effect.
     """
     compared = summary["vs_vanilla"]
     if not compared:
@@ -576,7 +577,7 @@ def plot_nll_by_position(variants: list[Variant], out: Path) -> None:
 
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("midigen", "templates"),
+        loader=jinja2.PackageLoader("midigen.report", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,

@@ -1,0 +1,1 @@
+"""Generation: continuing prompts with a trained model, and the samples it writes."""

@@ -1,0 +1,154 @@
+"""What the model sees while a continuation grows: a key/value cache that mirrors training,
+the recomputing reference, and the LSTM's carried state.
+
+Every query sees what it saw in training. Segments of `segment_len` tokens start at the song's
+first token; a query at position i of a segment sees the `xl_mem_len` tokens before the segment
+through the XL memory plus the segment up to i, and the kNN memory holds every earlier token of
+the song before the segment (written when a segment is complete). `KVCache` feeds tokens one at
+a time under exactly those contexts: the XL memory grows into a cache of the current segment and
+shrinks back to `xl_mem_len` when the segment is complete, which is also when that segment goes
+into the kNN memory. So xl and xl_knn run past their context by pushing the oldest segment into
+memory. Vanilla has no memory: its cache keeps the last segment_len - 1 tokens, a sliding window
+(beyond the first window the cached keys were computed with their own, older context, as in XL;
+re-encoding the window instead would cost a whole forward per token). `Recompute` runs the
+current context again for every token, without a cache: the reference for tests and benchmark.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from midigen.models.lstm import MusicLSTM
+from midigen.models.memory import MemoryState
+from midigen.models.transformer import MusicTransformer, SegmentTrace
+
+
+class Context(Protocol):
+    """How generation runs the model: logits after the tokens fed so far, rows reordered."""
+
+    def feed(self, tokens: Tensor, bar_pos: Tensor) -> Tensor:
+        """(B, n) tokens and bar positions -> the next-token logits (B, V) after the last one."""
+        ...
+
+    def select(self, rows: Tensor) -> None:
+        """Row r continues row rows[r] (beam search)."""
+        ...
+
+
+class KVCache:
+    """Feeds tokens under their training contexts, keeping every past key/value it may need."""
+
+    def __init__(self, model: MusicTransformer):
+        self.model = model
+        config = model.config
+        self.segment, self.mem_len = config.segment_len, config.xl_mem_len
+        self.memory = model.keeps_memory
+        self.state: MemoryState | None = None
+
+    @property
+    def fed(self) -> int:
+        return 0 if self.state is None else self.state.offset
+
+    def feed(self, tokens: Tensor, bar_pos: Tensor) -> Tensor:
+        """(B, n) tokens and bar positions -> the next-token logits (B, V) after the last one."""
+        start = 0
+        while start < tokens.shape[1]:
+            take = min(tokens.shape[1] - start, self._room())
+            logits = self._forward(
+                tokens[:, start : start + take], bar_pos[:, start : start + take]
+            )
+            start += take
+        return logits[:, -1]
+
+    def select(self, rows: Tensor) -> None:
+        """Row r continues row rows[r] (beam search)."""
+        self.state = self.state.select(rows)
+
+    def _room(self) -> int:
+        """How many tokens one forward may take with every query still in its context."""
+        if self.memory:  # up to the end of the current segment
+            return self.segment - self.fed % self.segment
+        cached = 0 if self.state is None or self.state.xl is None else len(self.state.xl.pos)
+        return max(1, self.segment - cached)  # vanilla: no query sees more than segment_len
+
+    def _forward(self, tokens: Tensor, bar_pos: Tensor) -> Tensor:
+        filled = self.fed % self.segment + tokens.shape[1]  # of the current segment, after this
+        keep = self.mem_len + filled if self.memory else self.segment - 1
+        if self.memory and self.state is not None and self.state.xl is not None:
+            # room for the rest of the segment: tokens are then written into it, not copied
+            xl = self.state.xl.with_room(self.mem_len + self.segment)
+            if xl is not self.state.xl:
+                self.state = dataclasses.replace(self.state, xl=xl)
+        logits, trace = self.model.read(tokens, bar_pos, state=self.state)
+        self.state = trace.cached(keep)
+        if self.memory and filled == self.segment:
+            self._end_segment()
+        return logits
+
+    def _end_segment(self) -> None:
+        """The complete segment, all in the cache, goes to the memories as in training."""
+        xl = self.state.xl
+        own = xl.doc[:, -self.segment :]
+        self.state = self.model.remember(
+            SegmentTrace(self.state, xl.keys, xl.values, xl.pos, xl.doc, own)
+        )
+
+
+class Recompute:
+    """No key/value cache: every call runs the whole current context again. Memory models keep
+    the state left by the song's complete segments (training's segment-by-segment forward) and
+    re-run the current segment; vanilla re-runs its last segment_len tokens."""
+
+    def __init__(self, model: MusicTransformer):
+        self.model = model
+        self.segment = model.config.segment_len
+        self.memory = model.keeps_memory
+        self.state: MemoryState | None = None  # memory models: after the complete segments
+        self.tokens: Tensor | None = None  # the current segment (vanilla: window) so far
+        self.bar_pos: Tensor | None = None
+
+    def feed(self, tokens: Tensor, bar_pos: Tensor) -> Tensor:
+        """(B, n) tokens and bar positions -> the next-token logits (B, V) after the last one."""
+        if self.tokens is not None:
+            tokens, bar_pos = (
+                torch.cat([self.tokens, tokens], 1),
+                torch.cat([self.bar_pos, bar_pos], 1),
+            )
+        if not self.memory:
+            self.tokens, self.bar_pos = tokens[:, -self.segment :], bar_pos[:, -self.segment :]
+            return self.model(self.tokens, self.bar_pos)[0][:, -1]
+        while tokens.shape[1] >= self.segment:  # complete segments go into memory for good
+            logits, _, self.state = self.model(
+                tokens[:, : self.segment], bar_pos[:, : self.segment], state=self.state
+            )
+            tokens, bar_pos = tokens[:, self.segment :], bar_pos[:, self.segment :]
+        self.tokens, self.bar_pos = tokens, bar_pos
+        if tokens.shape[1]:
+            logits = self.model.read(tokens, bar_pos, state=self.state)[0]
+        return logits[:, -1]
+
+    def select(self, rows: Tensor) -> None:
+        """Row r continues row rows[r] (beam search)."""
+        if self.state is not None:
+            self.state = self.state.select(rows)
+        self.tokens, self.bar_pos = self.tokens[rows], self.bar_pos[rows]
+
+
+class Carried:
+    """The LSTM's context: its state after the tokens fed so far (one song: one id)."""
+
+    def __init__(self, model: MusicLSTM):
+        self.model, self.state = model, None
+
+    def feed(self, tokens: Tensor, bar_pos: Tensor) -> Tensor:
+        """(B, n) tokens and bar positions -> the next-token logits (B, V) after the last one."""
+        logits, _, self.state = self.model(tokens, bar_pos, torch.zeros_like(bar_pos), self.state)
+        return logits[:, -1]
+
+    def select(self, rows: Tensor) -> None:
+        """Row r continues row rows[r] (beam search)."""
+        self.state = self.state.select(rows)

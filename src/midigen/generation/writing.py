@@ -1,0 +1,131 @@
+"""The generate stage's work: continue the first test songs and write each prompt, real
+continuation and generated one as MIDI, WAV and piano roll, with samples.json."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import symusic
+from torch import nn
+
+from midigen.atomic import atomic_dir
+from midigen.data.corpus import load_shard
+from midigen.data.download import read_manifest
+from midigen.data.midi import Meter, Notes, write_midi
+from midigen.encodings import decode_song, whole_rows
+from midigen.encodings.catalog import load_scheme
+from midigen.errors import MidigenError
+from midigen.generation.media import piano_roll, render_audio
+from midigen.generation.prompts import split_song
+from midigen.generation.samples import PIECES, PieceFiles, SamplePrompt, Samples
+from midigen.generation.sampling import GenerateConfig, generate
+
+
+def song_title(midi_file: Path | None, fallback: str) -> str:
+    """The first non-empty track name of a MIDI file (what its author called it), else
+    `fallback`."""
+    if midi_file is None:
+        return fallback
+    try:
+        tracks = symusic.Score.from_midi(midi_file.read_bytes()).tracks
+    except Exception:  # the file was encoded once, but a title is not worth failing over
+        return fallback
+    return next((t.name.strip() for t in tracks if t.name.strip()), fallback)
+
+
+def write_samples(
+    model: nn.Module,
+    variant: str,
+    shards: Path,
+    raw: Path,
+    out: Path,
+    config: GenerateConfig,
+    steps_per_beat: int,
+) -> Samples:
+    """Continue the first `config.prompts` test songs; write OUT/ (MIDI, WAV and piano roll of
+    prompt, real and generated piece, and samples.json) atomically; return what it records."""
+    scheme, shard = load_scheme(shards), load_shard(shards, "test")
+    grammar = scheme.grammar
+    if config.prompts > len(shard.songs):
+        raise MidigenError(
+            f"generate.prompts is {config.prompts} but the test split has only "
+            f"{len(shard.songs)} songs (lower generate.prompts)"
+        )
+    files = {row["sha256"]: raw / row["path"] for row in read_manifest(raw / "manifest.csv")}
+    prompts, renderer = [], None
+    with atomic_dir(out) as tmp:
+        for k in range(config.prompts):
+            song, span = shard.songs[k], shard.song(k)
+            times = np.asarray(shard.times[span])
+            prompt, real = split_song(
+                np.asarray(shard.tokens[span], np.int64),
+                times,
+                np.asarray(shard.bar_pos[span]),
+                config.prompt_bars,
+                steps_per_beat,
+                grammar,
+            )
+            started = time.perf_counter()
+            generation = generate(model, prompt, scheme, config, seed=config.seed + k)
+            seconds = time.perf_counter() - started
+            after_prompt = grammar.parse(prompt.tokens.tolist())
+            head = prompt.tokens.tolist()  # ints, or rows of them (codebook)
+            tokens = {
+                "prompt": head,
+                "real": real.tolist(),
+                "generated": whole_rows(grammar, after_prompt, generation.tokens),
+            }
+            title = song_title(files.get(song["sha256"]), song["source"])
+            heading = song["source"] if title == song["source"] else f"{title} ({song['source']})"
+            piece_files = {}
+            for piece in PIECES:
+                body = [] if piece == "prompt" else tokens[piece]
+                continuation = None if piece == "prompt" else int(times[len(head)])
+                piece_files[piece], reason = _write_piece(
+                    tmp / f"{k:02d}_{piece}",
+                    decode_song(scheme, [*head, *body]),
+                    f"{heading}: {piece}",
+                    prompt.bar_steps,
+                    continuation,
+                    config.sample_rate,
+                    steps_per_beat,
+                )
+                renderer = renderer or reason
+            prompts.append(
+                SamplePrompt(
+                    id=f"{k:02d}",
+                    song=song["sha256"],
+                    source=song["source"],
+                    title=title,
+                    prompt_steps=int(times[len(head)]),
+                    bar_steps=prompt.bar_steps,
+                    tokens=tokens,
+                    files=piece_files,
+                    seconds=seconds,
+                    tokens_per_s=len(generation.tokens) / seconds,
+                )
+            )
+        samples = Samples(variant, scheme.name, renderer, steps_per_beat, tuple(prompts))
+        samples.write(tmp)
+    return samples
+
+
+def _write_piece(
+    stem: Path,
+    notes: Notes,
+    heading: str,
+    bar_steps: int,
+    continuation: int | None,
+    sample_rate: int,
+    steps_per_beat: int,
+) -> tuple[PieceFiles, str | None]:
+    """One piece as STEM.mid, .wav and .png (the piano roll, the continuation marked where it
+    starts): its file names, and why there is no WAV, if not."""
+    midi = write_midi(notes, steps_per_beat, Meter(np.array([0]), np.array([bar_steps])))
+    stem.with_suffix(".mid").write_bytes(midi)
+    reason = render_audio(midi, stem.with_suffix(".wav"), sample_rate)
+    piano_roll(notes, stem.with_suffix(".png"), steps_per_beat, heading, continuation)
+    wav = None if reason else f"{stem.name}.wav"
+    return PieceFiles(f"{stem.name}.mid", f"{stem.name}.png", wav), reason
