@@ -469,6 +469,25 @@ def test_schemes_are_compared_by_bits_per_note_paired_by_song(inputs):
     assert rows[("events", "ngram baseline")]["bits_per_note"] == 6.9
     html = (inputs / "reports" / "index.html").read_text()
     assert "<h2>Token schemes</h2>" in html and "<th>vs index (bits/note)</th>" in html
+    assert "<th>vs vanilla (bits/note)</th>" in html
+
+
+def test_variants_are_compared_with_vanilla_in_each_scheme_paired_by_song(inputs):
+    """Each model's bits per note against vanilla's in the same scheme, on the same songs: the
+    mean is the difference of the summed NLLs over the summed notes, by hand."""
+    build(inputs, _params())
+    run = json.loads(next((inputs / "reports" / "runs").glob("*/run.json")).read_text())
+    rows = {(r["scheme"], r["name"]): r for r in run["summary"]["schemes"]}
+    vanilla = json.loads((inputs / "metrics/index/eval/vanilla.json").read_text())["songs"]
+    assert rows[("index", "vanilla")]["vs_reference"] is None
+    for variant in VARIANTS[1:]:
+        songs = json.loads((inputs / f"metrics/index/eval/{variant}.json").read_text())["songs"]
+        assert songs["sha256"] == vanilla["sha256"]
+        nll = np.array(songs["nll_sum"]) - np.array(vanilla["nll_sum"])
+        by_hand = nll.sum() / math.log(2) / np.sum(vanilla["notes"])
+        compared = rows[("index", variant)]["vs_reference"]
+        assert compared["mean"] == pytest.approx(by_hand)
+        assert compared["low"] <= by_hand <= compared["high"]
 
 
 def test_files_that_lost_many_notes_or_were_repaired_are_shown(inputs):

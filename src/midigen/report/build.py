@@ -727,16 +727,20 @@ def _memory_tables(summary: dict[str, Any], probe: dict[str, Any]) -> dict[str, 
 
 def scheme_summary(params: dict[str, Any], inputs: ReportInputs) -> list[dict[str, Any]]:
     """Bits per note of every scheme x variant (and each scheme's best baseline) with its 95%
-    interval over test songs, and, for the schemes after the first, the paired difference
-    from the first scheme's same variant on the songs both encoded: encodings compared."""
-    schemes, rows = params["encode"]["schemes"], []
+    interval over test songs; for the schemes after the first, the paired difference from the
+    first scheme's same variant on the songs both encoded (encodings compared); and for the
+    variants after the reference (vanilla, if trained), the paired difference from the
+    reference in the same scheme (models compared)."""
+    schemes, variants, rows = params["encode"]["schemes"], params["train"]["variants"], []
+    reference = reference_variant(variants)
     first: dict[str, dict[str, Any]] = {}  # variant -> the first scheme's per-song sums
     for scheme in schemes:
         branch = inputs.branch(scheme)
-        for variant in params["train"]["variants"]:
+        songs_of = {}
+        for variant in [reference, *(v for v in variants if v != reference)]:
             path = branch.metrics / "eval" / f"{variant}.json"
             metrics = _read_json(path, f"run `midigen evaluate --scheme {scheme}`")
-            songs = _field(metrics, "songs", path)
+            songs = songs_of[variant] = _field(metrics, "songs", path)
             first.setdefault(variant, songs)
             rows.append(
                 {
@@ -745,14 +749,22 @@ def scheme_summary(params: dict[str, Any], inputs: ReportInputs) -> list[dict[st
                     "kind": "variant",
                     **_rates(metrics, path),
                     "vs_first": None if scheme == schemes[0] else _vs(songs, first[variant]),
+                    "vs_reference": None
+                    if variant == reference
+                    else _vs(songs, songs_of[reference]),
                 }
             )
         path = branch.metrics / "baselines.json"
         baselines = _read_json(path, f"run `midigen baselines --scheme {scheme}`")
         name, best = min(baselines.items(), key=lambda item: item[1]["bits_per_note"])
         rows.append({"scheme": scheme, "name": f"{name} baseline", "kind": "baseline"})
-        rows[-1] |= {**_rates(best, path), "vs_first": None}
+        rows[-1] |= {**_rates(best, path), "vs_first": None, "vs_reference": None}
     return rows
+
+
+def reference_variant(variants: list[str]) -> str:
+    """The variant the others are compared with: vanilla where it was trained."""
+    return "vanilla" if "vanilla" in variants else variants[0]
 
 
 def _rates(metrics: dict[str, Any], source: Path) -> dict[str, Any]:
@@ -794,6 +806,7 @@ def _page(
         "metric_rows": _metric_rows(record["summary"], baselines),
         "schemes": record["summary"]["schemes"],
         "primary": params["encode"]["schemes"][0],
+        "reference": reference_variant(params["train"]["variants"]),
         "loss_by_type": _table({v.name: v.eval.get("loss_by_type", {}) for v in variants}),
         "paired": _memory_tables(record["summary"], variants[0].eval),
         "music": _music_tables(variants),
