@@ -311,6 +311,49 @@ def test_bpe_songs_cut_anywhere_end_only_where_the_index_score_may(bpe: BPE, rng
     decode_song(bpe, [tokens[0], *kept])  # ends where it may: decodes
 
 
+# ---- merges on top of another flat scheme: events ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def events_bpe() -> BPE:
+    base = Events(max_shift=4, velocity_bins=4, sustain="explicit")
+    songs = [base.encode(s).tokens.reshape(-1) for s in training_songs(0)]
+    return BPE.train(base, songs, 40, name="events")
+
+
+@given(st.integers(0, 10**6))
+@settings(max_examples=25, deadline=None)
+def test_merged_events_round_trip_as_the_events_do(events_bpe: BPE, seed: int):
+    """Merged events expand to the events (pedals too) and decode to the notes the events
+    decode to, with the same notes counted."""
+    pedals = np.array([[0, 6], [8, 20]])
+    for song in training_songs(seed, count=2):
+        base, merged = events_bpe.base.encode(song, pedals), events_bpe.encode(song, pedals)
+        assert len(merged.times) < len(base.times)
+        assert np.array_equal(events_bpe.expand(merged.tokens), base.tokens.reshape(-1))
+        assert events_bpe.decode(merged.tokens).equals(events_bpe.base.decode(base.tokens))
+        counted = events_bpe.note_counts(merged.tokens).sum()
+        assert counted == events_bpe.base.note_counts(base.tokens).sum()
+        assert events_bpe.changes(song, pedals) == events_bpe.base.changes(song, pedals)
+
+
+@given(rng=st.randoms(use_true_random=False), limit=st.integers(0, 40))
+@settings(max_examples=25, deadline=None)
+def test_merged_events_grammar_every_sampled_song_decodes(events_bpe: BPE, rng, limit: int):
+    """Sampled inside the merged grammar (keys sounding, the pedal, time shifts), every song
+    ends and decodes, and nothing may follow its end."""
+    end = events_bpe.base.eos_row[0]
+    ends = [i for i, p in enumerate(events_bpe.pieces) if p[-1] == end]
+    tokens: list[int] = []
+    while not tokens or events_bpe.pieces[tokens[-1]][-1] != end:
+        (mask,) = events_bpe.allowed(np.array(tokens, dtype=np.int64))
+        choices = np.flatnonzero(mask).tolist()
+        closing = [c for c in choices if c in ends]
+        tokens.append(rng.choice(closing if len(tokens) >= limit and closing else choices))
+    events_bpe.decode(np.array(tokens))
+    assert not events_bpe.allowed(np.array(tokens))[0].any()
+
+
 # ---- MidiTok REMI through the interface ----------------------------------------------------
 
 REMI = Remi(steps_per_beat=4, max_duration=32)
@@ -348,6 +391,9 @@ def test_remi_round_trip_is_exact_within_its_range(song: Notes):
 def test_remi_counts_the_pitches_it_cannot_write():
     song = notes_of([(0, 10, 2), (0, 60, 2), (4, 120, 1)])
     assert REMI.changes(song) == {"not_given_back": 2}
+    assert REMI.changes(song, encoded=REMI.encode(song)) == {"not_given_back": 2}  # no re-encoding
+    empty = REMI.encode(notes_of_nothing())  # told what encode gave, it counts from that
+    assert REMI.changes(song, encoded=empty) == {"not_given_back": 3}
 
 
 @given(rng=st.randoms(use_true_random=False), limit=st.integers(0, 60))

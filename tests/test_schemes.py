@@ -34,6 +34,7 @@ from midigen.stages.branch import shards_of
 ROOT = Path(__file__).resolve().parents[1]
 FLAT = ("index", "bpe", "events", "remi")
 SCHEMES = (*FLAT, "codebook")  # codebook: rows of three fields
+MERGED = ("events+bpe", "remi+bpe")  # events and remi with merges in their own section
 PARAMS = load_params(ROOT / "params.yaml")
 
 
@@ -50,12 +51,18 @@ DOWNLOAD = dict(source="bach", max_files=24, val_fraction=0.15, test_fraction=0.
 
 @pytest.fixture(scope="module")
 def branches(tmp_path_factory, raw) -> dict[str, Path]:
-    """The shards of every scheme, from the same files (bpe: 64 merges)."""
+    """The shards of every scheme, from the same files (bpe: 64 merges), and of events and
+    remi with 64 merges each."""
     encode = {**PARAMS["encode"], "bpe": {"merges": 64}}
     found = {"index": raw / "shards"}
     for scheme in SCHEMES[1:]:
         root = tmp_path_factory.mktemp(scheme)
         found[scheme] = shards_via_stages(root, encode, scheme, **DOWNLOAD)
+    for branch in MERGED:
+        scheme = branch.removesuffix("+bpe")
+        merged = {**encode, scheme: {**encode[scheme], "merges": 64}}
+        root = tmp_path_factory.mktemp(scheme + "-merged")
+        found[branch] = shards_via_stages(root, merged, scheme, **DOWNLOAD)
     return found
 
 
@@ -111,7 +118,30 @@ def test_bpe_learns_its_merges_from_the_training_split_only(branches):
     assert BPE.train(index, everything, 64).to_json() != learned  # the test songs would show
 
 
-@pytest.mark.parametrize("scheme_name", SCHEMES)
+@pytest.mark.parametrize("branch", MERGED)
+def test_merges_on_top_of_events_and_remi_are_learned_and_expand_back(branches, branch):
+    """`encode.events.merges` (and remi's): the branch keeps its scheme's name, its merges are
+    the ones learned from the training songs' own tokens, and every merged song expands to
+    exactly the tokens of the unmerged branch, with the same notes per song."""
+    name = branch.removesuffix("+bpe")
+    merged, plain = load_scheme(branches[branch]), load_scheme(branches[name])
+    assert isinstance(merged, BPE) and merged.name == name
+    assert merged.fields[0] > plain.fields[0]
+    train = load_shard(branches[name], "train")
+    songs = [np.asarray(train.tokens[train.song(i)]) for i in range(len(train.songs))]
+    learned = (branches[branch] / "bpe.json").read_text()
+    assert BPE.train(plain, songs, 64, name).to_json() == learned
+    for split in ("train", "test"):
+        shard, base = load_shard(branches[branch], split), load_shard(branches[name], split)
+        assert len(shard.tokens) < len(base.tokens)  # merging shortened the songs
+        for i in range(len(shard.songs)):
+            tokens, truth = np.asarray(shard.tokens[shard.song(i)]), base.tokens[base.song(i)]
+            np.testing.assert_array_equal(merged.expand(tokens), truth)
+            assert merged.note_counts(tokens).sum() == plain.note_counts(truth).sum()
+            assert merged.decode(tokens).equals(plain.decode(np.asarray(truth)))
+
+
+@pytest.mark.parametrize("scheme_name", [*SCHEMES, *MERGED])
 def test_the_grammar_tracks_the_steps_the_encoder_wrote(branches, scheme_name):
     """Every stored token sounds at the step the scheme's grammar says it sounds at (what
     generation feeds the model as its bar position); a codebook row at its own onset."""
@@ -135,7 +165,7 @@ def tiny(fields: tuple[int, ...], variant: str, seed: int = 0):
     return build_model(config).eval()
 
 
-@pytest.mark.parametrize("scheme_name", SCHEMES)
+@pytest.mark.parametrize("scheme_name", [*SCHEMES, *MERGED])
 @pytest.mark.parametrize("variant", ["xl_knn", "lstm"])
 def test_generation_in_every_scheme_decodes(branches, scheme_name, variant):
     """A random model of each kind continues each test song's opening inside the scheme's

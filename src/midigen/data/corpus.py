@@ -38,7 +38,7 @@ from midigen.data.midi import (
 )
 from midigen.encodings import Scheme
 from midigen.encodings.bpe import BPE
-from midigen.encodings.catalog import SCHEME_FILE, scheme_for, write_scheme
+from midigen.encodings.catalog import SCHEME_FILE, merges_of, scheme_for, write_scheme
 from midigen.encodings.scores import Vocab, decode_tokens, encode_notes
 from midigen.errors import MidigenError, read_json
 
@@ -132,7 +132,7 @@ def encode_bytes(data: bytes, config: EncodeConfig) -> EncodedSong:
         song.notes_read,
         song.changes,
         song.repairs,
-        config.scheme.changes(song.notes, song.pedals),
+        config.scheme.changes(song.notes, song.pedals, encoded),
     )
 
 
@@ -307,7 +307,7 @@ def build_shards(
             arrays.append({name: chunk[name][span] for name in ARRAYS})
         errors += _read_csv(folder / "errors.csv")
     merges = None
-    if config.scheme_name == "bpe":
+    if merges_of(config.scheme_name, config.scheme_params):
         merges = _learn_merges(config, songs, arrays)
         scheme: Scheme = merges
     else:
@@ -365,10 +365,11 @@ def build_shards(
 
 
 def _learn_merges(config: EncodeConfig, songs: list[dict], arrays: list[dict]) -> BPE:
-    """Learn the bpe scheme's merges on the training split's index scores, then merge every
-    song in place (each merged token at its first base token's step and bar position)."""
+    """Learn the scheme's merges on the training split's base tokens, then merge every song
+    in place (each merged token at its first base token's step and bar position)."""
     training = [a["tokens"] for s, a in zip(songs, arrays, strict=True) if s["split"] == "train"]
-    merges = BPE.train(config.scheme, training, config.scheme_section["merges"])
+    count = merges_of(config.scheme_name, config.scheme_params)
+    merges = BPE.train(config.scheme, training, count, config.scheme_name)
     for song, array in zip(songs, arrays, strict=True):
         tokens, first = merges.merged(array["tokens"])
         array.update(tokens=tokens, times=array["times"][first], bar_pos=array["bar_pos"][first])

@@ -34,6 +34,7 @@ __all__ = [
     "one_instrument",
     "prefix_mask",
     "whole_rows",
+    "whole_rows_and_cursor",
 ]
 
 
@@ -66,8 +67,12 @@ class Scheme(Protocol):
         """The notes of a whole song's rows; DecodeError names the first row it cannot read."""
         ...
 
-    def changes(self, notes: Notes, pedals: np.ndarray = NO_PEDALS) -> dict[str, int]:
-        """How many of `notes` encode() changes or drops, by cause (0 for a lossless scheme)."""
+    def changes(
+        self, notes: Notes, pedals: np.ndarray = NO_PEDALS, encoded: Encoded | None = None
+    ) -> dict[str, int]:
+        """How many of `notes` encode() changes or drops, by cause (0 for a lossless scheme).
+        `encoded`: encode()'s result where the caller has it, so that a scheme which must decode
+        to see its losses (remi) does not encode again."""
         ...
 
     eos_row: tuple[int, ...]  # the row that ends a song
@@ -198,12 +203,19 @@ def prefix_mask(grammar: Grammar, prefix: np.ndarray, size: int, sos: int) -> np
 def whole_rows(grammar: Grammar, cursor: Cursor, tokens: list[int]) -> list[int]:
     """`tokens` (drawn after `cursor`) up to the last point where the song could end: what the
     length limit may leave unfinished (a note waiting for its duration) is dropped."""
-    kept = 0
+    return whole_rows_and_cursor(grammar, cursor, tokens)[0]
+
+
+def whole_rows_and_cursor(
+    grammar: Grammar, cursor: Cursor, tokens: list[int]
+) -> tuple[list[int], Cursor]:
+    """`whole_rows`, and the grammar's cursor after them (so that no one parses them again)."""
+    kept, kept_cursor = 0, cursor
     for i, token in enumerate(tokens):
         cursor = grammar.advance(cursor, token)
         if cursor.ended or grammar.may_end(cursor):
-            kept = i + 1
-    return list(tokens[:kept])
+            kept, kept_cursor = i + 1, cursor
+    return list(tokens[:kept]), kept_cursor
 
 
 def decode_song(scheme: Scheme, tokens: list) -> Notes:

@@ -1,4 +1,4 @@
-"""A learned vocabulary on top of the index score: byte-pair merges (Hugging Face tokenizers).
+"""A learned vocabulary on top of a flat scheme: byte-pair merges (Hugging Face tokenizers).
 
 Each base token id becomes one character, each song one string, and BPE learns merges on the
 training split's songs only. The whole song is one word, so merges cross time steps (a note
@@ -6,6 +6,8 @@ with its duration, a chord, a note and the gap after it): the merge the MIDIGen 
 not make with his bar-and-beat layout (seed 003). A merged token sounds at the step of its
 first base token. Decoding expands every token into its base tokens, so the notes, and the
 number of notes a song's NLL is divided by for bits per note, are exactly the base scheme's.
+Any scheme with one token per row can be the base (index as `bpe`; events and remi with their
+own `merges`); the merged grammar asks the base's grammar, token by token.
 """
 
 from __future__ import annotations
@@ -18,27 +20,34 @@ import numpy as np
 from tokenizers import Tokenizer, models, trainers
 
 from midigen.data.midi import Notes
-from midigen.encodings import NO_PEDALS, DecodeError, Encoded, SchemeGrammar, prefix_mask
-from midigen.encodings.index import END, Cursor, Grammar, Index
+from midigen.encodings import (
+    NO_PEDALS,
+    Cursor,
+    DecodeError,
+    Encoded,
+    Grammar,
+    Scheme,
+    SchemeGrammar,
+)
 
 FIRST_CHAR = 0x4E00  # base id i is the character chr(FIRST_CHAR + i) (a CJK block, as MidiTok)
 
 
 @dataclass(frozen=True)
 class BPE:
-    """The index score with `tokenizer`'s merges; ids below the base vocabulary's size are the
+    """A flat scheme with `tokenizer`'s merges; ids below the base vocabulary's size are the
     base tokens themselves, merged tokens follow."""
 
-    base: Index
+    base: Scheme
     tokenizer: Tokenizer
-    name: str = "bpe"
+    name: str = "bpe"  # the branch: bpe (index merged), or the merged scheme's own name
     pieces: list[np.ndarray] = field(init=False, repr=False)  # our id -> base tokens
     ours: np.ndarray = field(init=False, repr=False)  # the tokenizer's id -> ours
     notes_in: np.ndarray = field(init=False, repr=False)  # our id -> the notes it starts
     lengths: np.ndarray = field(init=False, repr=False)  # our id -> its base tokens' count
 
     def __post_init__(self) -> None:
-        size = len(self.base.vocab)
+        (size,) = self.base.fields
         learned = sorted(
             (i, text)
             for text, i in self.tokenizer.get_vocab().items()
@@ -59,9 +68,9 @@ class BPE:
         object.__setattr__(self, "lengths", np.array([len(piece) for piece in pieces]))
 
     @classmethod
-    def train(cls, base: Index, songs: list[np.ndarray], merges: int) -> BPE:
+    def train(cls, base: Scheme, songs: list[np.ndarray], merges: int, name: str = "bpe") -> BPE:
         """Learn up to `merges` merges from the base tokens of the training songs."""
-        size = len(base.vocab)
+        (size,) = base.fields
         alphabet = [chr(FIRST_CHAR + i) for i in range(size)]
         tokenizer = Tokenizer(models.BPE())
         trainer = trainers.BpeTrainer(
@@ -72,11 +81,11 @@ class BPE:
             show_progress=False,
         )
         tokenizer.train_from_iterator((text_of(s) for s in songs), trainer)
-        return cls(base, tokenizer)
+        return cls(base, tokenizer, name)
 
     @classmethod
-    def from_json(cls, base: Index, text: str) -> BPE:
-        return cls(base, Tokenizer.from_str(text))
+    def from_json(cls, base: Scheme, text: str, name: str = "bpe") -> BPE:
+        return cls(base, Tokenizer.from_str(text), name)
 
     def to_json(self) -> str:
         return self.tokenizer.to_str()
@@ -86,7 +95,7 @@ class BPE:
         return (len(self.pieces),)
 
     def encode(self, notes: Notes, pedals: np.ndarray = NO_PEDALS) -> Encoded:
-        base = self.base.encode(notes)
+        base = self.base.encode(notes, pedals)
         return self.merge(base.tokens.reshape(-1), base.times)
 
     def merge(self, tokens: np.ndarray, times: np.ndarray) -> Encoded:
@@ -115,8 +124,10 @@ class BPE:
     def decode(self, tokens: np.ndarray) -> Notes:
         return self.base.decode(self.expand(tokens))
 
-    def changes(self, notes: Notes, pedals: np.ndarray = NO_PEDALS) -> dict[str, int]:
-        return self.base.changes(notes)
+    def changes(
+        self, notes: Notes, pedals: np.ndarray = NO_PEDALS, encoded: Encoded | None = None
+    ) -> dict[str, int]:
+        return self.base.changes(notes, pedals)
 
     @property
     def eos_row(self) -> tuple[int]:
@@ -132,8 +143,9 @@ class BPE:
     def kinds(self, tokens: np.ndarray) -> np.ndarray:
         """The base token's type, or "merged"."""
         tokens = np.asarray(tokens).reshape(-1)
-        base = self.base.kinds(np.minimum(tokens, len(self.base.vocab) - 1))
-        return np.where(tokens < len(self.base.vocab), base, "merged")
+        (size,) = self.base.fields
+        base = self.base.kinds(np.minimum(tokens, size - 1))
+        return np.where(tokens < size, base, "merged")
 
     def note_counts(self, tokens: np.ndarray) -> np.ndarray:
         """Notes each token starts (a merged token may hold several)."""
@@ -144,16 +156,16 @@ class BPE:
         return MergedGrammar(self)
 
     def allowed(self, prefix: np.ndarray) -> list[np.ndarray]:
-        """The merged tokens whose every base token the index grammar allows in turn."""
-        size, sos = len(self.pieces), self.base.vocab.sos
-        if len(np.asarray(prefix).reshape(-1)) == 0:  # any piece that starts a song
-            return [np.array([p[0] == sos for p in self.pieces])]
-        return [prefix_mask(self.grammar, prefix, size, sos)]
+        """The merged tokens whose every base token the base grammar allows in turn."""
+        tokens = np.asarray(prefix, dtype=np.int64).reshape(-1).tolist()
+        if not tokens:  # any piece that starts a song
+            return [np.array([self.base.grammar.opens(int(p[0])) for p in self.pieces])]
+        return [self.grammar.allowed([self.grammar.parse(tokens)])[0].copy()]
 
 
 class MergedGrammar(SchemeGrammar):
-    """The index grammar over merged tokens: a merged token may follow when its base tokens
-    may, one after the other; it sounds at its first base token's step."""
+    """The base grammar over merged tokens: a merged token may follow when its base tokens
+    may, one after the other; it sounds where its first base token would."""
 
     def __init__(self, scheme: BPE):
         self.scheme, self.base = scheme, scheme.base.grammar
@@ -168,15 +180,18 @@ class MergedGrammar(SchemeGrammar):
             cursor = self.base.advance(cursor, base)
         return cursor
 
+    def sounds_at(self, cursor: Cursor, token: int) -> int:
+        return self.base.sounds_at(cursor, int(self.scheme.pieces[token][0]))
+
     def may_end(self, cursor: Cursor) -> bool:
-        """Where the index score may end (a merged token holding <eos> may come after a note,
-        but the song cannot end before that note's duration)."""
+        """Where the base scheme may end (in the index score a merged token holding <eos> may
+        come after a note, but the song cannot end before that note's duration)."""
         return self.base.may_end(cursor)
 
     def _row(self, cursor: Cursor, eos: bool) -> np.ndarray:
         key = (dataclasses.replace(cursor, step=0), eos)  # the mask does not depend on time
         if key not in self._rows:
-            end = self.scheme.base.vocab.eos
+            end = self.scheme.base.eos_row[0]
             self._rows[key] = np.array(
                 [
                     _follows(self.base, cursor, piece) and (eos or end not in piece)
@@ -189,7 +204,7 @@ class MergedGrammar(SchemeGrammar):
 def _follows(grammar: Grammar, cursor: Cursor, piece: np.ndarray) -> bool:
     """Whether the base tokens `piece` may come one after the other from `cursor`."""
     for token in piece.tolist():
-        if cursor.expect == END or not grammar.mask(cursor)[token]:
+        if cursor.ended or not grammar.allowed([cursor])[0][token]:
             return False
         cursor = grammar.advance(cursor, token)
     return True

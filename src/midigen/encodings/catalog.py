@@ -4,7 +4,9 @@ the scheme a shard folder was written in.
 Each scheme is a branch of the DAG (encode -> shard -> train -> ... per scheme), configured by
 the grid keys every scheme shares (encode.steps_per_beat, max_duration, instruments) and its own
 section, encode.<scheme>. `bpe` is the index score with merges learned by the shard stage on
-the training split; its encode stage writes the index score.
+the training split; its encode stage writes the index score. events and remi take merges in
+their own section the same way (`merges`, 0 = none), so one run can hold index with and
+without merges (index and bpe) and any other flat scheme with or without them.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ SCHEME_FILE, MERGES_FILE = "scheme.json", "bpe.json"
 
 
 def scheme_for(name: str, encode: dict) -> Scheme:
-    """The scheme `name` as the `encode` params configure it (bpe: the index score under it)."""
+    """The scheme `name` as the `encode` params configure it, before any merges (bpe: the
+    index score under them): what the encode stage writes."""
     own = encode.get(name, {})
     if name in ("index", "bpe"):
         return Index(Vocab(encode["max_duration"], encode["instruments"] == "program"))
@@ -38,6 +41,11 @@ def scheme_for(name: str, encode: dict) -> Scheme:
 
         return Remi(encode["steps_per_beat"], encode["max_duration"])
     raise MidigenError(f"unknown scheme {name!r} (one of {', '.join(SCHEMES)})")
+
+
+def merges_of(name: str, encode: dict) -> int:
+    """How many merges the shard stage learns on top of scheme `name` (0: none)."""
+    return encode.get(name, {}).get("merges", 0)
 
 
 def write_scheme(folder: Path, name: str, params: dict, merges: BPE | None = None) -> None:
@@ -53,6 +61,7 @@ def load_scheme(shards_dir: Path) -> Scheme:
     path = Path(shards_dir) / SCHEME_FILE
     meta = read_json(path, f"{shards_dir}: no shard here (run the shard stage first)")
     scheme = scheme_for(meta["scheme"], meta["encode"])
-    if meta["scheme"] == "bpe":
-        return BPE.from_json(scheme, (Path(shards_dir) / MERGES_FILE).read_text())
+    if merges_of(meta["scheme"], meta["encode"]):
+        merges = (Path(shards_dir) / MERGES_FILE).read_text()
+        return BPE.from_json(scheme, merges, meta["scheme"])
     return scheme

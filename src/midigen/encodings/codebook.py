@@ -85,7 +85,9 @@ class Codebook:
             return f"row {special[0] + 1}: <sos> or <eos> inside the song"
         return None
 
-    def changes(self, notes: Notes, pedals: np.ndarray = NO_PEDALS) -> dict[str, int]:
+    def changes(
+        self, notes: Notes, pedals: np.ndarray = NO_PEDALS, encoded: Encoded | None = None
+    ) -> dict[str, int]:
         kept = one_instrument(notes)
         ioi, duration = np.diff(kept.onset, prepend=0), kept.duration
         return {

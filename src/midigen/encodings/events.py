@@ -190,7 +190,9 @@ class Events:
 
     # -- what it changes, its grammar ------------------------------------------------------------
 
-    def changes(self, notes: Notes, pedals: np.ndarray = NO_PEDALS) -> dict[str, int]:
+    def changes(
+        self, notes: Notes, pedals: np.ndarray = NO_PEDALS, encoded: Encoded | None = None
+    ) -> dict[str, int]:
         onset, pitch, duration, velocity = _one_instrument(notes)
         cut = end_overlaps(onset, np.zeros_like(onset), pitch, duration)
         held = sustained(onset, pitch, cut, pedals)

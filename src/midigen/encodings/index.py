@@ -45,7 +45,9 @@ class Index:
     def decode(self, tokens: np.ndarray) -> Notes:
         return decode_tokens(np.asarray(tokens).reshape(-1), self.vocab)
 
-    def changes(self, notes: Notes, pedals: np.ndarray = NO_PEDALS) -> dict[str, int]:
+    def changes(
+        self, notes: Notes, pedals: np.ndarray = NO_PEDALS, encoded: Encoded | None = None
+    ) -> dict[str, int]:
         """Lossless on quantized notes (what the grid changes, midi.NOTE_CHANGES counts)."""
         return {}
 

@@ -115,8 +115,10 @@ class Remi:
             return "a song must end with EOS"
         return None
 
-    def changes(self, notes: Notes, pedals: np.ndarray = NO_PEDALS) -> dict[str, int]:
-        back = self.decode(self.encode(notes).tokens)
+    def changes(
+        self, notes: Notes, pedals: np.ndarray = NO_PEDALS, encoded: Encoded | None = None
+    ) -> dict[str, int]:
+        back = self.decode((encoded or self.encode(notes)).tokens)
         have = Counter(zip(*(a.tolist() for a in _columns(back)), strict=True))
         lost = Counter(zip(*(a.tolist() for a in _columns(notes)), strict=True)) - have
         return {"not_given_back": sum(lost.values())}

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from midigen.encodings import Grammar, whole_rows
+from midigen.encodings import Cursor, Grammar, whole_rows_and_cursor
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class Prompt:
     bar_pos: np.ndarray
     bar_steps: int
     bar_start: int = 0  # a step where a bar begins (the grid's phase)
+    cursor: Cursor | None = None  # the grammar's state after the prompt, when split_song knew it
 
     def bar_position(self, step: int) -> int:
         return (step - self.bar_start) % self.bar_steps
@@ -48,9 +49,11 @@ def split_song(
     song, its real continuation."""
     bar_steps = bar_steps_of(times, bar_pos, steps_per_beat)
     n = min(int(np.searchsorted(times, bars * bar_steps)), len(tokens) - 1)
+    cursor = None
     if grammar is not None:
         head = np.asarray(tokens[:n]).tolist()
-        n = 1 + len(whole_rows(grammar, grammar.parse(head[:1]), head[1:]))
+        kept, cursor = whole_rows_and_cursor(grammar, grammar.parse(head[:1]), head[1:])
+        n = 1 + len(kept)
     bar_start = int(times[n - 1]) - int(bar_pos[n - 1])
-    prompt = Prompt(np.asarray(tokens[:n]), np.asarray(bar_pos[:n]), bar_steps, bar_start)
+    prompt = Prompt(np.asarray(tokens[:n]), np.asarray(bar_pos[:n]), bar_steps, bar_start, cursor)
     return prompt, np.asarray(tokens[n:])

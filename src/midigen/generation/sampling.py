@@ -125,7 +125,7 @@ def generate(
     model.eval()
     device = model.tok_emb.weight.device
     grammar = DeviceGrammar(scheme.grammar, device)
-    cursor = grammar.parse(prompt.tokens.tolist())
+    cursor = prompt.cursor if prompt.cursor is not None else grammar.parse(prompt.tokens.tolist())
     if context is None:
         context = Carried if isinstance(model, MusicLSTM) else KVCache
     context = context(model)

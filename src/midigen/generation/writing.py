@@ -70,12 +70,11 @@ def write_samples(
             started = time.perf_counter()
             generation = generate(model, prompt, scheme, config, seed=config.seed + k)
             seconds = time.perf_counter() - started
-            after_prompt = grammar.parse(prompt.tokens.tolist())
             head = prompt.tokens.tolist()  # ints, or rows of them (codebook)
             tokens = {
                 "prompt": head,
                 "real": real.tolist(),
-                "generated": whole_rows(grammar, after_prompt, generation.tokens),
+                "generated": whole_rows(grammar, prompt.cursor, generation.tokens),
             }
             title = song_title(files.get(song["sha256"]), song["source"])
             heading = song["source"] if title == song["source"] else f"{title} ({song['source']})"
