@@ -31,14 +31,23 @@ STAGES = (
     "evaluate",
     "report",
     "roundtrip",
+    "continue",
 )
+MODULES = {"continue": "continue_song"}  # a command whose name Python keeps for itself
+
+
+def stage_module(name: str) -> str:
+    """The module in midigen.stages that runs command `name`."""
+    return f"midigen.stages.{MODULES.get(name, name)}"
+
+
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # full disk, quota, file size limit
 log = logging.getLogger("midigen")
 
 
 def stage_summary(name: str) -> str:
     """A stage's help line: the first line of its module's docstring, without importing it."""
-    spec = importlib.util.find_spec(f"midigen.stages.{name}")
+    spec = importlib.util.find_spec(stage_module(name))
     source = Path(spec.origin).read_text(encoding="utf-8")
     return ast.get_docstring(ast.parse(source)).splitlines()[0]
 
@@ -51,7 +60,7 @@ def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=stage_summary(name))
         if name != stage:
             continue
-        module = importlib.import_module(f"midigen.stages.{name}")
+        module = importlib.import_module(stage_module(name))
         p.description = module.__doc__
         p.add_argument(
             "--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)"

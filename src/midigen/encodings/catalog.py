@@ -56,10 +56,15 @@ def write_scheme(folder: Path, name: str, params: dict, merges: BPE | None = Non
         (folder / MERGES_FILE).write_text(merges.to_json())
 
 
+def scheme_record(folder: Path) -> dict:
+    """`folder`'s scheme.json: {"scheme": name, "encode": the params it is made from}."""
+    return read_json(Path(folder) / SCHEME_FILE, f"{folder}: no shard here (run shard first)")
+
+
 def load_scheme(shards_dir: Path) -> Scheme:
-    """The scheme the shards in `shards_dir` were written in (with their learned merges)."""
-    path = Path(shards_dir) / SCHEME_FILE
-    meta = read_json(path, f"{shards_dir}: no shard here (run the shard stage first)")
+    """The scheme the shards (or the model) in `shards_dir` were written in, with their
+    learned merges."""
+    meta = scheme_record(shards_dir)
     scheme = scheme_for(meta["scheme"], meta["encode"])
     if merges_of(meta["scheme"], meta["encode"]):
         merges = (Path(shards_dir) / MERGES_FILE).read_text()

@@ -82,7 +82,7 @@ def write_samples(
             for piece in PIECES:
                 body = [] if piece == "prompt" else tokens[piece]
                 continuation = None if piece == "prompt" else int(times[len(head)])
-                piece_files[piece], reason = _write_piece(
+                piece_files[piece], reason = write_piece(
                     tmp / f"{k:02d}_{piece}",
                     decode_song(scheme, [*head, *body]),
                     f"{heading}: {piece}",
@@ -111,7 +111,7 @@ def write_samples(
     return samples
 
 
-def _write_piece(
+def write_piece(
     stem: Path,
     notes: Notes,
     heading: str,

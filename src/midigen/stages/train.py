@@ -1,6 +1,7 @@
 """Train one variant (vanilla | xl | xl_knn) on the shards; `--resume` continues a checkpoint.
 
-Writes OUT/model.pt (final weights), OUT/checkpoint.pt (for --resume) and DVCLive metrics to
+Writes OUT/model.pt (final weights), OUT/checkpoint.pt (for --resume), the shards' scheme.json
+(and bpe.json) so that OUT is usable on its own (`midigen continue`), and DVCLive metrics to
 --metrics; with train.seeds > 1 the same for every further seed S in OUT/seed-S (DVCLive
 metrics in OUT/seed-S/live). While it trains, its checkpoints wait in CHECKPOINTS/V/<key>/,
 outside what the DAG tools delete before a re-run: killed and run again with the same
@@ -17,7 +18,9 @@ import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from midigen.atomic import atomic_file
 from midigen.dag import PACKAGE, SOURCE_ROOT, code_deps
+from midigen.encodings.catalog import MERGES_FILE, SCHEME_FILE
 from midigen.errors import MidigenError
 from midigen.models.training import TrainConfig, Trainer, seed_runs
 from midigen.models.transformer import ModelConfig
@@ -105,6 +108,16 @@ def run(args: argparse.Namespace, params: dict) -> str:
             f"seed {seed}: train loss {last.get('train_loss', 0):.3f}, "
             f"val loss {last.get('val_loss', float('nan')):.3f}"
         )
+    if trainer.env.rank == 0:
+        record_scheme(shards, out)
     return (
         f"{args.scheme} {args.variant}: {trainer.step} steps, {'; '.join(done)} nats/token -> {out}"
     )
+
+
+def record_scheme(shards: Path, out: Path) -> None:
+    """Copy the shards' scheme files (the scheme and its learned merges) beside the model."""
+    for name in (SCHEME_FILE, MERGES_FILE):
+        if (shards / name).exists():
+            with atomic_file(out / name, "wb") as f:
+                f.write((shards / name).read_bytes())
