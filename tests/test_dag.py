@@ -12,20 +12,15 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
-import yaml
+from projects import TINY, commit_all, make_project, run, set_param
 
 from midigen.data.corpus import load_shard
 from midigen.encodings.catalog import load_scheme
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = yaml.safe_load((ROOT / ".test" / "params.yaml").read_text())  # the committed tiny config
 TINY_FILES = TINY["download"]["max_files"]  # val and test at 0.25: every split gets songs
 SCHEMES, VARIANTS = tuple(TINY["encode"]["schemes"]), tuple(TINY["train"]["variants"])
 
@@ -46,48 +41,6 @@ AFTER_TRAIN = {"report"}.union(*(after_train(s) for s in SCHEMES))
 STAGES = {"download", "report"}.union(*(branch(s) for s in SCHEMES))
 
 pytestmark = pytest.mark.slow
-
-
-def run(cmd: list[str], cwd: Path) -> str:
-    """Run a command; `snakemake` and `dvc` run under the interpreter running the tests."""
-    if cmd[0] in ("snakemake", "dvc"):
-        cmd = [sys.executable, "-m", *cmd]
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{output[-4000:]}"
-    return output
-
-
-def make_project(tmp: Path) -> Path:
-    """Copy the repo's files (as git sees them) and shrink the corpus to a few chorales."""
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    project = tmp / "project"
-    for name in files:
-        if (ROOT / name).is_file() and not name.startswith("tests/"):
-            (project / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, project / name)
-    shutil.copy2(ROOT / ".test" / "params.yaml", project / "params.yaml")  # the tiny config
-    run(["git", "init", "-q"], project)
-    run(["git", "add", "-A"], project)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], project)
-    return project
-
-
-def set_param(project: Path, key: str, value) -> None:
-    path = project / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    *sections, name = key.split(".")
-    place = params
-    for section in sections:
-        place = place[section]
-    place[name] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def snakemake_jobs(project: Path, *extra: str) -> list[dict]:
@@ -189,8 +142,7 @@ def test_dvc_run_rerun_and_params_change(tmp_path):
     assert ran_stages_dvc(out) == STAGES
     assert (project / "reports/index.html").is_file()
     assert_round_trip(project)
-    run(["git", "add", "-A"], project)  # the baseline `dvc metrics diff` compares against
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run 1"], project)
+    commit_all(project, "run 1")  # the baseline `dvc metrics diff` compares against
 
     out = run(["dvc", "repro"], project)
     assert ran_stages_dvc(out) == set()

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_dag import VARIANTS, make_project, run, set_param
+from projects import TINY, make_project, run, set_param
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +42,8 @@ KILLS = [
     ),
     ("report", "report", "reports/index.html", "report"),
 ]
+
+VARIANTS = tuple(TINY["train"]["variants"])
 
 
 def fault_project(tmp: Path) -> Path:
