@@ -277,21 +277,6 @@ def test_bpe_refuses_ids_it_never_learned(bpe: BPE):
     assert str(error.value) == f"token 1: {bpe.fields[0]} is not in the learned vocabulary"
 
 
-@given(rng=st.randoms(use_true_random=False), limit=st.integers(0, 40))
-@settings(max_examples=25, deadline=None)
-def test_bpe_grammar_every_sampled_song_decodes(bpe: BPE, rng, limit: int):
-    eos = bpe.base.vocab.eos
-    ends = [i for i, p in enumerate(bpe.pieces) if p[-1] == eos]
-    tokens: list[int] = []
-    while not tokens or bpe.pieces[tokens[-1]][-1] != eos:
-        (mask,) = bpe.allowed(np.array(tokens, dtype=np.int64))
-        choices = np.flatnonzero(mask).tolist()
-        closing = [c for c in choices if c in ends]
-        tokens.append(rng.choice(closing if len(tokens) >= limit and closing else choices))
-    bpe.decode(np.array(tokens))
-    assert not bpe.allowed(np.array(tokens))[0].any()
-
-
 @given(rng=st.randoms(use_true_random=False), cut=st.integers(1, 60))
 @settings(max_examples=25, deadline=None)
 def test_bpe_songs_cut_anywhere_end_only_where_the_index_score_may(bpe: BPE, rng, cut: int):
@@ -337,21 +322,23 @@ def test_merged_events_round_trip_as_the_events_do(events_bpe: BPE, seed: int):
         assert events_bpe.changes(song, pedals) == events_bpe.base.changes(song, pedals)
 
 
+@pytest.mark.parametrize("merged", ["bpe", "events_bpe"])
 @given(rng=st.randoms(use_true_random=False), limit=st.integers(0, 40))
 @settings(max_examples=25, deadline=None)
-def test_merged_events_grammar_every_sampled_song_decodes(events_bpe: BPE, rng, limit: int):
-    """Sampled inside the merged grammar (keys sounding, the pedal, time shifts), every song
-    ends and decodes, and nothing may follow its end."""
-    end = events_bpe.base.eos_row[0]
-    ends = [i for i, p in enumerate(events_bpe.pieces) if p[-1] == end]
+def test_merged_grammar_every_sampled_song_decodes(request, merged: str, rng, limit: int):
+    """Sampled inside the merged grammar (index rows; events' keys sounding, the pedal, time
+    shifts), every song ends and decodes, and nothing may follow its end."""
+    scheme = request.getfixturevalue(merged)
+    end = scheme.base.eos_row[0]
+    ends = [i for i, p in enumerate(scheme.pieces) if p[-1] == end]
     tokens: list[int] = []
-    while not tokens or events_bpe.pieces[tokens[-1]][-1] != end:
-        (mask,) = events_bpe.allowed(np.array(tokens, dtype=np.int64))
+    while not tokens or scheme.pieces[tokens[-1]][-1] != end:
+        (mask,) = scheme.allowed(np.array(tokens, dtype=np.int64))
         choices = np.flatnonzero(mask).tolist()
         closing = [c for c in choices if c in ends]
         tokens.append(rng.choice(closing if len(tokens) >= limit and closing else choices))
-    events_bpe.decode(np.array(tokens))
-    assert not events_bpe.allowed(np.array(tokens))[0].any()
+    scheme.decode(np.array(tokens))
+    assert not scheme.allowed(np.array(tokens))[0].any()
 
 
 # ---- MidiTok REMI through the interface ----------------------------------------------------
