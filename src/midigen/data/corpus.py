@@ -123,7 +123,7 @@ def encode_bytes(data: bytes, config: EncodeConfig) -> EncodedSong:
     SkipSong)."""
     song = config.read(data)
     encoded = config.scheme.encode(song.notes, song.pedals)
-    tokens = encoded.tokens[:, 0] if encoded.tokens.shape[1] == 1 else encoded.tokens
+    tokens = encoded.stored
     return EncodedSong(
         tokens,
         encoded.times,

@@ -46,6 +46,11 @@ class Encoded:
     tokens: np.ndarray
     times: np.ndarray
 
+    @property
+    def stored(self) -> np.ndarray:
+        """The tokens as shards store them: (N,) for one field, (N, F) rows otherwise."""
+        return self.tokens[:, 0] if self.tokens.shape[1] == 1 else self.tokens
+
 
 class Scheme(Protocol):
     """What every scheme provides; pure functions of its configuration."""

@@ -52,10 +52,10 @@ def continue_midi(
     OUT/continued.* atomically. `encode`: the encode params (the file limits; the grid comes
     from the model's scheme); `generate_params`: the generate params (length, sampling)."""
     scheme, grid = _model_scheme(Path(model_dir))
+    config = EncodeConfig.from_params({**encode, **grid}, scheme.name)
+    song = _read(Path(midi), config)  # a bad file is refused before the model is loaded
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_trained(Path(model_dir) / "model.pt", scheme.fields, device)
-    config = EncodeConfig.from_params({**encode, **grid}, scheme.name)
-    song = _read(Path(midi), config)
     prompt = _prompt(song, scheme, bars or WHOLE_SONG, config.steps_per_beat)
     generation_config = GenerateConfig.from_params(generate_params)
     started = time.perf_counter()
@@ -116,7 +116,7 @@ def _read(midi: Path, config: EncodeConfig) -> Song:
 
 def _prompt(song: Song, scheme: Scheme, bars: int, steps_per_beat: int) -> Prompt:
     encoded = scheme.encode(song.notes, song.pedals)
-    tokens = encoded.tokens[:, 0] if encoded.tokens.shape[1] == 1 else encoded.tokens
+    tokens = encoded.stored
     bar_pos = song.meter.bar_position(encoded.times)
     prompt, _ = split_song(tokens, encoded.times, bar_pos, bars, steps_per_beat, scheme.grammar)
     return prompt
