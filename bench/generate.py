@@ -3,6 +3,7 @@
     python bench/generate.py                     # default model (params.yaml), 512 tokens, CPU
     python bench/generate.py --repeats 5         # more timed runs per side
     python bench/generate.py --threads 2         # torch threads (default 1: a shared machine)
+    python bench/generate.py --prompts 16        # batch size of the batched table (default 8)
     python bench/generate.py --results bench/RESULTS.md  # also write its section there
 
 Every side continues the same prompt (the first 4 bars of the first test song in data/shards/index;
@@ -21,6 +22,12 @@ xl and xl_knn (their cache is exact). Vanilla's cache is exact only within its f
 (beyond it, it keeps keys a re-encoded window would drop: XL-like), so vanilla draws only the
 tokens that fit its first window, where both sides do the same work and agree token for token.
 Target: cached >= 5x recompute at the default context.
+
+Batched (second table): `--prompts` prompts (the first test songs, or random ones of different
+lengths) continued one at a time with `generate`, then all together as rows of one batch with
+`generate_batch` (each prompt its own seed: the same tokens, `same` counts the prompts that
+agree), every prompt drawing exactly `--length` tokens. Target: batched tokens/s >= 4x one at a
+time at 8 prompts.
 """
 
 from __future__ import annotations
@@ -41,37 +48,51 @@ from midigen.encodings.index import Index
 from midigen.encodings.scores import Vocab
 from midigen.generation.contexts import KVCache, Recompute
 from midigen.generation.prompts import Prompt, split_song
-from midigen.generation.sampling import GenerateConfig, generate
+from midigen.generation.sampling import GenerateConfig, generate, generate_batch
 from midigen.models.transformer import VARIANT_MEMORY, ModelConfig, MusicTransformer
 from midigen.params import load_params
 from midigen.stages.train import model_config
 
 TARGET = 5.0
+BATCH_TARGET = 4.0
 
 
-def prompt_and_scheme(shards: Path, bars: int, steps_per_beat: int) -> tuple[Prompt, Index, str]:
-    """The first test song's opening bars (index shards), or a random prompt of notes on every
-    beat."""
+def prompts_and_scheme(
+    shards: Path, count: int, bars: int, steps_per_beat: int
+) -> tuple[list[Prompt], Index, str]:
+    """The opening bars of the first `count` test songs (index shards), or random prompts of
+    notes on every beat, the k-th 32 + 5k beats long."""
     if (shards / SCHEME_FILE).exists():
         scheme, shard = load_scheme(shards), load_shard(shards, "test")
-        span = shard.song(0)
-        prompt, _ = split_song(
-            np.asarray(shard.tokens[span], np.int64),
-            np.asarray(shard.times[span]),
-            np.asarray(shard.bar_pos[span]),
-            bars,
-            steps_per_beat,
-        )
-        return prompt, scheme, f"first test song of {shards}, {bars} bars"
+        prompts = []
+        for k in range(min(count, len(shard.songs))):
+            span = shard.song(k)
+            prompt, _ = split_song(
+                np.asarray(shard.tokens[span], np.int64),
+                np.asarray(shard.times[span]),
+                np.asarray(shard.bar_pos[span]),
+                bars,
+                steps_per_beat,
+            )
+            prompts.append(prompt)
+        return prompts, scheme, f"first test songs of {shards}, {bars} bars"
     vocab = Vocab(32)
+    return (
+        [random_prompt(vocab, 32 + 5 * k, steps_per_beat, seed=k) for k in range(count)],
+        Index(vocab),
+        "random notes in 4/4",
+    )
+
+
+def random_prompt(vocab: Vocab, beats: int, steps_per_beat: int, seed: int) -> Prompt:
+    """A note on every beat, random pitches."""
     tokens, times = [vocab.sos], [0]
-    for beat, pitch in enumerate(np.random.default_rng(0).integers(48, 80, 32)):
+    for beat, pitch in enumerate(np.random.default_rng(seed).integers(48, 80, beats)):
         tokens += [vocab.note(int(pitch)), vocab.duration(steps_per_beat)]
         tokens += [vocab.sep, vocab.duration(steps_per_beat)]  # on to the next beat
         times += [beat * steps_per_beat] * 4
     bar = 4 * steps_per_beat
-    prompt = Prompt(np.array(tokens), np.array(times) % bar, bar)
-    return prompt, Index(vocab), "random notes in 4/4"
+    return Prompt(np.array(tokens), np.array(times) % bar, bar)
 
 
 class FromStart:
@@ -113,6 +134,60 @@ def load(variant: str, params: dict, scheme: Index) -> tuple[MusicTransformer, s
     return model.eval(), "random (seed 0)"
 
 
+def one_at_a_time(model, prompts: list[Prompt], scheme, config) -> list[list[int]]:
+    return [
+        generate(model, prompt, scheme, config, seed=config.seed + k).tokens
+        for k, prompt in enumerate(prompts)
+    ]
+
+
+def batched(model, prompts: list[Prompt], scheme, config) -> list[list[int]]:
+    return [g.tokens for g in generate_batch(model, prompts, scheme, config)]
+
+
+def batched_table(
+    prompts: list[Prompt], scheme: Index, params: dict, length: int, repeats: int
+) -> list[str]:
+    """The batched table's lines: per variant, `prompts` continued one at a time and as one
+    batch, `length` tokens each, the median of `repeats` timed runs per side."""
+    settings = {**params["generate"], "length": length, "min_length": length}
+    config = GenerateConfig.from_params(settings)
+    sizes = sorted(len(prompt.tokens) for prompt in prompts)
+    lines = [
+        "",
+        f"Batched: {len(prompts)} prompts of {sizes[0]} to {sizes[-1]} tokens, {length} tokens "
+        "drawn per prompt (no <eos>), each prompt seeded generate.seed + its index.",
+        "",
+        "| variant | weights | prompts | tokens | one at a time tok/s | batched tok/s | speed-up "
+        "| same | target |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for variant in VARIANT_MEMORY:
+        model, weights = load(variant, params, scheme)
+
+        sides = {"one": one_at_a_time, "batched": batched}
+        for side in sides.values():  # warm-up
+            side(model, prompts, scheme, config)
+        runs: dict[str, list[float]] = {side: [] for side in sides}
+        drawn: dict[str, list[list[int]]] = {}
+        for _ in range(repeats):
+            for side, run in sides.items():
+                started = time.perf_counter()
+                drawn[side] = run(model, prompts, scheme, config)
+                runs[side].append(time.perf_counter() - started)
+        tokens = len(prompts) * length
+        rate = {side: tokens / statistics.median(t) for side, t in runs.items()}
+        same = sum(a == b for a, b in zip(drawn["one"], drawn["batched"], strict=True))
+        speedup = rate["batched"] / rate["one"]
+        verdict = "meets" if speedup >= BATCH_TARGET else "MISSES"
+        lines.append(
+            f"| {variant} | {weights} | {len(prompts)} | {tokens} | {rate['one']:,.1f} | "
+            f"{rate['batched']:,.1f} | **{speedup:.2f}x** | {same}/{len(prompts)} | "
+            f"{verdict} >= {BATCH_TARGET:g}x |"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--length", type=int, default=512, help="tokens drawn per run")
@@ -120,15 +195,20 @@ def main() -> None:
     parser.add_argument("--shards", type=Path, default=Path("data/shards/index"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--prompts", type=int, default=8, help="prompts of the batched table")
     parser.add_argument("--results", type=Path, help="write the table as its section there")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
 
     params = load_params(args.params)
-    prompt, scheme, source = prompt_and_scheme(
-        args.shards, params["generate"]["prompt_bars"], params["encode"]["steps_per_beat"]
+    prompts, scheme, source = prompts_and_scheme(
+        args.shards,
+        args.prompts,
+        params["generate"]["prompt_bars"],
+        params["encode"]["steps_per_beat"],
     )
+    prompt = prompts[0]
     m = params["model"]
     lines = [
         f"model: {m['n_layer']} layers, {m['n_head']} heads, d_model {m['d_model']}, d_ff "
@@ -173,6 +253,7 @@ def main() -> None:
             f"{rate['recompute']:,.1f} | **{speedup:.2f}x** | {same}/{length} | {from_start} | "
             f"{verdict} >= {TARGET:g}x |"
         )
+    lines += batched_table(prompts, scheme, params, args.length, args.repeats)
     report = "\n".join(lines)
     print(report)
     if args.results:

@@ -380,13 +380,9 @@ def as_samples(prompts: list[dict], variant: str = "vanilla") -> Samples:
     """Samples of prompts given by id, prompt_steps, bar_steps and tokens: what evaluate reads
     (the files, titles and timings, which it does not, filled in)."""
     files = {piece: PieceFiles(f"{piece}.mid", f"{piece}.png", None) for piece in PIECES}
-    filled = {"song": "0" * 64, "source": "x", "title": "x", "files": files, "seconds": 1.0}
+    filled = {"song": "0" * 64, "source": "x", "title": "x", "files": files}
     return Samples(
-        variant,
-        "index",
-        None,
-        4,
-        tuple(SamplePrompt(**{**filled, "tokens_per_s": 1.0, **p}) for p in prompts),
+        variant, "index", None, 4, 1.0, 1.0, tuple(SamplePrompt(**{**filled, **p}) for p in prompts)
     )
 
 
@@ -539,8 +535,7 @@ def test_stage_errors_are_one_clear_message(chorales, tmp_path):
     with pytest.raises(MidigenError, match="trained with xl_mem_len 32 but model.xl_mem_len is 64"):
         stage.run(args, longer)
 
-    bad = {"variant": "vanilla", "scheme": "index", "renderer": None, "steps_per_beat": 4}
-    (tmp_path / "samples" / "samples.json").write_text(json.dumps({**bad, "prompts": [{}]}))
+    (tmp_path / "samples" / "samples.json").write_text(json.dumps({**TOP, "prompts": [{}]}))
     with pytest.raises(MidigenError, match="prompt 0 has no id, song, source"):
         stage.run(args, PARAMS)
     assert not (tmp_path / "metrics").exists() and not (tmp_path / "plots").exists()
@@ -664,8 +659,18 @@ def test_repeated_songs_keep_each_songs_times():
 PROMPT = {"id": "00", "prompt_steps": 4, "bar_steps": 16, "tokens": dict.fromkeys(PIECES, [])}
 
 
-TOP = {"variant": "vanilla", "scheme": "index", "renderer": None, "steps_per_beat": 4}
-NOT_SAMPLES = "not a samples file (needs variant, scheme, renderer, steps_per_beat, prompts)"
+TOP = {
+    "variant": "vanilla",
+    "scheme": "index",
+    "renderer": None,
+    "steps_per_beat": 4,
+    "seconds": 1.0,
+    "tokens_per_s": 1.0,
+}
+NOT_SAMPLES = (
+    "not a samples file (needs variant, scheme, renderer, steps_per_beat, seconds, "
+    "tokens_per_s, prompts)"
+)
 
 
 @pytest.mark.parametrize(
@@ -675,8 +680,8 @@ NOT_SAMPLES = "not a samples file (needs variant, scheme, renderer, steps_per_be
         ({"prompts": []}, NOT_SAMPLES),
         (
             {**TOP, "prompts": [{"id": "p7", "tokens": {"prompt": []}}]},
-            "prompt p7 has no song, source, title, prompt_steps, bar_steps, files, seconds, "
-            "tokens_per_s, tokens.real, tokens.generated, files.prompt.mid, files.prompt.png, "
+            "prompt p7 has no song, source, title, prompt_steps, bar_steps, files, "
+            "tokens.real, tokens.generated, files.prompt.mid, files.prompt.png, "
             "files.prompt.wav, files.real.mid, files.real.png, files.real.wav, "
             "files.generated.mid, files.generated.png, files.generated.wav",
         ),

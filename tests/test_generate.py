@@ -5,6 +5,7 @@ samples whose prompt is the song's opening."""
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import functools
 import json
@@ -25,9 +26,10 @@ from midigen.encodings.catalog import load_scheme
 from midigen.encodings.index import NOTE, Grammar, Index
 from midigen.encodings.scores import DecodeError, Vocab, decode_tokens
 from midigen.errors import MidigenError
-from midigen.generation.contexts import KVCache, Recompute
+from midigen.generation.contexts import Carried, KVCache, Recompute
 from midigen.generation.prompts import Prompt, bar_steps_of, split_song
-from midigen.generation.sampling import GenerateConfig, generate, sample
+from midigen.generation.sampling import GenerateConfig, generate, generate_batch, sample
+from midigen.models.lstm import LSTMConfig, MusicLSTM
 from midigen.models.transformer import MEMORY_KINDS, ModelConfig, MusicTransformer
 from midigen.params import load_params
 from midigen.stages import generate as stage
@@ -121,7 +123,7 @@ def recomputed(model, prompt: Prompt, config: GenerateConfig, forward) -> list[i
     while len(drawn) < config.length:
         logits = forward(model, torch.tensor([tokens]), torch.tensor([bars]))[:, -1]
         allowed = torch.as_tensor(grammar.allowed([cursor], eos=len(drawn) >= config.min_length))
-        drawn.append(int(sample(logits, allowed, config, generator)[0]))
+        drawn.append(int(sample(logits, allowed, config, [generator])[0]))
         if drawn[-1] == VOCAB.eos:
             break
         tokens.append(drawn[-1])
@@ -225,6 +227,78 @@ def test_reordered_rows_keep_their_own_memories(memory):
             alone.feed(heads[source][0][None], heads[source][1][None])
             expected = alone.feed(tail, tail_bars)
             torch.testing.assert_close(logits[row], expected[0], atol=1e-5, rtol=1e-5)
+
+
+def lstm() -> MusicLSTM:
+    torch.manual_seed(0)
+    config = LSTMConfig(vocab_size=len(VOCAB), d_hidden=24, n_layer=2, d_embed=16, dropout=0.0)
+    return MusicLSTM(config).eval()
+
+
+CONTEXTS = {"none": KVCache, "xl": KVCache, "xl_knn": KVCache, "lstm": Carried}
+
+
+def model_of(kind: str, **overrides):
+    return lstm() if kind == "lstm" else tiny(kind, **overrides)
+
+
+@pytest.mark.parametrize("kind", CONTEXTS)
+def test_stacked_caches_continue_each_row_as_alone(kind):
+    """Prompts of 4 lengths, each cached alone, then stacked into one batch: fed the same
+    continuation a token at a time, past several segment ends that fall at a different step in
+    every row (segment_len 8, XL memory 5), each row's logits equal its cache fed alone."""
+    model = model_of(kind, xl_mem_len=5)
+    prompts = [
+        random_prompt(seed, rows=rows) for seed, rows in ((20, 3), (21, 9), (22, 6), (23, 14))
+    ]
+    assert len({len(p.tokens) % 8 for p in prompts}) > 2  # rows at different phases
+    more = random_prompt(24, rows=16)
+    tail, tail_bars = torch.tensor(more.tokens[1:])[None], torch.tensor(more.bar_pos[1:])[None]
+    assert tail.shape[1] > 3 * 8
+
+    def cache(prompt: Prompt):
+        fed = CONTEXTS[kind](model)
+        fed.feed(torch.tensor(prompt.tokens)[None], torch.tensor(prompt.bar_pos)[None])
+        return fed
+
+    with torch.no_grad():
+        batch = CONTEXTS[kind].stack([cache(prompt) for prompt in prompts])
+        alone = [cache(prompt) for prompt in prompts]
+        for i in range(tail.shape[1]):
+            step, bars = tail[:, i : i + 1], tail_bars[:, i : i + 1]
+            logits = batch.feed(step.expand(4, -1), bars.expand(4, -1))
+            for row, single in enumerate(alone):
+                torch.testing.assert_close(
+                    logits[row], single.feed(step, bars)[0], atol=1e-5, rtol=1e-5
+                )
+
+
+def ends_sooner(model):
+    """A copy of the model that likes <eos> more, so that rows end at different steps."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        if isinstance(model, MusicLSTM):
+            model.head.bias[VOCAB.eos] += 2.5
+        else:  # the head is tied to the embeddings: move the final norm toward <eos>'s
+            model.ln_f.bias += 1.5 * model.tok_emb.weight[VOCAB.eos]
+    return model
+
+
+@pytest.mark.parametrize("kind", CONTEXTS)
+def test_a_batch_of_prompts_draws_what_each_prompt_draws_alone(kind):
+    """generate_batch over 5 prompts of different lengths (rows leave the batch as they end:
+    <eos> allowed from token 12) draws for every prompt the tokens and log-probability that
+    generate() draws for it alone with the same seed."""
+    model = ends_sooner(model_of(kind, xl_mem_len=5))
+    prompts = [random_prompt(seed, rows=rows) for seed, rows in enumerate((2, 8, 5, 11, 4), 30)]
+    config = GenerateConfig(length=40, min_length=12, top_p=0.95, seed=7)
+    batched = generate_batch(model, prompts, SCHEME, config)
+    alone = [generate(model, p, SCHEME, config, seed=7 + k) for k, p in enumerate(prompts)]
+    assert [g.tokens for g in batched] == [g.tokens for g in alone]
+    for together, single in zip(batched, alone, strict=True):
+        assert together.log_prob == pytest.approx(single.log_prob, rel=1e-5)
+    lengths = {len(g.tokens) for g in batched}
+    assert len(lengths) > 1 and max(lengths) > 16  # rows ended apart, past segment ends
 
 
 def test_vanilla_cache_is_a_sliding_window_of_segment_len_tokens():
@@ -370,11 +444,11 @@ def test_grammar_counts_the_steps_the_encoder_wrote(chorales):
 
 
 def draws(logits: torch.Tensor, allowed: torch.Tensor, n: int = 20000, **config) -> np.ndarray:
-    """n independent draws from one row of logits (as n rows of one batch); the controls not
-    given are off."""
-    generator = torch.Generator().manual_seed(0)
+    """n independent draws from one row of logits (as n rows of one batch, each with its own
+    generator); the controls not given are off."""
+    generators = [torch.Generator().manual_seed(seed) for seed in range(n)]
     config = GenerateConfig(**{"top_p": 1.0, "top_k": 0, "temperature": 1.0, **config})
-    rows = sample(logits.expand(n, -1), allowed.expand(n, -1), config, generator)
+    rows = sample(logits.expand(n, -1), allowed.expand(n, -1), config, generators)
     return rows.numpy()
 
 

@@ -174,8 +174,6 @@ def _write_samples(samples: Path, sources: list[tuple[str, bytes]], params: dict
                     "bar_steps": bar,
                     "tokens": {"prompt": [1], "real": [2], "generated": [2]},
                     "files": files,
-                    "seconds": 1.5,
-                    "tokens_per_s": 100.0 + 10 * k,
                 }
             )
         samples_json = {
@@ -183,6 +181,8 @@ def _write_samples(samples: Path, sources: list[tuple[str, bytes]], params: dict
             "scheme": "index",
             "renderer": None,
             "steps_per_beat": 4,
+            "seconds": 1.5,
+            "tokens_per_s": 100.0 + 10 * k,
         }
         (folder / "samples.json").write_text(json.dumps({**samples_json, "prompts": prompts}))
 

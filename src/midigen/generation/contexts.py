@@ -22,7 +22,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from midigen.models.lstm import MusicLSTM
+from midigen.models.lstm import LSTMState, MusicLSTM
 from midigen.models.memory import MemoryState
 from midigen.models.transformer import MusicTransformer, SegmentTrace
 
@@ -40,7 +40,12 @@ class Context(Protocol):
 
 
 class KVCache:
-    """Feeds tokens under their training contexts, keeping every past key/value it may need."""
+    """Feeds tokens under their training contexts, keeping every past key/value it may need.
+
+    Its rows may be songs at different points of their segments (`stack` batches the caches of
+    prompts of different lengths): a row's segment is counted from its own song start, the
+    cache keeps what the row furthest into its segment needs, and a row that completes its
+    segment alone hides its older keys from itself rather than dropping them for everyone."""
 
     def __init__(self, model: MusicTransformer):
         self.model = model
@@ -49,9 +54,12 @@ class KVCache:
         self.memory = model.keeps_memory
         self.state: MemoryState | None = None
 
-    @property
-    def fed(self) -> int:
-        return 0 if self.state is None else self.state.offset
+    @classmethod
+    def stack(cls, caches: list[KVCache]) -> KVCache:
+        """One cache whose rows continue those of `caches`, in order (`MemoryState.stack`)."""
+        stacked = cls(caches[0].model)
+        stacked.state = MemoryState.stack([cache.state for cache in caches])
+        return stacked
 
     def feed(self, tokens: Tensor, bar_pos: Tensor) -> Tensor:
         """(B, n) tokens and bar positions -> the next-token logits (B, V) after the last one."""
@@ -65,36 +73,49 @@ class KVCache:
         return logits[:, -1]
 
     def select(self, rows: Tensor) -> None:
-        """Row r continues row rows[r] (beam search)."""
+        """Row r continues row rows[r] (beam search; batched generation drops finished rows)."""
         self.state = self.state.select(rows)
+
+    def _in_segment(self, state: MemoryState | None) -> list[int]:
+        """Per row, the tokens of its current segment fed so far."""
+        if state is None:
+            return [0]
+        return ((state.offset - state.song_start) % self.segment).tolist()
 
     def _room(self) -> int:
         """How many tokens one forward may take with every query still in its context."""
-        if self.memory:  # up to the end of the current segment
-            return self.segment - self.fed % self.segment
+        if self.memory:  # up to the end of the segment that ends first
+            return self.segment - max(self._in_segment(self.state))
         cached = 0 if self.state is None or self.state.xl is None else len(self.state.xl.pos)
         return max(1, self.segment - cached)  # vanilla: no query sees more than segment_len
 
     def _forward(self, tokens: Tensor, bar_pos: Tensor) -> Tensor:
-        filled = self.fed % self.segment + tokens.shape[1]  # of the current segment, after this
-        keep = self.mem_len + filled if self.memory else self.segment - 1
-        if self.memory and self.state is not None and self.state.xl is not None:
+        if not self.memory:
+            logits, trace = self.model.read(tokens, bar_pos, state=self.state)
+            self.state = trace.cached(self.segment - 1)
+            return logits
+        if self.state is not None and self.state.xl is not None:
             # room for the rest of the segment: tokens are then written into it, not copied
             xl = self.state.xl.with_room(self.mem_len + self.segment)
             if xl is not self.state.xl:
                 self.state = dataclasses.replace(self.state, xl=xl)
         logits, trace = self.model.read(tokens, bar_pos, state=self.state)
-        self.state = trace.cached(keep)
-        if self.memory and filled == self.segment:
-            self._end_segment()
+        filled = self._in_segment(trace.after)  # 0: the row has just completed its segment
+        self.state = trace.cached(self.mem_len + max(n or self.segment for n in filled))
+        complete = [row for row, n in enumerate(filled) if n == 0]
+        if complete:
+            self._end_segment(None if len(complete) == len(filled) else complete)
+            xl = self.state.xl.newest(self.mem_len + max(filled))
+            self.state = dataclasses.replace(self.state, xl=xl)
         return logits
 
-    def _end_segment(self) -> None:
-        """The complete segment, all in the cache, goes to the memories as in training."""
+    def _end_segment(self, rows: list[int] | None) -> None:
+        """The complete segment of `rows` (None: all), in the cache, goes to the memories as
+        in training."""
         xl = self.state.xl
         own = xl.doc[:, -self.segment :]
         self.state = self.model.remember(
-            SegmentTrace(self.state, xl.keys, xl.values, xl.pos, xl.doc, own)
+            SegmentTrace(self.state, xl.keys, xl.values, xl.pos, xl.doc, own), rows
         )
 
 
@@ -149,6 +170,13 @@ class Carried:
         logits, _, self.state = self.model(tokens, bar_pos, torch.zeros_like(bar_pos), self.state)
         return logits[:, -1]
 
+    @classmethod
+    def stack(cls, contexts: list[Carried]) -> Carried:
+        """One context whose rows continue those of `contexts`, in order."""
+        stacked = cls(contexts[0].model)
+        stacked.state = LSTMState.stack([context.state for context in contexts])
+        return stacked
+
     def select(self, rows: Tensor) -> None:
-        """Row r continues row rows[r] (beam search)."""
+        """Row r continues row rows[r] (beam search; batched generation drops finished rows)."""
         self.state = self.state.select(rows)

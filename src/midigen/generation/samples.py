@@ -36,8 +36,6 @@ class SamplePrompt:
     bar_steps: int
     tokens: dict[str, list]  # piece -> its tokens (ints, or rows of them)
     files: dict[str, PieceFiles]  # piece -> its files
-    seconds: float  # generating it
-    tokens_per_s: float
 
 
 @dataclass(frozen=True)
@@ -46,13 +44,15 @@ class Samples:
     scheme: str
     renderer: str | None  # why there is no audio, or None
     steps_per_beat: int
+    seconds: float  # generating every continuation (all prompts in one batch)
+    tokens_per_s: float  # generated tokens of all prompts per second
     prompts: tuple[SamplePrompt, ...]
 
     def write(self, folder: Path) -> None:
         (Path(folder) / SAMPLES_JSON).write_text(json.dumps(asdict(self), indent=1))
 
 
-TOP = ("variant", "scheme", "renderer", "steps_per_beat", "prompts")
+TOP = tuple(name for name in Samples.__dataclass_fields__)
 PROMPT = tuple(name for name in SamplePrompt.__dataclass_fields__)
 
 

@@ -4,7 +4,7 @@ beam search, every token drawn from those the scheme's grammar allows next."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +18,8 @@ from midigen.generation.contexts import Carried, Context, KVCache
 from midigen.generation.prompts import Prompt
 from midigen.models.lstm import MusicLSTM
 from midigen.params import default
+
+ContextKind = Callable[[nn.Module], Context]  # a Context class, built on the model
 
 
 @dataclass(frozen=True)
@@ -60,32 +62,36 @@ class DeviceGrammar:
         return self._copies[id(row)]
 
 
-def sample(logits: Tensor, allowed: Tensor, config: GenerateConfig, generator: torch.Generator):
+def sample(
+    logits: Tensor, allowed: Tensor, config: GenerateConfig, generators: Sequence[torch.Generator]
+) -> Tensor:
     """One token per row (B,), drawn from the allowed tokens after temperature, top-k, top-p;
-    with rows of fields (B, F, V), each field drawn on its own (B, F), as the heads predict."""
-    if logits.dim() == 3:
-        fields = sample(logits.flatten(0, 1), allowed.flatten(0, 1), config, generator)
-        return fields.view(logits.shape[:2])
+    with rows of fields (B, F, V), each field drawn on its own (B, F), as the heads predict.
+    Row b draws its randomness from generators[b] alone, so a prompt continues the same way
+    whichever batch it is in."""
     if config.temperature != 1:
         logits = logits / config.temperature
     logits = logits.float().masked_fill(~allowed, float("-inf"))
     if config.top_k:
-        kth = logits.topk(min(config.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        kth = logits.topk(min(config.top_k, logits.shape[-1]), dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = logits.softmax(-1)
     if config.top_p == 1:
-        return _draw(probs, generator)
+        return _draw(probs, generators)
     ranked, order = probs.sort(dim=-1, descending=True)
     ranked = ranked.masked_fill(ranked.cumsum(-1) - ranked >= config.top_p, 0)  # nucleus full
-    return order.gather(-1, _draw(ranked, generator)[:, None])[:, 0]
+    return order.gather(-1, _draw(ranked, generators)[..., None])[..., 0]
 
 
-def _draw(weights: Tensor, generator: torch.Generator) -> Tensor:
+def _draw(weights: Tensor, generators: Sequence[torch.Generator]) -> Tensor:
     """One index per row, in proportion to its (unnormalised) weights: the exponential race,
     argmax of w / Exp(1), which is multinomial's own method for one draw, without its per-call
-    input checks (they cost a tenth of a cached generation step)."""
-    noise = torch.empty_like(weights).exponential_(generator=generator).clamp_min_(1e-30)
-    return (weights / noise).argmax(-1)
+    input checks (they cost a tenth of a cached generation step). Row b's noise comes from
+    generators[b]."""
+    noise = torch.empty_like(weights)
+    for row, generator in zip(noise, generators, strict=True):
+        row.exponential_(generator=generator)
+    return (weights / noise.clamp_min_(1e-30)).argmax(-1)
 
 
 @dataclass
@@ -109,55 +115,112 @@ def _without_onednn() -> Iterator[None]:
         torch.backends.mkldnn.enabled = enabled
 
 
-@torch.inference_mode()
-@_without_onednn()
 def generate(
     model: nn.Module,
     prompt: Prompt,
     scheme: Scheme,
     config: GenerateConfig,
     seed: int | None = None,
-    context: Callable[[nn.Module], Context] | None = None,
+    context: ContextKind | None = None,
 ) -> Generation:
-    """Continue `prompt` for at most config.length tokens: sampled, or by beam search when
-    config.beams > 1. The transformers feed a `KVCache` (`context=Recompute` runs the whole
-    context again for every token), the LSTM its `Carried` state."""
+    """Continue `prompt` for at most config.length tokens (`generate_batch` of one prompt)."""
+    seeds = None if seed is None else [seed]
+    return generate_batch(model, [prompt], scheme, config, seeds, context)[0]
+
+
+@torch.inference_mode()
+@_without_onednn()
+def generate_batch(
+    model: nn.Module,
+    prompts: Sequence[Prompt],
+    scheme: Scheme,
+    config: GenerateConfig,
+    seeds: Sequence[int] | None = None,
+    context: ContextKind | None = None,
+) -> list[Generation]:
+    """Continue every prompt for at most config.length tokens: sampled, all prompts as rows
+    of one batch, or by beam search (config.beams > 1), one prompt after another. Prompt k
+    draws from its own generator, seeded seeds[k] (default config.seed + k), so it continues
+    exactly as it would alone, up to the rounding of batched arithmetic. The transformers feed
+    a `KVCache` (`context=Recompute`, one prompt only, runs the whole context again for every
+    token), the LSTM its `Carried` state. Each prompt fills its own context, then the
+    contexts are stacked into one batch."""
     model.eval()
     device = model.tok_emb.weight.device
     grammar = DeviceGrammar(scheme.grammar, device)
-    cursor = prompt.cursor if prompt.cursor is not None else grammar.parse(prompt.tokens.tolist())
     if context is None:
         context = Carried if isinstance(model, MusicLSTM) else KVCache
-    context = context(model)
-    logits = context.feed(
-        torch.as_tensor(np.asarray(prompt.tokens, np.int64), device=device)[None],
-        torch.as_tensor(np.asarray(prompt.bar_pos, np.int64), device=device)[None],
-    )
-    if config.beams > 1:
-        if logits.dim() == 3:
-            raise MidigenError("generate.beams > 1 needs one token per step (not codebook rows)")
-        return _beam_search(context, logits, cursor, grammar, prompt, config)
-    generator = torch.Generator(device=device).manual_seed(config.seed if seed is None else seed)
-    tokens, drawn_from = [], []  # the tokens, and the (logits, allowed) each was drawn from
-    for _ in range(config.length):
-        allowed = grammar.allowed([cursor], eos=len(tokens) >= config.min_length)
-        drawn = sample(logits, allowed, config, generator)[0]
-        token = int(drawn) if drawn.dim() == 0 else tuple(drawn.tolist())
-        tokens.append(token)
-        drawn_from.append((logits, allowed))
-        bar = prompt.bar_position(grammar.sounds_at(cursor, token))
-        cursor = grammar.advance(cursor, token)
-        if cursor.ended or len(tokens) == config.length:
-            break
-        logits = context.feed(
-            torch.tensor([[token]], device=device), torch.tensor([[bar]], device=device)
+    contexts, logits = [context(model) for _ in prompts], []
+    for prompt, filled in zip(prompts, contexts, strict=True):
+        logits.append(
+            filled.feed(
+                torch.as_tensor(np.asarray(prompt.tokens, np.int64), device=device)[None],
+                torch.as_tensor(np.asarray(prompt.bar_pos, np.int64), device=device)[None],
+            )
         )
+    cursors = [
+        p.cursor if p.cursor is not None else grammar.parse(p.tokens.tolist()) for p in prompts
+    ]
+    if config.beams > 1:
+        if logits[0].dim() == 3:
+            raise MidigenError("generate.beams > 1 needs one token per step (not codebook rows)")
+        return [
+            _beam_search(*searched, grammar, config)
+            for searched in zip(contexts, logits, cursors, prompts, strict=True)
+        ]
+    seeds = [config.seed + k for k in range(len(prompts))] if seeds is None else seeds
+    generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+    batch = contexts[0] if len(contexts) == 1 else context.stack(contexts)
+    return _sample_rows(batch, torch.cat(logits), cursors, grammar, prompts, config, generators)
+
+
+def _sample_rows(
+    context: Context,
+    logits: Tensor,
+    cursors: list[Cursor],
+    grammar: DeviceGrammar,
+    prompts: Sequence[Prompt],
+    config: GenerateConfig,
+    generators: list[torch.Generator],
+) -> list[Generation]:
+    """Draw every prompt's continuation, one token per row and step; a row that ends (<eos>
+    or config.length tokens) leaves the batch."""
+    device = logits.device
+    live = list(range(len(prompts)))  # the prompt of each batch row
+    tokens: list[list] = [[] for _ in prompts]
+    drawn_from: list[list] = [[] for _ in prompts]  # the (logits, allowed) each was drawn from
+    for step in range(config.length):
+        allowed = grammar.allowed([cursors[k] for k in live], eos=step >= config.min_length)
+        drawn = sample(logits, allowed, config, [generators[k] for k in live]).tolist()
+        going, fed, bars = [], [], []
+        for row, (k, token) in enumerate(zip(live, drawn, strict=True)):
+            token = token if isinstance(token, int) else tuple(token)
+            tokens[k].append(token)
+            drawn_from[k].append((logits[row : row + 1], allowed[row : row + 1]))
+            bars.append(prompts[k].bar_position(grammar.sounds_at(cursors[k], token)))
+            cursors[k] = grammar.advance(cursors[k], token)
+            if not cursors[k].ended and step + 1 < config.length:
+                going.append(row)
+                fed.append(token)
+        if not going:
+            break
+        if len(going) < len(live):
+            context.select(torch.tensor(going, device=device))
+            live, bars = [live[row] for row in going], [bars[row] for row in going]
+        logits = context.feed(
+            torch.tensor(fed, device=device)[:, None], torch.tensor(bars, device=device)[:, None]
+        )
+    return [_scored(*drawn) for drawn in zip(tokens, drawn_from, strict=True)]
+
+
+def _scored(tokens: list, drawn_from: list[tuple[Tensor, Tensor]]) -> Generation:
+    """A continuation and its log-probability, scored once at the end, all steps together (per
+    token it would cost a twentieth of a step)."""
     if not tokens:  # length 0
         return Generation(tokens, 0.0)
-    # scored once at the end, all steps together: per token it would cost a twentieth of a step
-    log_probs = _log_probs(*(torch.cat(column) for column in zip(*drawn_from, strict=True)))
-    chosen = torch.tensor(tokens, device=device)[..., None]  # (N, 1), or (N, F, 1) for rows
-    return Generation(tokens, float(log_probs.gather(-1, chosen).sum()))
+    logits, allowed = (torch.cat(column) for column in zip(*drawn_from, strict=True))
+    chosen = torch.tensor(tokens, device=logits.device)[..., None]  # (N, 1), or (N, F, 1)
+    return Generation(tokens, float(_log_probs(logits, allowed).gather(-1, chosen).sum()))
 
 
 def _log_probs(logits: Tensor, allowed: Tensor) -> Tensor:
@@ -169,8 +232,8 @@ def _beam_search(
     context: Context,
     logits: Tensor,
     cursor: Cursor,
-    grammar: DeviceGrammar,
     prompt: Prompt,
+    grammar: DeviceGrammar,
     config: GenerateConfig,
 ) -> Generation:
     """The continuation with the highest total log-probability that beam search finds: ended by

@@ -20,7 +20,7 @@ from midigen.errors import MidigenError
 from midigen.generation.media import piano_roll, render_audio
 from midigen.generation.prompts import split_song
 from midigen.generation.samples import PIECES, PieceFiles, SamplePrompt, Samples
-from midigen.generation.sampling import GenerateConfig, generate
+from midigen.generation.sampling import GenerateConfig, generate_batch
 
 
 def song_title(midi_file: Path | None, fallback: str) -> str:
@@ -44,8 +44,9 @@ def write_samples(
     config: GenerateConfig,
     steps_per_beat: int,
 ) -> Samples:
-    """Continue the first `config.prompts` test songs; write OUT/ (MIDI, WAV and piano roll of
-    prompt, real and generated piece, and samples.json) atomically; return what it records."""
+    """Continue the first `config.prompts` test songs, in one batch; write OUT/ (MIDI, WAV and
+    piano roll of prompt, real and generated piece, and samples.json) atomically; return what
+    it records."""
     scheme, shard = load_scheme(shards), load_shard(shards, "test")
     grammar = scheme.grammar
     if config.prompts > len(shard.songs):
@@ -54,22 +55,22 @@ def write_samples(
             f"{len(shard.songs)} songs (lower generate.prompts)"
         )
     files = {row["sha256"]: raw / row["path"] for row in read_manifest(raw / "manifest.csv")}
+    cuts = []  # (prompt, real continuation, the song's step of every token) per test song
+    for k in range(config.prompts):
+        span = shard.song(k)
+        times = np.asarray(shard.times[span])
+        tokens, bar_pos = np.asarray(shard.tokens[span], np.int64), np.asarray(shard.bar_pos[span])
+        cut = split_song(tokens, times, bar_pos, config.prompt_bars, steps_per_beat, grammar)
+        cuts.append((*cut, times))
+    started = time.perf_counter()
+    generations = generate_batch(model, [prompt for prompt, _, _ in cuts], scheme, config)
+    seconds = time.perf_counter() - started
     prompts, renderer = [], None
     with atomic_dir(out) as tmp:
-        for k in range(config.prompts):
-            song, span = shard.songs[k], shard.song(k)
-            times = np.asarray(shard.times[span])
-            prompt, real = split_song(
-                np.asarray(shard.tokens[span], np.int64),
-                times,
-                np.asarray(shard.bar_pos[span]),
-                config.prompt_bars,
-                steps_per_beat,
-                grammar,
-            )
-            started = time.perf_counter()
-            generation = generate(model, prompt, scheme, config, seed=config.seed + k)
-            seconds = time.perf_counter() - started
+        for k, ((prompt, real, times), generation) in enumerate(
+            zip(cuts, generations, strict=True)
+        ):
+            song = shard.songs[k]
             head = prompt.tokens.tolist()  # ints, or rows of them (codebook)
             tokens = {
                 "prompt": head,
@@ -102,11 +103,18 @@ def write_samples(
                     bar_steps=prompt.bar_steps,
                     tokens=tokens,
                     files=piece_files,
-                    seconds=seconds,
-                    tokens_per_s=len(generation.tokens) / seconds,
                 )
             )
-        samples = Samples(variant, scheme.name, renderer, steps_per_beat, tuple(prompts))
+        drawn = sum(len(generation.tokens) for generation in generations)
+        samples = Samples(
+            variant,
+            scheme.name,
+            renderer,
+            steps_per_beat,
+            seconds,
+            drawn / seconds,
+            tuple(prompts),
+        )
         samples.write(tmp)
     return samples
 

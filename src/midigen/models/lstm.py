@@ -50,6 +50,15 @@ class LSTMState:
     def select(self, rows: Tensor) -> LSTMState:
         return LSTMState(self.h[:, rows], self.c[:, rows], self.last_doc[rows])
 
+    @classmethod
+    def stack(cls, states: list[LSTMState]) -> LSTMState:
+        """One state of the rows of all `states` (a recurrence has no positions to align)."""
+        return cls(
+            torch.cat([s.h for s in states], 1),
+            torch.cat([s.c for s in states], 1),
+            torch.cat([s.last_doc for s in states]),
+        )
+
     def state_dict(self) -> dict:
         return {"h": self.h.cpu(), "c": self.c.cpu(), "last_doc": self.last_doc.cpu()}
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from midigen.errors import MidigenError
@@ -79,6 +80,33 @@ class XLMemory:
         buffers = ([b[rows] for b in self.buffers[0]], [b[rows] for b in self.buffers[1]])
         return XLMemory(*self._used(buffers, len(self.pos)), self.doc[rows], self.pos, buffers)
 
+    def newest(self, length: int) -> XLMemory:
+        """The memory of the newest `length` positions (self when it holds no more)."""
+        return XLMemory.extend(self, self.keys, self.values, self.doc, self.pos, length)
+
+    @staticmethod
+    def stack(memories: list[XLMemory], offsets: list[int], offset: int) -> XLMemory:
+        """One memory of the rows of all `memories`, each holding its stream's newest
+        positions up to offsets[i], moved to end at stream position `offset`: the rows then
+        advance in step. A row with fewer positions than the widest is padded on the left with
+        entries of no song (NO_DOC), which no query sees."""
+        width = max(len(memory.pos) for memory in memories)
+
+        def stacked(side: list[list[Tensor]]) -> list[Tensor]:
+            return [
+                torch.cat([F.pad(rows, (0, 0, width - rows.shape[2], 0)) for rows in layer])
+                for layer in zip(*side, strict=True)
+            ]
+
+        doc = torch.cat([F.pad(m.doc, (width - m.doc.shape[1], 0), value=NO_DOC) for m in memories])
+        keys = stacked([memory.keys for memory in memories])
+        values = stacked([memory.values for memory in memories])
+        pos = torch.arange(offset - width, offset, device=doc.device)
+        for memory, end in zip(memories, offsets, strict=True):
+            if len(memory.pos) and int(memory.pos[-1]) != end - 1:
+                raise ValueError("XLMemory.stack needs memories of their streams' newest keys")
+        return XLMemory(keys, values, doc, pos)
+
     @staticmethod
     def extend(
         previous: XLMemory | None,
@@ -98,6 +126,14 @@ class XLMemory:
         if buffers is not None and len(pos) > buffers[0][0].shape[2]:
             buffers = None  # `append` had no room: it copied
         return XLMemory(keys, values, doc, pos, buffers)
+
+
+def hide_older(doc: Tensor, rows: list[int], length: int) -> Tensor:
+    """`doc` (B, M) with every entry of `rows` but the newest `length` marked as no song's, so
+    that those rows no longer see them (the other rows keep them)."""
+    hidden = doc.clone()
+    hidden[rows, : max(0, doc.shape[1] - length)] = NO_DOC
+    return hidden
 
 
 # ---- kNN: every key/value of the current song, searched by Faiss -------------------------------
@@ -208,14 +244,17 @@ class KNNMemory:
         for h, index in enumerate(self.indexes[row]):
             index.add(np.ascontiguousarray(fresh[h]))
 
-    def write(self, keys: Tensor, values: Tensor, doc: Tensor) -> None:
-        """Store a finished segment's (B, H, T, Dh) keys/values: per row, its last song only.
+    def write(
+        self, keys: Tensor, values: Tensor, doc: Tensor, rows: list[int] | None = None
+    ) -> None:
+        """Store a finished segment's (B, H, T, Dh) keys/values: per row (of `rows`; None: all),
+        its last song only.
 
         A row whose last song differs from the one in memory is reset first, so a new song
         starts from nothing. Padding (doc -1) is never stored.
         """
         doc = doc.cpu()
-        for row in range(self.batch):
+        for row in range(self.batch) if rows is None else rows:
             last = int(doc[row, -1])
             if last != int(self.doc[row]):
                 self.clear(row)
@@ -227,12 +266,21 @@ class KNNMemory:
 
     def select(self, rows: list[int]) -> KNNMemory:
         """A memory whose row r holds what row rows[r] holds (beam search reorders and copies
-        hypotheses). Rows are rebuilt from the stored keys: a Faiss index cannot be copied."""
-        memory = KNNMemory(len(rows), self.n_head, self.head_dim, self.max_memories, self.device)
-        memory.doc = self.doc[rows].clone()
-        for row, source in enumerate(rows):
-            if self.count[source]:
-                memory.add(row, *self.stored(source))
+        hypotheses, batched generation drops finished rows)."""
+        return KNNMemory.stack([(self, row) for row in rows])
+
+    @staticmethod
+    def stack(sources: list[tuple[KNNMemory, int]]) -> KNNMemory:
+        """A memory whose row r holds what row sources[r][1] of memory sources[r][0] holds.
+        Rows are rebuilt from the stored keys: a Faiss index cannot be copied."""
+        first = sources[0][0]
+        memory = KNNMemory(
+            len(sources), first.n_head, first.head_dim, first.max_memories, first.device
+        )
+        for row, (source, source_row) in enumerate(sources):
+            memory.doc[row] = source.doc[source_row]
+            if source.count[source_row]:
+                memory.add(row, *source.stored(source_row))
         return memory
 
     # -- reading --
@@ -346,6 +394,32 @@ class MemoryState:
             None if self.xl is None else self.xl.select(rows),
             None if self.knn is None else self.knn.select(rows.tolist()),
             self.last_tokens[rows],
+        )
+
+    @classmethod
+    def stack(cls, states: list[MemoryState]) -> MemoryState:
+        """One state of the rows of all `states`, their streams moved to end together at the
+        furthest offset, so that the rows' next tokens share one stream position (batched
+        generation of prompts of different lengths). Attention sees positions only as
+        distances inside a song, and each row's song start moves with it, so a row computes
+        exactly what it would alone."""
+        offset = max(state.offset for state in states)
+        xl = None
+        if states[0].xl is not None:
+            offsets = [state.offset for state in states]
+            xl = XLMemory.stack([state.xl for state in states], offsets, offset)
+        knn = None
+        if states[0].knn is not None:
+            knn = KNNMemory.stack(
+                [(state.knn, row) for state in states for row in range(state.batch)]
+            )
+        return cls(
+            offset,
+            torch.cat([state.last_doc for state in states]),
+            torch.cat([state.song_start + offset - state.offset for state in states]),
+            xl,
+            knn,
+            torch.cat([state.last_tokens for state in states]),
         )
 
     def state_dict(self) -> dict:

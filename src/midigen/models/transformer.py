@@ -18,7 +18,7 @@ from einops import einsum, rearrange
 from torch import Tensor, nn
 
 from midigen.errors import MidigenError
-from midigen.models.memory import NO_DOC, KNNMemory, MemoryState, XLMemory
+from midigen.models.memory import NO_DOC, KNNMemory, MemoryState, XLMemory, hide_older
 from midigen.params import default
 
 POSITIONS = ("relative", "alibi", "absolute")
@@ -460,8 +460,11 @@ class Memory(nn.Module):
         """`state` with this memory empty, for `state.batch` rows."""
         return state
 
-    def remember(self, state: MemoryState, trace: SegmentTrace) -> MemoryState:
-        """`state` with this memory after the complete segment of `trace`."""
+    def remember(
+        self, state: MemoryState, trace: SegmentTrace, rows: list[int] | None = None
+    ) -> MemoryState:
+        """`state` with this memory after the complete segment of `trace` in `rows` (None:
+        every row, as in training; generation's rows may complete their segments apart)."""
         raise NotImplementedError
 
 
@@ -473,10 +476,14 @@ class XLRecurrence(Memory):
         super().__init__()
         self.length = config.xl_mem_len
 
-    def remember(self, state: MemoryState, trace: SegmentTrace) -> MemoryState:
-        xl = XLMemory.extend(
-            state.xl, trace.keys, trace.values, trace.key_doc, trace.key_pos, self.length
-        )
+    def remember(
+        self, state: MemoryState, trace: SegmentTrace, rows: list[int] | None = None
+    ) -> MemoryState:
+        if rows is None:
+            length, doc = self.length, trace.key_doc
+        else:  # the other rows' segments go on: keep every key, hide the older ones from `rows`
+            length, doc = len(trace.key_pos), hide_older(trace.key_doc, rows, self.length)
+        xl = XLMemory.extend(state.xl, trace.keys, trace.values, doc, trace.key_pos, length)
         return replace(state, xl=xl)
 
 
@@ -499,11 +506,13 @@ class KNNRetrieval(Memory):
         )
         return replace(state, knn=knn)
 
-    def remember(self, state: MemoryState, trace: SegmentTrace) -> MemoryState:
+    def remember(
+        self, state: MemoryState, trace: SegmentTrace, rows: list[int] | None = None
+    ) -> MemoryState:
         """The segment's own keys/values of the kNN layer go into the kNN memory (in place)."""
         own = slice(-trace.doc.shape[1], None)
         keys, values = trace.keys[self.layer], trace.values[self.layer]
-        state.knn.write(keys[:, :, own], values[:, :, own], trace.doc)
+        state.knn.write(keys[:, :, own], values[:, :, own], trace.doc, rows)
         return state
 
 
@@ -701,11 +710,12 @@ class MusicTransformer(nn.Module):
         logits = row_logits(self.head, self.field_heads, self.ln_f(x))
         return logits, SegmentTrace(after, keys, values, key_pos, key_doc, doc)
 
-    def remember(self, trace: SegmentTrace) -> MemoryState:
-        """The state after a complete segment: every memory takes it in (no gradient crosses)."""
+    def remember(self, trace: SegmentTrace, rows: list[int] | None = None) -> MemoryState:
+        """The state after a complete segment of `rows` (None: all): every memory takes it in
+        (no gradient crosses)."""
         state = trace.after
         for memory in self.memories:
-            state = memory.remember(state, trace)
+            state = memory.remember(state, trace, rows)
         return state
 
     def _previous_tokens(self, tokens: Tensor, song_pos: Tensor, state: MemoryState) -> Tensor:

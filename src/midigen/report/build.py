@@ -248,7 +248,6 @@ def summarize(variants: list[Variant], baselines: dict[str, Any]) -> dict[str, A
     """The numbers kept in run.json and compared between runs."""
     summary: dict[str, Any] = {"variants": {}, "baselines": {}}
     for v in variants:
-        speeds = [p.tokens_per_s for p in v.samples.prompts]
         summary["variants"][v.name] = {
             "nll": v.eval["nll"],
             "perplexity": v.eval["perplexity"],
@@ -261,7 +260,7 @@ def summarize(variants: list[Variant], baselines: dict[str, Any]) -> dict[str, A
             **{f"reach_{r}_nll": v.eval["repeat_by_reach"][r]["nll"] for r in REACH},
             "nll_by_seed": {str(e["seed"]): e["nll"] for e in v.eval["seeds"]},
             "val_loss": v.train.get("val_loss"),
-            "tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
+            "tokens_per_s": v.samples.tokens_per_s,
         }
     for name, entry in baselines.items():
         summary["baselines"][name] = {

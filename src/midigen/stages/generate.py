@@ -34,9 +34,8 @@ def run(args: argparse.Namespace, params: dict) -> str:
         model, args.variant, shards, args.raw, out, config, params["encode"]["steps_per_beat"]
     )
     tokens = sum(len(p.tokens["generated"]) for p in samples.prompts)
-    seconds = sum(p.seconds for p in samples.prompts)
     audio = f"no audio: {samples.renderer}" if samples.renderer else "with audio"
     return (
-        f"{args.scheme} {args.variant}: {len(samples.prompts)} continuations, "
-        f"{tokens} tokens at {tokens / seconds:,.0f} tokens/s, {audio} -> {out}"
+        f"{args.scheme} {args.variant}: {len(samples.prompts)} continuations in one batch, "
+        f"{tokens} tokens at {samples.tokens_per_s:,.0f} tokens/s, {audio} -> {out}"
     )
