@@ -9,8 +9,10 @@ reason; it never stops the stage.
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
 import functools
+import heapq
 import json
 import logging
 import math
@@ -172,11 +174,14 @@ def encode_chunk(
     raw_dir: Path, chunk: int, n_chunks: int, config: EncodeConfig, out: Path, workers: int = 0
 ) -> str:
     """Encode this chunk's files into `out`; return the one-line summary."""
-    rows = [
-        r
-        for r in read_manifest(raw_dir / "manifest.csv")
-        if chunk_of(r["sha256"], n_chunks) == chunk
-    ]
+    rows = sorted(  # in hash order, the order of the shards (`merged_songs`)
+        (
+            r
+            for r in read_manifest(raw_dir / "manifest.csv")
+            if chunk_of(r["sha256"], n_chunks) == chunk
+        ),
+        key=lambda r: r["sha256"],
+    )
     tasks = [(raw_dir / r["path"], config) for r in rows]
     songs, errors = [], []
     parts: dict[str, list[np.ndarray]] = {name: [] for name in ARRAYS}
@@ -286,106 +291,262 @@ def build_shards(
     chunk_dirs: list[Path], config: EncodeConfig, out: Path, flag_lost_fraction: float
 ) -> str:
     """Gather encoded chunks into one shard per split, songs ordered by content hash; files
-    that lost more than `flag_lost_fraction` of their notes are flagged in stats.json."""
-    missing = [str(d) for d in chunk_dirs if not (d / "songs.csv").exists()]
+    that lost more than `flag_lost_fraction` of their notes are flagged in stats.json.
+
+    Streams: each split is a k-way merge of the chunks' songs (every chunk is sorted by hash),
+    each song copied from the chunk's memory-mapped arrays to the end of the split's files,
+    and every statistic is a running sum, so memory does not grow with the corpus (merged
+    schemes excepted: the tokenizer holds the training split while it learns the merges)."""
+    chunks = [EncodedChunk(folder) for folder in chunk_dirs]
+    missing = [str(chunk.folder) for chunk in chunks if not chunk.exists]
     if missing:
         raise MidigenError(f"encoded chunk not found: {', '.join(missing)} (run encode first)")
     wanted = {"scheme": config.scheme_name, "encode": config.scheme_params}
-    for folder in chunk_dirs:
-        found = read_json(folder / SCHEME_FILE, f"{folder}: no {SCHEME_FILE} (run encode again)")
+    for chunk in chunks:
+        found = read_json(
+            chunk.folder / SCHEME_FILE, f"{chunk.folder}: no {SCHEME_FILE} (run encode again)"
+        )
         if found != wanted:
             raise MidigenError(
-                f"{folder} was encoded as {found['scheme']} with {found['encode']}, not as "
-                f"{wanted['scheme']} with {wanted['encode']} (run encode again)"
+                f"{chunk.folder} was encoded as {found['scheme']} with {found['encode']}, not "
+                f"as {wanted['scheme']} with {wanted['encode']} (run encode again)"
             )
-    songs, errors, arrays = [], [], []
-    for folder in chunk_dirs:
-        chunk = {name: np.load(folder / f"{name}.npy") for name in (*ARRAYS, "offsets")}
-        for i, song in enumerate(_read_csv(folder / "songs.csv")):
-            songs.append(song)
-            span = slice(chunk["offsets"][i], chunk["offsets"][i + 1])
-            arrays.append({name: chunk[name][span] for name in ARRAYS})
-        errors += _read_csv(folder / "errors.csv")
     merges = None
     if merges_of(config.scheme_name, config.scheme_params):
-        merges = _learn_merges(config, songs, arrays)
-        scheme: Scheme = merges
-    else:
-        scheme = config.scheme
-
+        training = (arrays["tokens"] for _, arrays in merged_songs(chunks, "train"))
+        count = merges_of(config.scheme_name, config.scheme_params)
+        merges = BPE.train(config.scheme, training, count, config.scheme_name)
+    scheme: Scheme = merges or config.scheme
+    columns = song_fields_of(chunks)
+    tally = SongTally(columns, flag_lost_fraction)
     stats: dict = {
         "scheme": config.scheme_name,
         "vocab_size": list(scheme.fields),
         "steps_per_beat": config.steps_per_beat,
-        "skipped": dict(collections.Counter(e["reason"] for e in errors)),
-        "notes": note_changes(songs, flag_lost_fraction),
-        "scheme_changes": {
-            key.removeprefix(SCHEME_PREFIX): sum(int(s[key]) for s in songs)
-            for key in song_fields(songs)
-            if key.startswith(SCHEME_PREFIX)
-        },
-        "repairs": {
-            repair: {
-                "files": sum(int(s[repair]) > 0 for s in songs),
-                "count": sum(int(s[repair]) for s in songs),
-            }
-            for repair in FILE_REPAIRS
-        },
         "splits": {},
     }
     with atomic_dir(out) as tmp:
         for split in SPLITS:
-            order = sorted((s["sha256"], i) for i, s in enumerate(songs) if s["split"] == split)
-            chosen = [i for _, i in order]
-            (tmp / split).mkdir()
-            tokens = _save_arrays(
-                tmp / split,
-                {n: [arrays[i][n] for i in chosen] for n in ARRAYS},
-                [int(songs[i]["tokens"]) for i in chosen],
-            )["tokens"]
-            write_csv(tmp / split / "songs.csv", song_fields(songs), [songs[i] for i in chosen])
-            stats["splits"][split] = {
-                "songs": len(chosen),
-                "tokens": int(len(tokens)),
-                "notes": sum(int(songs[i]["notes"]) for i in chosen),
-                "unigram_entropy_bits": unigram_entropy(tokens, scheme.fields),
-            }
-        write_csv(tmp / "errors.csv", ERROR_FIELDS, errors)
+            stats["splits"][split] = _write_split(
+                tmp / split, chunks, split, merges, scheme.fields, columns, tally
+            )
+        errors = (row for chunk in chunks for row in _iter_csv(chunk.folder / "errors.csv"))
+        skipped = collections.Counter()
+        write_csv(tmp / "errors.csv", ERROR_FIELDS, _counted(errors, skipped))
+        stats.update(skipped=dict(skipped), **tally.summary())
         write_scheme(tmp, config.scheme_name, config.scheme_params, merges)
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
     total = sum(s["tokens"] for s in stats["splits"].values())
     per_split = " / ".join(f"{k} {v['songs']}" for k, v in stats["splits"].items())
+    songs = sum(v["songs"] for v in stats["splits"].values())
     notes = stats["notes"]
     return (
-        f"{config.scheme_name}: {len(songs)} songs ({per_split}), {total:,} tokens, "
+        f"{config.scheme_name}: {songs} songs ({per_split}), {total:,} tokens, "
         f"vocab {' x '.join(map(str, scheme.fields))}; "
         f"{notes['dropped']:,} of {notes['read']:,} notes dropped, {notes['changed']:,} changed, "
         f"{len(notes['flagged'])} files flagged -> {out}"
     )
 
 
-def _learn_merges(config: EncodeConfig, songs: list[dict], arrays: list[dict]) -> BPE:
-    """Learn the scheme's merges on the training split's base tokens, then merge every song
-    in place (each merged token at its first base token's step and bar position)."""
-    training = [a["tokens"] for s, a in zip(songs, arrays, strict=True) if s["split"] == "train"]
-    count = merges_of(config.scheme_name, config.scheme_params)
-    merges = BPE.train(config.scheme, training, count, config.scheme_name)
-    for song, array in zip(songs, arrays, strict=True):
-        tokens, first = merges.merged(array["tokens"])
-        array.update(tokens=tokens, times=array["times"][first], bar_pos=array["bar_pos"][first])
-        song["tokens"] = len(tokens)
-    return merges
+class EncodedChunk:
+    """One encode job's output, read lazily: its songs streamed, each song's arrays read from
+    disk as it comes (read, not memory-mapped: mapped pages a pass touches stay resident)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    @property
+    def exists(self) -> bool:
+        return (self.folder / "songs.csv").exists()
+
+    def columns(self) -> list[str]:
+        with open(self.folder / "songs.csv", newline="") as f:
+            return next(csv.reader(f), [])
+
+    def songs(self, split: str) -> Iterator[tuple[dict, dict[str, np.ndarray]]]:
+        """The chunk's songs of `split` in hash order, each with its arrays."""
+        offsets, previous = np.load(self.folder / "offsets.npy"), ""
+        with contextlib.ExitStack() as stack:
+            arrays = {
+                name: stack.enter_context(NpyReader(self.folder / f"{name}.npy")) for name in ARRAYS
+            }
+            for i, song in enumerate(_iter_csv(self.folder / "songs.csv")):
+                if song["sha256"] < previous:
+                    raise MidigenError(f"{self.folder}: songs not in hash order (run encode again)")
+                previous = song["sha256"]
+                if song["split"] == split:
+                    start, stop = int(offsets[i]), int(offsets[i + 1])
+                    yield song, {name: a.rows(start, stop) for name, a in arrays.items()}
 
 
-def note_changes(songs: list[dict], flag_lost_fraction: float) -> dict:
-    """What encoding did to the notes of all songs: totals by cause, and the files that lost
-    more than `flag_lost_fraction` of theirs (each also a warning in the log)."""
-    totals = {cause: sum(int(s[cause]) for s in songs) for cause in NOTE_CHANGES}
-    flagged = []
-    for song in songs:
+class NpyReader:
+    """Rows of an .npy file on disk, read on demand."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def __enter__(self) -> NpyReader:
+        self.file = open(self.path, "rb")  # noqa: SIM115 (__exit__ closes it)
+        version = np.lib.format.read_magic(self.file)
+        read_header = {
+            (1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0,
+        }.get(version)
+        if read_header is None:
+            raise MidigenError(f"{self.path}: npy format {version} (run encode again)")
+        shape, fortran, self.dtype = read_header(self.file)
+        if fortran:
+            raise MidigenError(f"{self.path}: a Fortran-ordered array (run encode again)")
+        self.row_shape, self.start = shape[1:], self.file.tell()
+        self.row_bytes = self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        at = self.start + start * self.row_bytes
+        data = os.pread(self.file.fileno(), (stop - start) * self.row_bytes, at)
+        return np.frombuffer(data, self.dtype).reshape(stop - start, *self.row_shape)
+
+
+def merged_songs(
+    chunks: list[EncodedChunk], split: str
+) -> Iterator[tuple[dict, dict[str, np.ndarray]]]:
+    """Every chunk's songs of `split`, in hash order across chunks (a k-way merge)."""
+    return heapq.merge(
+        *(chunk.songs(split) for chunk in chunks), key=lambda pair: pair[0]["sha256"]
+    )
+
+
+def song_fields_of(chunks: list[EncodedChunk]) -> tuple[str, ...]:
+    """The shards' songs.csv columns: the fixed ones, then what the scheme changed, by cause."""
+    extra = {name for chunk in chunks for name in chunk.columns()}
+    return (*SONG_FIELDS, *sorted(k for k in extra if k.startswith(SCHEME_PREFIX)))
+
+
+def _write_split(
+    folder: Path,
+    chunks: list[EncodedChunk],
+    split: str,
+    merges: BPE | None,
+    fields: tuple[int, ...],
+    columns: tuple[str, ...],
+    tally: SongTally,
+) -> dict:
+    """One split's arrays and songs.csv, written song after song; what stats.json says of it."""
+    folder.mkdir()
+    with SplitWriter(folder, fields) as writer:
+        songs = (writer.add(*pair, merges) for pair in merged_songs(chunks, split))
+        write_csv(folder / "songs.csv", columns, map(tally.add, songs))
+    return writer.stats()
+
+
+class SplitWriter:
+    """A split's .npy files, appended to song by song, and the token counts of its entropy."""
+
+    def __init__(self, folder: Path, fields: tuple[int, ...]):
+        self.arrays = {name: NpyAppender(folder / f"{name}.npy", t) for name, t in ARRAYS.items()}
+        self.offsets = NpyAppender(folder / "offsets.npy", np.int64)
+        self.counts = [np.zeros(size, np.int64) for size in fields]  # of each token, per field
+        self.songs = self.notes = 0
+
+    def __enter__(self) -> SplitWriter:
+        for appender in (*self.arrays.values(), self.offsets):
+            appender.open()
+        self.offsets.append(np.zeros(1, np.int64))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for appender in (*self.arrays.values(), self.offsets):
+            appender.close()
+
+    def add(self, song: dict, arrays: dict[str, np.ndarray], merges: BPE | None) -> dict:
+        """Append one song (merged first, each merged token at its first base token's step);
+        its songs.csv row."""
+        if merges is not None:
+            tokens, first = merges.merged(arrays["tokens"])
+            arrays = {
+                "tokens": tokens,
+                "times": arrays["times"][first],
+                "bar_pos": arrays["bar_pos"][first],
+            }
+            song = {**song, "tokens": len(tokens)}
+        for name, appender in self.arrays.items():
+            appender.append(arrays[name])
+        self.offsets.append(np.array([self.arrays["tokens"].length]))
+        rows = np.asarray(arrays["tokens"]).reshape(len(arrays["tokens"]), -1)
+        for field_, count in enumerate(self.counts):
+            count += np.bincount(rows[:, field_], minlength=len(count))
+        self.songs, self.notes = self.songs + 1, self.notes + int(song["notes"])
+        return song
+
+    def stats(self) -> dict:
+        tokens = self.arrays["tokens"].length
+        return {
+            "songs": self.songs,
+            "tokens": tokens,
+            "notes": self.notes,
+            "unigram_entropy_bits": entropy_bits(self.counts) if tokens else math.nan,
+        }
+
+
+class NpyAppender:
+    """An .npy file written piece by piece along its first axis: its header is rewritten with
+    the final shape on close, so the array is never held in memory. (npy pads the header to
+    64 bytes, so it keeps its size for any length below 10^15.)"""
+
+    def __init__(self, path: Path, dtype: type):
+        self.path, self.dtype = Path(path), np.dtype(dtype)
+        self.length, self.row_shape = 0, ()  # rows of more than one value: set by the first
+
+    def open(self) -> None:
+        self.file = open(self.path, "wb")  # noqa: SIM115 (close() closes it)
+        self.header_size = self._header()
+
+    def append(self, values: np.ndarray) -> None:
+        if not self.length:
+            self.row_shape = np.shape(values)[1:]
+        self.file.write(np.ascontiguousarray(values, self.dtype).tobytes())
+        self.length += len(values)
+
+    def close(self) -> None:
+        try:
+            self.file.seek(0)
+            if self._header() != self.header_size:
+                raise MidigenError(f"{self.path}: array too long for its header")
+        finally:
+            self.file.close()
+
+    def _header(self) -> int:
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False}
+        shape = (self.length, *self.row_shape)
+        np.lib.format.write_array_header_1_0(self.file, {**header, "shape": shape})
+        return self.file.tell()
+
+
+class SongTally:
+    """What stats.json says of all songs written (notes dropped and changed by cause, flagged
+    files, scheme changes, repairs), summed one song at a time; each flagged file is also a
+    warning in the log."""
+
+    def __init__(self, columns: tuple[str, ...], flag_lost_fraction: float):
+        self.flag_lost_fraction = flag_lost_fraction
+        self.scheme_columns = [c for c in columns if c.startswith(SCHEME_PREFIX)]
+        self.totals = collections.Counter()
+        self.repair_files = collections.Counter()
+        self.flagged: list[dict] = []
+
+    def add(self, song: dict) -> dict:
+        """Count one song; the song."""
+        counted = (*NOTE_CHANGES, *FILE_REPAIRS, *self.scheme_columns, "notes_read", "notes")
+        for name in counted:
+            self.totals[name] += int(song.get(name) or 0)
+        for repair in FILE_REPAIRS:
+            self.repair_files[repair] += int(song[repair]) > 0
         read, lost = int(song["notes_read"]), sum(int(song[cause]) for cause in DROPPED)
-        if read and lost / read > flag_lost_fraction:
-            flagged.append(
+        if read and lost / read > self.flag_lost_fraction:
+            self.flagged.append(
                 {"source": song["source"], "sha256": song["sha256"], "read": read, "dropped": lost}
             )
             log.warning(
@@ -395,29 +556,51 @@ def note_changes(songs: list[dict], flag_lost_fraction: float) -> dict:
                 read,
                 ", ".join(f"{c} {song[c]}" for c in DROPPED if int(song[c])),
             )
-    return {
-        "read": sum(int(s["notes_read"]) for s in songs),
-        "kept": sum(int(s["notes"]) for s in songs),
-        "dropped": sum(totals[c] for c in DROPPED),
-        "changed": sum(v for c, v in totals.items() if c not in DROPPED),
-        "by_cause": totals,
-        "flag_lost_fraction": flag_lost_fraction,
-        "flagged": flagged,
-    }
+        return song
+
+    def summary(self) -> dict:
+        """stats.json's notes, scheme_changes and repairs."""
+        by_cause = {cause: self.totals[cause] for cause in NOTE_CHANGES}
+        notes = {
+            "read": self.totals["notes_read"],
+            "kept": self.totals["notes"],
+            "dropped": sum(by_cause[c] for c in DROPPED),
+            "changed": sum(v for c, v in by_cause.items() if c not in DROPPED),
+            "by_cause": by_cause,
+            "flag_lost_fraction": self.flag_lost_fraction,
+            "flagged": self.flagged,
+        }
+        return {
+            "notes": notes,
+            "scheme_changes": {
+                c.removeprefix(SCHEME_PREFIX): self.totals[c] for c in self.scheme_columns
+            },
+            "repairs": {
+                r: {"files": self.repair_files[r], "count": self.totals[r]} for r in FILE_REPAIRS
+            },
+        }
 
 
-def unigram_entropy(tokens: np.ndarray, fields: tuple[int, ...]) -> float:
-    """Entropy in bits of the token frequencies (summed over a row's fields): the loss per row
-    a model must beat to have learned anything."""
-    if not len(tokens):
-        return math.nan
-    rows = np.asarray(tokens).reshape(len(tokens), -1)
+def entropy_bits(counts: list[np.ndarray]) -> float:
+    """Entropy in bits of token frequencies (`counts` per field, summed over a row's fields):
+    the loss per row a model must beat to have learned anything."""
     total = 0.0
-    for field_, size in enumerate(fields):
-        counts = np.bincount(rows[:, field_], minlength=size).astype(np.float64)
-        p = counts[counts > 0] / counts.sum()
+    for count in counts:
+        p = count[count > 0] / count.sum()
         total += float(-(p * np.log2(p)).sum())
     return total
+
+
+def _iter_csv(path: Path) -> Iterator[dict]:
+    with open(path, newline="") as f:
+        yield from csv.DictReader(f)
+
+
+def _counted(errors: Iterator[dict], reasons: collections.Counter) -> Iterator[dict]:
+    """`errors` as they pass, counted by reason."""
+    for error in errors:
+        reasons[error["reason"]] += 1
+        yield error
 
 
 # ---- round trip ------------------------------------------------------------------------------
