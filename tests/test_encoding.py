@@ -413,5 +413,10 @@ def test_encode_and_shard_count_the_changes_per_file_and_flag_heavy_losses(tmp_p
     stats = json.loads((shards / "stats.json").read_text())["notes"]
     assert (stats["read"], stats["kept"], stats["dropped"], stats["changed"]) == (13, 8, 5, 4)
     assert stats["by_cause"]["merged"] == 1 and stats["by_cause"]["cut_restrike"] == 1
-    assert [f["source"] for f in stats["flagged"]] == ["causes.mid"]  # 5 of 11 > 0.2
-    assert (stats["flagged"][0]["read"], stats["flagged"][0]["dropped"]) == (11, 5)
+    assert stats["flagged"] == 1  # causes.mid: 5 of 11 > 0.2
+    with open(shards / "flagged.csv", newline="") as f:
+        flagged = list(csv.DictReader(f))
+    assert [(r["source"], r["read"], r["dropped"]) for r in flagged] == [("causes.mid", "11", "5")]
+    worst = stats["flagged_worst"]
+    assert [(w["source"], w["read"], w["dropped"]) for w in worst] == [("causes.mid", 11, 5)]
+    assert flagged[0]["causes"] == worst[0]["causes"] == "drums 2, duplicate 2, merged 1"

@@ -493,14 +493,15 @@ def test_variants_are_compared_with_vanilla_in_each_scheme_paired_by_song(inputs
 def test_files_that_lost_many_notes_or_were_repaired_are_shown(inputs):
     path = inputs / "data" / "shards" / "index" / "stats.json"
     stats = json.loads(path.read_text())
-    stats["notes"]["flagged"] = [{"source": XSS, "sha256": "0" * 64, "read": 10, "dropped": 6}]
+    worst = {"source": XSS, "sha256": "0" * 64, "read": 10, "dropped": 6, "causes": "drums 6"}
+    stats["notes"].update(flagged=1, flagged_worst=[worst])
     stats["repairs"]["clipped_bytes"] = {"files": 2, "count": 7}
     path.write_text(json.dumps(stats))
     build(inputs, _params())
     html = (inputs / "reports" / "index.html").read_text()
     assert "<tr><th>data bytes above 127 clipped</th><td>2</td><td>7</td></tr>" in html
     assert "1 files lost more than 20.0% of their notes" in html
-    assert "<li>&lt;script&gt;alert(1)&lt;/script&gt;: 6 of 10 notes dropped</li>" in html
+    assert "<li>&lt;script&gt;alert(1)&lt;/script&gt;: 6 of 10 notes dropped (drums 6)</li>" in html
 
 
 def test_missing_audio_shows_the_reason(browser_page, inputs):

@@ -3,10 +3,14 @@ piece by piece. What it writes must not depend on how the corpus was cut into ch
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import symusic
 
 from midigen.data.corpus import EncodeConfig, NpyAppender, build_shards, chunk_of, encode_chunk
 from midigen.data.download import download, read_manifest
@@ -95,3 +99,28 @@ def test_an_npy_written_piece_by_piece_loads_as_the_whole(tmp_path, pieces, row)
     expected = np.concatenate(pieces).astype(np.int32) if pieces else np.zeros(0, np.int32)
     assert loaded.dtype == np.int32 and np.array_equal(loaded, expected)
     assert np.array_equal(np.load(tmp_path / "a.npy", mmap_mode="r"), expected)
+
+
+def test_the_scale_benchmark_runs_the_real_stages_on_synthetic_files(tmp_path):
+    """bench/scale.py on 30 synthetic files: multi-track songs (a drum track in most) that the
+    real download -> encode -> shard stages (as `midigen` commands) turn into shards holding
+    every file they kept, with the peak memory of each stage measured."""
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    result = subprocess.run(
+        [sys.executable, "scale.py", "--files", "30", "--chunk-files", "10"]
+        + ["--work", str(tmp_path)],
+        cwd=bench,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = [symusic.Score(str(p)) for p in sorted((tmp_path / "midi").rglob("*.mid"))]
+    assert len(scores) == 30 and np.mean([len(s.tracks) for s in scores]) > 4
+    assert sum(any(t.is_drum for t in s.tracks) for s in scores) > 15
+    row = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))
+    assert row["files"] == 30 and row["chunks"] == 3 and row["songs"] > 25
+    shards = tmp_path / "run-30" / "data" / "shards" / "index"
+    offsets = [np.load(shards / split / "offsets.npy") for split in ("train", "val", "test")]
+    assert sum(len(o) - 1 for o in offsets) == row["songs"]
+    assert sum(int(o[-1]) for o in offsets) == row["tokens"]
+    assert all(row[f"{stage}_mib"] > 0 for stage in ("download", "encode", "shard"))

@@ -53,6 +53,7 @@ SONG_FIELDS = (
 )
 SCHEME_PREFIX = "scheme_"  # songs.csv columns of what the scheme changed (Scheme.changes)
 ERROR_FIELDS = ("path", "source", "reason", "detail")
+FLAGGED_FIELDS = ("source", "sha256", "read", "dropped", "causes")  # flagged.csv
 log = logging.getLogger(__name__)
 
 
@@ -318,14 +319,16 @@ def build_shards(
         merges = BPE.train(config.scheme, training, count, config.scheme_name)
     scheme: Scheme = merges or config.scheme
     columns = song_fields_of(chunks)
-    tally = SongTally(columns, flag_lost_fraction)
     stats: dict = {
         "scheme": config.scheme_name,
         "vocab_size": list(scheme.fields),
         "steps_per_beat": config.steps_per_beat,
         "splits": {},
     }
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp, open(tmp / "flagged.csv", "w", newline="") as flagged:
+        rows = csv.DictWriter(flagged, FLAGGED_FIELDS)
+        rows.writeheader()
+        tally = SongTally(columns, flag_lost_fraction, rows)
         for split in SPLITS:
             stats["splits"][split] = _write_split(
                 tmp / split, chunks, split, merges, scheme.fields, columns, tally
@@ -344,7 +347,7 @@ def build_shards(
         f"{config.scheme_name}: {songs} songs ({per_split}), {total:,} tokens, "
         f"vocab {' x '.join(map(str, scheme.fields))}; "
         f"{notes['dropped']:,} of {notes['read']:,} notes dropped, {notes['changed']:,} changed, "
-        f"{len(notes['flagged'])} files flagged -> {out}"
+        f"{notes['flagged']} files flagged -> {out}"
     )
 
 
@@ -526,16 +529,22 @@ class NpyAppender:
 
 
 class SongTally:
-    """What stats.json says of all songs written (notes dropped and changed by cause, flagged
-    files, scheme changes, repairs), summed one song at a time; each flagged file is also a
-    warning in the log."""
+    """What stats.json says of all songs written (notes dropped and changed by cause, files
+    flagged for losing many notes, scheme changes, repairs), summed one song at a time. Every
+    flagged file is a row of `flagged` (flagged.csv); stats.json and the log keep their count
+    and the WORST that lost the largest share."""
 
-    def __init__(self, columns: tuple[str, ...], flag_lost_fraction: float):
-        self.flag_lost_fraction = flag_lost_fraction
+    WORST = 20
+
+    def __init__(
+        self, columns: tuple[str, ...], flag_lost_fraction: float, flagged: csv.DictWriter
+    ):
+        self.flag_lost_fraction, self.flagged_rows = flag_lost_fraction, flagged
         self.scheme_columns = [c for c in columns if c.startswith(SCHEME_PREFIX)]
         self.totals = collections.Counter()
         self.repair_files = collections.Counter()
-        self.flagged: list[dict] = []
+        self.flagged = 0
+        self.worst: list[tuple[float, str, dict]] = []  # a heap: (share lost, hash, row)
 
     def add(self, song: dict) -> dict:
         """Count one song; the song."""
@@ -546,21 +555,31 @@ class SongTally:
             self.repair_files[repair] += int(song[repair]) > 0
         read, lost = int(song["notes_read"]), sum(int(song[cause]) for cause in DROPPED)
         if read and lost / read > self.flag_lost_fraction:
-            self.flagged.append(
-                {"source": song["source"], "sha256": song["sha256"], "read": read, "dropped": lost}
-            )
-            log.warning(
-                "%s: %d of its %d notes dropped (%s)",
-                song["source"],
-                lost,
-                read,
-                ", ".join(f"{c} {song[c]}" for c in DROPPED if int(song[c])),
-            )
+            causes = ", ".join(f"{c} {song[c]}" for c in DROPPED if int(song[c]))
+            row = {"source": song["source"], "sha256": song["sha256"], "read": read}
+            row |= {"dropped": lost, "causes": causes}
+            self.flagged_rows.writerow(row)
+            self.flagged += 1
+            heapq.heappush(self.worst, (lost / read, song["sha256"], row))
+            if len(self.worst) > self.WORST:
+                heapq.heappop(self.worst)
         return song
 
     def summary(self) -> dict:
-        """stats.json's notes, scheme_changes and repairs."""
+        """stats.json's notes, scheme_changes and repairs; a warning in the log names the
+        flagged files (the worst, and where all of them are)."""
         by_cause = {cause: self.totals[cause] for cause in NOTE_CHANGES}
+        worst = [row for *_, row in sorted(self.worst, reverse=True)]
+        if worst:
+            log.warning(
+                "%d files lost more than %.0f%% of their notes (flagged.csv lists them), most: %s",
+                self.flagged,
+                100 * self.flag_lost_fraction,
+                "; ".join(
+                    f"{r['source']} {r['dropped']} of {r['read']} ({r['causes']})"
+                    for r in worst[:5]
+                ),
+            )
         notes = {
             "read": self.totals["notes_read"],
             "kept": self.totals["notes"],
@@ -569,6 +588,7 @@ class SongTally:
             "by_cause": by_cause,
             "flag_lost_fraction": self.flag_lost_fraction,
             "flagged": self.flagged,
+            "flagged_worst": worst,
         }
         return {
             "notes": notes,

@@ -80,7 +80,7 @@ class KVCache:
         """Per row, the tokens of its current segment fed so far."""
         if state is None:
             return [0]
-        return ((state.offset - state.song_start) % self.segment).tolist()
+        return [(state.offset - start) % self.segment for start in state.song_start.tolist()]
 
     def _room(self) -> int:
         """How many tokens one forward may take with every query still in its context."""

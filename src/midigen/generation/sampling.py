@@ -89,7 +89,8 @@ def _draw(weights: Tensor, generators: Sequence[torch.Generator]) -> Tensor:
     input checks (they cost a tenth of a cached generation step). Row b's noise comes from
     generators[b]."""
     noise = torch.empty_like(weights)
-    for row, generator in zip(noise, generators, strict=True):
+    rows = [noise] if len(noise) == 1 else noise  # one row: no view to make
+    for row, generator in zip(rows, generators, strict=True):
         row.exponential_(generator=generator)
     return (weights / noise.clamp_min_(1e-30)).argmax(-1)
 

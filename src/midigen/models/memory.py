@@ -291,21 +291,20 @@ class KNNMemory:
         Only queries of the song the row holds may retrieve; the others get nothing.
         """
         b_, h_, t_, _ = queries.shape
-        scores = torch.full((b_, h_, t_, k), float("-inf"))
-        ids = torch.full((b_, h_, t_, k), -1, dtype=torch.int64)
+        scores = np.full((b_, h_, t_, k), -np.inf, np.float32)  # filled in numpy: indexing a
+        ids = np.full((b_, h_, t_, k), -1, np.int64)  # tensor per (row, head) costs more
         asked = queries.detach().float().cpu().numpy()
-        doc = doc.cpu()
+        asking = (doc.cpu() == self.doc[:, None]).numpy()  # (B, T)
         for row in range(b_):
-            asking = (doc[row] == self.doc[row]).numpy()
             found = min(k, self.size(row))
-            if found == 0 or not asking.any():
+            if found == 0 or not asking[row].any():
                 continue
-            which = torch.from_numpy(asking)
+            which = slice(None) if asking[row].all() else asking[row]
             for h, index in enumerate(self.indexes[row]):
-                s, i = index.search(np.ascontiguousarray(asked[row, h, asking]), found)
-                scores[row, h, which, :found] = torch.from_numpy(s)
-                ids[row, h, which, :found] = torch.from_numpy(i)
-        return scores, ids
+                s, i = index.search(np.ascontiguousarray(asked[row, h, which]), found)
+                scores[row, h, which, :found] = s
+                ids[row, h, which, :found] = i
+        return torch.from_numpy(scores), torch.from_numpy(ids)
 
     def fetch(self, ids: Tensor) -> tuple[Tensor, Tensor]:
         """The raw keys and values (B, H, T, k, Dh) behind `ids`: zeros in a row with nothing

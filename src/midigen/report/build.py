@@ -281,6 +281,7 @@ def data_summary(stats: dict[str, Any], source: Path) -> dict[str, Any]:
         "notes": {k: notes[k] for k in ("read", "kept", "dropped", "changed", "by_cause")},
         "flag_lost_fraction": notes["flag_lost_fraction"],
         "flagged": notes["flagged"],
+        "flagged_worst": notes["flagged_worst"],
         "repairs": {
             FILE_REPAIR_LABELS[name]: entry
             for name, entry in _field(stats, "repairs", source).items()
