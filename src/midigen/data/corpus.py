@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -219,16 +219,16 @@ def encode_chunk(
         )
     with atomic_dir(out) as tmp:
         _save_arrays(tmp, parts, [s["tokens"] for s in songs])
-        write_csv(tmp / "songs.csv", song_fields(songs), songs)
+        write_csv(tmp / "songs.csv", song_fields(k for song in songs for k in song), songs)
         write_csv(tmp / "errors.csv", ERROR_FIELDS, errors)
         write_scheme(tmp, config.scheme_name, config.scheme_params)
     return _summary(f"chunk {chunk}/{n_chunks}", songs, errors)
 
 
-def song_fields(songs: list[dict]) -> tuple[str, ...]:
-    """songs.csv's columns: the fixed ones, then what the scheme changed, by cause."""
-    extra = sorted({k for song in songs for k in song if k.startswith(SCHEME_PREFIX)})
-    return (*SONG_FIELDS, *extra)
+def song_fields(names: Iterable[str]) -> tuple[str, ...]:
+    """songs.csv's columns: the fixed ones, then those of `names` that say what the scheme
+    changed, by cause."""
+    return (*SONG_FIELDS, *sorted({n for n in names if n.startswith(SCHEME_PREFIX)}))
 
 
 def _save_arrays(
@@ -242,11 +242,6 @@ def _save_arrays(
         np.save(folder / f"{name}.npy", saved[name])
     np.save(folder / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
     return saved
-
-
-def _read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _summary(what: str, songs: list[dict], errors: list[dict]) -> str:
@@ -285,17 +280,17 @@ def load_shard(shards_dir: Path, split: str, mmap: bool = True) -> Shard:
     arrays = {
         name: np.load(folder / f"{name}.npy", mmap_mode=mode) for name in (*ARRAYS, "offsets")
     }
-    return Shard(songs=_read_csv(folder / "songs.csv"), **arrays)
+    return Shard(songs=list(_iter_csv(folder / "songs.csv")), **arrays)
 
 
 def build_shards(
     chunk_dirs: list[Path], config: EncodeConfig, out: Path, flag_lost_fraction: float
 ) -> str:
     """Gather encoded chunks into one shard per split, songs ordered by content hash; files
-    that lost more than `flag_lost_fraction` of their notes are flagged in stats.json.
+    that lost more than `flag_lost_fraction` of their notes are flagged (flagged.csv).
 
     Streams: each split is a k-way merge of the chunks' songs (every chunk is sorted by hash),
-    each song copied from the chunk's memory-mapped arrays to the end of the split's files,
+    each song read from the chunk's arrays on disk and appended to the split's files,
     and every statistic is a running sum, so memory does not grow with the corpus (merged
     schemes excepted: the tokenizer holds the training split while it learns the merges)."""
     chunks = [EncodedChunk(folder) for folder in chunk_dirs]
@@ -318,7 +313,7 @@ def build_shards(
         count = merges_of(config.scheme_name, config.scheme_params)
         merges = BPE.train(config.scheme, training, count, config.scheme_name)
     scheme: Scheme = merges or config.scheme
-    columns = song_fields_of(chunks)
+    columns = song_fields(name for chunk in chunks for name in chunk.columns())
     stats: dict = {
         "scheme": config.scheme_name,
         "vocab_size": list(scheme.fields),
@@ -420,12 +415,6 @@ def merged_songs(
     return heapq.merge(
         *(chunk.songs(split) for chunk in chunks), key=lambda pair: pair[0]["sha256"]
     )
-
-
-def song_fields_of(chunks: list[EncodedChunk]) -> tuple[str, ...]:
-    """The shards' songs.csv columns: the fixed ones, then what the scheme changed, by cause."""
-    extra = {name for chunk in chunks for name in chunk.columns()}
-    return (*SONG_FIELDS, *sorted(k for k in extra if k.startswith(SCHEME_PREFIX)))
 
 
 def _write_split(
@@ -541,6 +530,7 @@ class SongTally:
     ):
         self.flag_lost_fraction, self.flagged_rows = flag_lost_fraction, flagged
         self.scheme_columns = [c for c in columns if c.startswith(SCHEME_PREFIX)]
+        self.counted = (*NOTE_CHANGES, *FILE_REPAIRS, *self.scheme_columns, "notes_read", "notes")
         self.totals = collections.Counter()
         self.repair_files = collections.Counter()
         self.flagged = 0
@@ -548,8 +538,7 @@ class SongTally:
 
     def add(self, song: dict) -> dict:
         """Count one song; the song."""
-        counted = (*NOTE_CHANGES, *FILE_REPAIRS, *self.scheme_columns, "notes_read", "notes")
-        for name in counted:
+        for name in self.counted:
             self.totals[name] += int(song.get(name) or 0)
         for repair in FILE_REPAIRS:
             self.repair_files[repair] += int(song[repair]) > 0
