@@ -338,3 +338,25 @@ def test_cpu_training_steps_reuse_freed_memory(shards, tmp_path):
         )
     assert faults["default"] > 1000, faults  # pages (4 KiB) faulted in per step
     assert faults["training"] < faults["default"] // 10, faults
+
+
+def test_the_stage_logs_progress_without_a_terminal(shards, tmp_path):
+    """Under Snakemake or DVC (no terminal) training says where it is, in its log file and on
+    the console: at its start, at every validation and at its end (and every 30 s between,
+    tests/test_progress.py)."""
+    params = tiny_params(steps=6, eval_every=3)
+    log = tmp_path / "train.log"
+    run = subprocess.run(
+        [*train_command(shards, params, tmp_path / "model"), "--log", str(log)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pattern = (
+        r"train xl_knn: step (\d)/6 \(\d+%\), loss \d+\.\d{3}, tokens/s [\d,]+, "
+        r"val_loss \d+\.\d{3}, \d+m\d\ds left"
+    )
+    for text in (log.read_text(), run.stderr):
+        assert "train xl_knn: step 0/6 (0%)" in text
+        assert [int(step) for step in re.findall(pattern, text)] == [3, 6]
+        assert re.search(r"train xl_knn: 6 step done in \d+m\d\ds", text)

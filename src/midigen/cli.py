@@ -18,6 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
+from midigen import progress
 from midigen.errors import MidigenError
 from midigen.params import DEFAULT_PARAMS, load_params, validate_params
 
@@ -78,9 +79,10 @@ def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
 
 
 def _setup_logging(log_file: Path | None) -> None:
-    """Warnings and the error line on stderr; everything, with times, in the --log file."""
+    """Warnings, progress lines and the error line on stderr; everything, with times, in the
+    --log file."""
     console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.WARNING)
+    console.addFilter(lambda r: r.levelno >= logging.WARNING or r.name == progress.LOG.name)
     console.setFormatter(logging.Formatter("%(message)s"))
     handlers: list[logging.Handler] = [console]
     if log_file is not None:

@@ -11,7 +11,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from midigen.errors import MidigenError
+from midigen.errors import MidigenError, missing_extra
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -121,6 +121,9 @@ def _check_consistency(params: dict[str, Any], source: str) -> None:
     """Rules that span keys, which the schema cannot express."""
     if "download" in params:
         _check_download(params["download"], source)
+    missing = "remi" in params.get("encode", {}).get("schemes", ()) and missing_extra("miditok")
+    if missing:
+        raise MidigenError(f"{source}: encode.schemes lists remi; {missing}")
     if "chunks" in params.get("encode", {}):
         chunks = params["encode"]["chunks"]
         if sorted(chunks) != list(range(len(chunks))):

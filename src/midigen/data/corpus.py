@@ -24,7 +24,6 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from midigen.atomic import atomic_dir
 from midigen.data.download import read_manifest, write_csv
@@ -43,6 +42,7 @@ from midigen.encodings.bpe import BPE
 from midigen.encodings.catalog import SCHEME_FILE, merges_of, scheme_for, write_scheme
 from midigen.encodings.scores import Vocab, decode_tokens, encode_notes
 from midigen.errors import MidigenError, read_json
+from midigen.progress import progress
 
 SPLITS = ("train", "val", "test")
 ARRAYS = {"tokens": np.uint16, "times": np.int32, "bar_pos": np.int32}
@@ -157,13 +157,12 @@ def _read_capped(path: Path, max_bytes: int) -> bytes:
 def parallel_map(fn, tasks: list, workers: int, desc: str) -> Iterator:
     """fn over tasks in order, on a process pool when workers > 1, with a progress bar."""
     workers = workers or os.cpu_count() or 1
-    bar = dict(total=len(tasks), desc=desc, unit="file", mininterval=1.0, disable=None)
     if workers == 1 or len(tasks) < 2:
-        yield from tqdm(map(fn, tasks), **bar)
+        yield from progress(map(fn, tasks), desc, len(tasks), "file")
         return
     chunksize = max(1, min(64, len(tasks) // (workers * 8)))
     with ProcessPoolExecutor(workers) as pool:
-        yield from tqdm(pool.map(fn, tasks, chunksize=chunksize), **bar)
+        yield from progress(pool.map(fn, tasks, chunksize=chunksize), desc, len(tasks), "file")
 
 
 def chunk_of(sha256: str, n_chunks: int) -> int:

@@ -50,11 +50,11 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 import numpy as np
-from tqdm import tqdm
 
 from midigen.atomic import atomic_dir, atomic_file
 from midigen.data.midi import Limits, Notes, SkipSong, read_song
 from midigen.errors import MidigenError
+from midigen.progress import Progress, progress
 
 log = logging.getLogger(__name__)
 
@@ -363,9 +363,8 @@ def _music21_entries(
     pool = ProcessPoolExecutor(max(1, min(os.cpu_count() or 1, len(ids))))
     try:
         results = pool.map(cached_render, ids, repeat(folder))
-        for corpus_id, rendered in tqdm(
-            zip(ids, results, strict=True), total=len(ids), desc="music21", unit="file"
-        ):
+        rendered_works = zip(ids, results, strict=True)
+        for corpus_id, rendered in progress(rendered_works, "music21", len(ids), "work"):
             if rendered.error:
                 log.warning("skipping %s: %s", corpus_id, rendered.error)
                 tally.skipped.append((corpus_id, rendered.error))
@@ -531,16 +530,12 @@ def _fetch(url: str, dest: Path) -> str:
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, open(dest, "wb") as f:
             size = response.headers.get("Content-Length", "")
-            with tqdm(
-                total=int(size) if size.isdigit() else None,
-                unit="B",
-                unit_scale=True,
-                desc="download",
-            ) as bar:
+            total = int(size) // 2**20 if size.isdigit() else None
+            with Progress(f"download {url}", total, "MiB") as shown:
                 while chunk := response.read(CHUNK_BYTES):
                     f.write(chunk)
                     digest.update(chunk)
-                    bar.update(len(chunk))
+                    shown.update(len(chunk) / 2**20)
     except urllib.error.HTTPError as e:
         raise MidigenError(f"cannot download {url}: HTTP {e.code} {e.reason}") from None
     except urllib.error.URLError as e:

@@ -21,6 +21,7 @@ import symusic
 
 from midigen.data.midi import Notes
 from midigen.encodings import NO_PEDALS, DecodeError, Encoded, SchemeGrammar, prefix_mask
+from midigen.errors import optional
 
 NEXT = {  # token type -> the types that may follow it (a REMI song with programs, no velocity)
     "BOS": {"Bar", "EOS"},
@@ -48,9 +49,10 @@ def like_for_like(steps_per_beat: int, max_duration: int, time_signatures: bool)
 
 def tokenizer_for(steps_per_beat: int, max_duration: int) -> Any:
     """The scheme's tokenizer: no time signatures, as notes come without a meter (4/4 bars)."""
-    from miditok import REMI, TokenizerConfig  # an optional dependency: only for this scheme
-
-    return REMI(TokenizerConfig(**like_for_like(steps_per_beat, max_duration, False)))
+    miditok = optional("miditok")  # the `remi` extra: needed for this scheme only
+    return miditok.REMI(
+        miditok.TokenizerConfig(**like_for_like(steps_per_beat, max_duration, False))
+    )
 
 
 @dataclass(frozen=True)

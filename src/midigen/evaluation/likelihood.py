@@ -39,6 +39,7 @@ from midigen.evaluation import musical
 from midigen.evaluation.paired import CELLS, REACH, SongCells, mean_interval, ratio_interval
 from midigen.generation.samples import Samples
 from midigen.models.transformer import MusicTransformer
+from midigen.progress import progress
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,8 @@ def score_model(
         split="test",
     )
     state, nll, correct, targets, docs = None, [], [], [], []
-    for segment in batches.epoch(0):
+    segments = batches.epoch(0)
+    for segment in progress(segments, "score", len(segments), "segment"):
         segment = segment.to(device)
         logits, _, state = model(segment.tokens, segment.bar_pos, segment.doc, state)
         logits = logits.float()

@@ -18,6 +18,7 @@ from midigen.generation.contexts import Carried, Context, KVCache
 from midigen.generation.prompts import Prompt
 from midigen.models.lstm import MusicLSTM
 from midigen.params import default
+from midigen.progress import progress
 
 ContextKind = Callable[[nn.Module], Context]  # a Context class, built on the model
 
@@ -190,7 +191,7 @@ def _sample_rows(
     live = list(range(len(prompts)))  # the prompt of each batch row
     tokens: list[list] = [[] for _ in prompts]
     drawn_from: list[list] = [[] for _ in prompts]  # the (logits, allowed) each was drawn from
-    for step in range(config.length):
+    for step in progress(range(config.length), "generate", config.length, "token"):
         allowed = grammar.allowed([cursors[k] for k in live], eos=step >= config.min_length)
         drawn = sample(logits, allowed, config, [generators[k] for k in live]).tolist()
         going, fed, bars = [], [], []

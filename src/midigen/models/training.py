@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from midigen.atomic import atomic_file
 from midigen.data.batching import IGNORE, ContiguousBatches, Segment
@@ -30,6 +29,7 @@ from midigen.errors import MidigenError
 from midigen.models.transformer import token_loss
 from midigen.models.variants import Config, build_model, saved_form
 from midigen.params import default
+from midigen.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -231,13 +231,12 @@ class Trainer:
             log.info("resuming from step %d (%s)", self.step, self.checkpoint)
         live = self._live()
         start, stop = self.env.rows(self.config.batch_size)
-        bar = tqdm(
-            total=self.config.steps,
+        shown = Progress(
+            f"train {self.module.config.memory}",
+            self.config.steps,
+            "step",
             initial=self.step,
-            desc=self.module.config.memory,
-            disable=self.env.rank != 0 or None,
-            unit="step",
-            mininterval=2.0,
+            enabled=self.env.rank == 0,
         )
         tokens_done, t0 = 0, time.perf_counter()
         last = stop_after if stop_after is not None else self.config.steps
@@ -252,10 +251,8 @@ class Trainer:
             self.position += 1
             loss = self.train_step(segment)
             tokens_done += int((segment.targets != IGNORE).sum()) * self.env.world
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{loss:.3f}", tok_s=f"{tokens_done / (time.perf_counter() - t0):,.0f}"
-            )
+            speed = f"{tokens_done / (time.perf_counter() - t0):,.0f}"
+            shown.update(loss=f"{loss:.3f}", **{"tokens/s": speed})
             record = {
                 "step": self.step,
                 "train_loss": loss,
@@ -263,6 +260,8 @@ class Trainer:
             }
             if self.step % self.config.eval_every == 0 or self.step == self.config.steps:
                 record["val_loss"] = self.evaluate()
+                shown.fields["val_loss"] = f"{record['val_loss']:.3f}"
+                shown.line()  # every validation is news
             self.history.append(record)
             if live is not None:
                 for key, value in record.items():
@@ -271,7 +270,7 @@ class Trainer:
                 live.next_step()
             if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
                 self.save_checkpoint(self.checkpoint)
-        bar.close()
+        shown.close()
         if live is not None:
             live.end()
         return self.history[-1] if self.history else {}
