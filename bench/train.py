@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from sections import record
 from torch import nn
 
+from midigen.models.memory import KNNMemory, MemoryState
 from midigen.models.training import keep_freed_memory
 from midigen.models.transformer import IGNORE, ModelConfig, MusicTransformer
 from midigen.params import load_params
@@ -118,13 +119,17 @@ def segments(args: argparse.Namespace, vocab_size: int) -> Iterator[tuple[torch.
 
 
 def trainer(
-    model: nn.Module, data: Iterator, memory: bool, device: torch.device
+    model: nn.Module,
+    data: Iterator,
+    memory: bool,
+    device: torch.device,
+    state: MemoryState | None = None,
 ) -> Callable[[], None]:
-    """One training step on the next segment (memories carried along when the model has any),
-    on `device`: there under bf16 autocast when it is a GPU, as `Trainer` trains."""
+    """One training step on the next segment (memories carried along from `state` when the
+    model has any), on `device`: there under bf16 autocast when it is a GPU, as `Trainer`
+    trains."""
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    state = None
     cuda = device.type == "cuda"
 
     def step() -> None:
@@ -145,6 +150,114 @@ def trainer(
     return step
 
 
+def median_time(
+    run: Callable[[], object], device: torch.device, warmup: int, repeats: int
+) -> float:
+    """Median seconds of `run()` (a CUDA synchronisation ends each timed call on a GPU)."""
+    times = []
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def faiss_search(memory: KNNMemory, queries: torch.Tensor, k: int) -> Callable[[], object] | None:
+    """The search as it was before issue 25 (one Faiss IndexFlatIP per row and head, queries
+    copied to the host, one call each): the reference the batched search is measured against."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    indexes = []
+    for row in range(memory.batch):
+        keys = memory.stored(row)[0].cpu().numpy()
+        indexes.append([faiss.IndexFlatIP(memory.head_dim) for _ in range(memory.n_head)])
+        for h, index in enumerate(indexes[-1]):
+            index.add(keys[h].copy())
+
+    def search() -> None:
+        asked = queries.float().cpu().numpy()
+        for row, heads in enumerate(indexes):
+            for h, index in enumerate(heads):
+                index.search(asked[row, h].copy(), k)
+
+    return search
+
+
+def at_fill(
+    model: MusicTransformer, fill: int, segment: tuple[torch.Tensor, ...], args, device
+) -> tuple[float, float, float]:
+    """(median xl_knn training step, median search alone, the Faiss reference's search) in
+    seconds, every row's kNN memory holding `fill` keys of its song before each step."""
+    tokens, bar_pos, doc = segment
+    config = model.config
+    with torch.no_grad():
+        _, _, state = model(tokens, bar_pos, doc, None)
+        shape = (args.batch, config.n_head, fill, config.head_dim)
+        keys = F.normalize(torch.randn(shape, device=device), dim=-1)
+        for row in range(args.batch):
+            state.knn.clear(row)
+        state.knn.write(keys, keys, torch.zeros(args.batch, fill, dtype=torch.int64))
+    memory = state.knn
+
+    def held() -> Iterator[tuple[torch.Tensor, ...]]:
+        while True:
+            memory.count = [fill] * args.batch  # hold the fill: steps overwrite the same room
+            yield tokens, tokens.roll(-1, 1), bar_pos, doc
+
+    step = trainer(model, held(), True, device, state)
+    trained = median_time(step, device, args.warmup, args.steps * args.repeats)
+    queries = F.normalize(torch.randn(*shape[:2], tokens.shape[1], shape[3], device=device), -1)
+    memory.count = [fill] * args.batch
+    searched = median_time(lambda: memory.search(queries, doc, config.knn_k), device, 1, 5)
+    reference = faiss_search(memory, queries, config.knn_k) if device.type == "cpu" else None
+    return trained, searched, median_time(reference, device, 1, 5) if reference else math.nan
+
+
+def fill_table(args: argparse.Namespace, settings: dict, device: torch.device) -> None:
+    """xl_knn's training step, and its kNN search alone, as the memory fills (issue 25: the
+    step must stay flat as memory fills on a GPU, and grow no faster than the search's
+    arithmetic on a CPU, which the 'predicted' column adds to the first row's step)."""
+    config = ModelConfig(**{**settings, "knn_max_memories": max(args.fill)}, memory="xl_knn")
+    torch.manual_seed(0)
+    model = MusicTransformer(config)
+    b_, t_ = args.batch, args.segment
+    segment = (
+        torch.randint(4, config.vocab_size, (b_, t_), device=device),
+        torch.arange(t_, device=device).repeat(b_, 1) % 16,
+        torch.zeros(b_, t_, dtype=torch.int64, device=device),  # one endless song per row
+    )
+    rows = [(fill, *at_fill(model, fill, segment, args, device)) for fill in args.fill]
+    step0, search0 = rows[0][1:3]
+    where = f"{torch.get_num_threads()} threads"
+    if device.type == "cuda":
+        where = f"{torch.cuda.get_device_name(device)}, bf16 autocast, torch {torch.__version__}"
+    lines = [
+        f"model: {config.n_layer} layers, {config.n_head} heads of {config.head_dim}, d_model "
+        f"{config.d_model}, kNN k {config.knn_k}; batch {b_} x {t_}; {where}; synthetic "
+        "song, memory held at the fill",
+        "",
+        "| keys per row | xl_knn step (s) | step / first | search (s) | search GFLOP | "
+        "step predicted by the search (s) | Faiss per row and head (s) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for fill, trained, searched, old in rows:
+        gflop = 2 * b_ * config.n_head * t_ * fill * config.head_dim / 1e9
+        lines.append(
+            f"| {fill:,} | {trained:.3f} | {trained / step0:.2f}x | {searched:.4f} | {gflop:.2f} "
+            f"| {step0 - search0 + searched:.3f} | {old:.4f} |"
+        )
+    report = "\n".join(lines)
+    print(report)
+    if args.results:
+        name = "train-fill-cuda" if device.type == "cuda" else "train-fill"
+        record(args.results, name, "# xl_knn step time as the kNN memory fills", report)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=8)
@@ -159,6 +272,13 @@ def main() -> None:
     parser.add_argument(
         "--device", default="cpu", help="cpu (default), or cuda / cuda:N: bf16 autocast there"
     )
+    parser.add_argument(
+        "--fill",
+        type=int,
+        nargs="+",
+        metavar="KEYS",
+        help="instead: xl_knn step and search time with the kNN memory holding KEYS per row",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -171,6 +291,8 @@ def main() -> None:
 
     # the pipeline's model (params.yaml), so the ratios hold for what `train` actually runs
     settings = {**load_params(args.params)["model"], "segment_len": args.segment}
+    if args.fill:
+        return fill_table(args, settings, device)
     base = ModelConfig(**settings)
     sides: dict[str, Callable[[], None]] = {}
     torch.manual_seed(0)

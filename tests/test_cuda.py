@@ -100,41 +100,48 @@ def filled_memories(device: str) -> tuple[KNNMemory, KNNMemory, torch.Tensor]:
 def assert_same_neighbours(cpu: KNNMemory, gpu: KNNMemory, queries: torch.Tensor) -> None:
     doc = torch.full((3, 10), 4)
     doc[0, 7:] = 5  # another song: nothing found for these
-    k = 8
+    cpu_ids = assert_same_search(cpu, gpu, queries, doc, k=8)
+    assert (cpu_ids[0, :, 7:] == -1).all() and (cpu_ids[1, ..., 7:] == -1).all()
+    assert (cpu_ids[2] == -1).all()
+
+
+def assert_same_search(
+    cpu: KNNMemory, gpu: KNNMemory, queries: torch.Tensor, doc: torch.Tensor, k: int
+) -> torch.Tensor:
+    """The same ids, scores, keys, values and hits from both memories; the CPU's ids."""
     cpu_scores, cpu_ids = cpu.lookup(queries, doc, k)
     gpu_scores, gpu_ids = gpu.lookup(queries.cuda(), doc.cuda(), k)
     assert torch.equal(gpu_ids.cpu(), cpu_ids)
-    assert (cpu_ids[0, :, 7:] == -1).all() and (cpu_ids[1, ..., 7:] == -1).all()
-    assert (cpu_ids[2] == -1).all()
     torch.testing.assert_close(gpu_scores.cpu(), cpu_scores, atol=1e-5, rtol=1e-5)
     keys, values, found = gpu.search(queries.cuda(), doc.cuda(), k)
     want_keys, want_values, want_found = cpu.search(queries, doc, k)
     assert keys.is_cuda and torch.equal(found.cpu(), want_found)
     torch.testing.assert_close(keys.cpu(), want_keys)
     torch.testing.assert_close(values.cpu(), want_values)
+    return cpu_ids
 
 
 def test_knn_memory_on_cuda_finds_what_the_cpus_finds():
-    """Keys kept on the GPU (the index wherever Faiss runs): the same neighbours, scores,
-    keys and values as a memory on the CPU."""
+    """Keys kept and searched on the GPU: the same neighbours, scores, keys and values as a
+    memory on the CPU."""
     cpu, gpu, queries = filled_memories("cuda")
     assert gpu.stored(0)[0].is_cuda
     assert_same_neighbours(cpu, gpu, queries)
 
 
-def test_faiss_gpu_index_finds_the_cpu_indexs_neighbours():
-    """With a Faiss GPU build, a memory on CUDA searches GpuIndexFlatIP indexes: they find what
-    the CPU's IndexFlatIP finds."""
-    faiss = pytest.importorskip("faiss", reason="faiss is not installed")
-    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-    if not hasattr(faiss, "StandardGpuResources") or gpus == 0:
-        pytest.skip(
-            f"faiss {faiss.__version__} has no GPU build (get_num_gpus() = {gpus}): "
-            "the kNN index stays on the CPU; install faiss-gpu to run this"
-        )
-    cpu, gpu, queries = filled_memories("cuda")
-    assert all(type(i).__name__ == "GpuIndexFlatIP" for row in gpu.indexes for i in row)
-    assert_same_neighbours(cpu, gpu, queries)
+def test_knn_memory_on_cuda_wraps_and_searches_in_blocks_as_on_the_cpu(monkeypatch):
+    """A ring past its limit and a search in blocks of a few slots: the GPU's memory holds
+    and finds what the CPU's does."""
+    monkeypatch.setattr(KNNMemory, "SCORES_PER_BLOCK", 3 * 4 * 10 * 16)
+    cpu, gpu = (KNNMemory(3, 4, 16, 64, d) for d in ("cpu", "cuda"))
+    torch.manual_seed(3)
+    for _ in range(5):  # 100 keys per row through 64 slots
+        keys = torch.nn.functional.normalize(torch.randn(3, 4, 20, 16), dim=-1)
+        for memory in (cpu, gpu):
+            memory.write(keys.to(memory.device), -keys.to(memory.device), torch.full((3, 20), 4))
+    assert gpu.keys.is_cuda and gpu.size(0) == cpu.size(0) == 64
+    ids = assert_same_search(cpu, gpu, torch.randn(3, 4, 10, 16), torch.full((3, 10), 4), k=8)
+    assert (ids >= 0).all()
 
 
 # ---- training under bf16 autocast ----------------------------------------------------------

@@ -3,19 +3,16 @@
 Both are tagged with the song (`doc`) each entry came from. The model masks every memory entry
 whose song differs from the query's, which is what "a song boundary clears that row's memory"
 means, exactly and per row, without touching the other rows. Nothing here carries a gradient:
-memories are detached tensors (XL) or plain storage plus a Faiss index (kNN).
+memories are detached tensors.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from midigen.errors import MidigenError
 
 NO_DOC = -(2**62)  # song id of "nothing seen yet"; real ids are >= -1 (padding is -1)
 
@@ -136,43 +133,27 @@ def hide_older(doc: Tensor, rows: list[int], length: int) -> Tensor:
     return hidden
 
 
-# ---- kNN: every key/value of the current song, searched by Faiss -------------------------------
-
-
-def retrieve_bruteforce(queries: Tensor, keys: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Top-k keys by inner product, in plain torch: the reference the Faiss path must match.
-
-    queries (..., T, Dh), keys (..., N, Dh) -> scores and ids, both (..., T, min(k, N)).
-    """
-    scores, ids = (queries.float() @ keys.float().transpose(-1, -2)).topk(
-        min(k, keys.shape[-2]), dim=-1
-    )
-    return scores, ids
-
-
-def _faiss():
-    """Imported lazily, so models without kNN memory don't need Faiss installed."""
-    try:
-        import faiss
-    except ImportError as error:
-        raise MidigenError(
-            "model.memory xl_knn needs Faiss: pip install faiss-cpu (or a faiss-gpu build)"
-        ) from error
-    return faiss
+# ---- kNN: every key/value of the current song, searched exactly on the device ----------------
 
 
 class KNNMemory:
-    """Per batch row, every past key/value of that row's current song (Memorizing Transformers).
+    """Per batch row, every past key/value of that row's current song (Memorizing Transformers),
+    kept where the model runs and searched exactly: for all rows, heads and queries at once.
 
-    The keys and values are kept as float32 tensors (the source of truth, and what a
-    checkpoint saves); a Faiss inner-product index per (row, head) holds the keys too and only
-    finds them: retrieval is per query and head by the inner product, the score attention
-    gives (the kNN layer hands over unit keys and temperature-scaled queries, so that is its
-    cosine similarity). Faiss runs on the GPU when the memory lives on CUDA and faiss-gpu is
-    installed, on the CPU otherwise.
+    Keys and values live in ring buffers (B, H, capacity, Dh), float32. The i-th entry a row
+    stores since its song began goes to slot i % max_memories: capacity grows by doubling up
+    to max_memories, and from then on the newest entry overwrites the oldest in place (no
+    shift, no index to rebuild), so a write costs the same however full the memory is. A
+    row's used slots are always its first `size(row)`; the ids `lookup` returns are slots.
+    Retrieval ranks by the inner product, the score attention gives (the kNN layer hands over
+    unit keys and temperature-scaled queries, so that is its cosine similarity): one matmul
+    and top-k per block of slots, each block's winners merged with the best so far, so the
+    scores held at once stay under SCORES_PER_BLOCK whatever the fill.
     A row holds one song: writing a different song resets it, and queries of any other song get
-    nothing back. When a row exceeds `max_memories`, the oldest entries are dropped.
+    nothing back.
     """
+
+    SCORES_PER_BLOCK = 2**24  # scores (B x H x T x slots) one block of the search computes
 
     def __init__(
         self,
@@ -184,65 +165,63 @@ class KNNMemory:
     ):
         self.batch, self.n_head, self.head_dim = batch, n_head, head_dim
         self.max_memories, self.device = max_memories, torch.device(device)
-        faiss = _faiss()
-        gpu = self.device.type == "cuda" and hasattr(faiss, "StandardGpuResources")
-        self._resources = faiss.StandardGpuResources() if gpu else None
-        self.doc = torch.full((batch,), NO_DOC, dtype=torch.int64)
-        # per row (H, capacity, Dh) buffers that grow by doubling; the first `count` are used
-        self._keys = [self._buffer(0) for _ in range(batch)]
-        self._values = [self._buffer(0) for _ in range(batch)]
-        self.count = [0] * batch
-        self.indexes = [[self._new_index() for _ in range(n_head)] for _ in range(batch)]
+        self.doc = torch.full((batch,), NO_DOC, dtype=torch.int64)  # each row's song
+        self.count = [0] * batch  # entries each row stored since its song began
+        self.keys = self._buffer(0)
+        self.values = self._buffer(0)
 
     def _buffer(self, capacity: int) -> Tensor:
-        return torch.zeros(self.n_head, capacity, self.head_dim, device=self.device)
-
-    def _new_index(self):
-        faiss = _faiss()
-        if self._resources is not None:
-            return faiss.GpuIndexFlatIP(self._resources, self.head_dim)
-        return faiss.IndexFlatIP(self.head_dim)
+        return torch.zeros(self.batch, self.n_head, capacity, self.head_dim, device=self.device)
 
     def size(self, row: int) -> int:
-        return self.count[row]
+        return min(self.count[row], self.max_memories)
 
     def stored(self, row: int) -> tuple[Tensor, Tensor]:
         """The row's keys and values, (H, N, Dh) each, oldest first."""
-        n = self.count[row]
-        return self._keys[row][:, :n], self._values[row][:, :n]
+        n, oldest = self.size(row), self.count[row] % self.max_memories
+        keys, values = self.keys[row, :, :n], self.values[row, :, :n]
+        if self.count[row] <= self.max_memories:
+            return keys, values
+        return tuple(torch.cat([x[:, oldest:], x[:, :oldest]], dim=1) for x in (keys, values))
 
     # -- writing --
 
     def clear(self, row: int) -> None:
         self.count[row] = 0
-        for index in self.indexes[row]:
-            index.reset()
+
+    def _reserve(self, needed: int) -> None:
+        """Room for `needed` slots per row (at most max_memories), grown by doubling."""
+        capacity = self.keys.shape[2]
+        if needed <= capacity:
+            return
+        capacity = min(self.max_memories, max(needed, 2 * capacity))
+        for name in ("keys", "values"):
+            grown = self._buffer(capacity)
+            grown[:, :, : getattr(self, name).shape[2]] = getattr(self, name)
+            setattr(self, name, grown)
+
+    def _put(self, mine: Tensor, keys: Tensor, values: Tensor) -> None:
+        """Append the entries `mine` (B, T) picks of (B, H, T, Dh) keys/values to their rows
+        in order, each row keeping its newest max_memories."""
+        n = mine.sum(1).tolist()
+        rank = mine.cumsum(1) - 1  # an entry's place among its row's new ones
+        keep = mine & (rank >= (mine.sum(1, keepdim=True) - self.max_memories))
+        row, token = keep.nonzero(as_tuple=True)
+        count = torch.tensor(self.count, dtype=torch.int64)
+        slot = (count[row] + rank[row, token]) % self.max_memories  # (N,) one per kept entry
+        self.count = [c + k for c, k in zip(self.count, n, strict=True)]
+        self._reserve(max(self.size(r) for r in range(self.batch)))
+        at = (row.to(keys.device), slice(None), token.to(keys.device))  # (N, H, Dh) entries
+        stored_at = (row.to(self.device), slice(None), slot.to(self.device))
+        self.keys[stored_at] = keys.detach()[at].to(self.device, torch.float32)
+        self.values[stored_at] = values.detach()[at].to(self.device, torch.float32)
 
     def add(self, row: int, keys: Tensor, values: Tensor) -> None:
         """Append (H, n, Dh) keys/values to a row, dropping the oldest beyond max_memories."""
-        keys = keys.detach().to(self.device, torch.float32)[:, -self.max_memories :]
-        values = values.detach().to(self.device, torch.float32)[:, -self.max_memories :]
-        n, count = keys.shape[1], self.count[row]
-        drop = max(0, count + n - self.max_memories)
-        if drop:  # shift out the oldest; a flat index can't drop them everywhere: rebuild it
-            kept = count - drop
-            for buffer in (self._keys[row], self._values[row]):
-                buffer[:, :kept] = buffer[:, drop:count].clone()
-            count = kept
-            for index in self.indexes[row]:
-                index.reset()
-        if count + n > self._keys[row].shape[1]:  # grow by doubling: appends stay cheap
-            capacity = min(self.max_memories, max(2 * self._keys[row].shape[1], count + n))
-            for name in ("_keys", "_values"):
-                grown = self._buffer(capacity)
-                grown[:, :count] = getattr(self, name)[row][:, :count]
-                getattr(self, name)[row] = grown
-        self._keys[row][:, count : count + n] = keys
-        self._values[row][:, count : count + n] = values
-        self.count[row] = count + n
-        fresh = (self._keys[row][:, : count + n] if drop else keys).cpu().numpy()
-        for h, index in enumerate(self.indexes[row]):
-            index.add(np.ascontiguousarray(fresh[h]))
+        mine = torch.zeros(self.batch, keys.shape[1], dtype=torch.bool)
+        mine[row] = True
+        expand = (self.batch, *keys.shape)
+        self._put(mine, keys[None].expand(expand), values[None].expand(expand))
 
     def write(
         self, keys: Tensor, values: Tensor, doc: Tensor, rows: list[int] | None = None
@@ -254,15 +233,14 @@ class KNNMemory:
         starts from nothing. Padding (doc -1) is never stored.
         """
         doc = doc.cpu()
-        for row in range(self.batch) if rows is None else rows:
-            last = int(doc[row, -1])
-            if last != int(self.doc[row]):
+        chosen = torch.zeros(self.batch, dtype=torch.bool)
+        chosen[list(range(self.batch)) if rows is None else rows] = True
+        last = doc[:, -1]
+        for row in chosen.nonzero().flatten().tolist():
+            if int(last[row]) != int(self.doc[row]):
                 self.clear(row)
-                self.doc[row] = last
-            if last < 0:
-                continue
-            mine = (doc[row] == last).to(keys.device)
-            self.add(row, keys[row][:, mine], values[row][:, mine])
+                self.doc[row] = last[row]
+        self._put((doc == last[:, None]) & (last >= 0)[:, None] & chosen[:, None], keys, values)
 
     def select(self, rows: list[int]) -> KNNMemory:
         """A memory whose row r holds what row rows[r] holds (beam search reorders and copies
@@ -271,59 +249,66 @@ class KNNMemory:
 
     @staticmethod
     def stack(sources: list[tuple[KNNMemory, int]]) -> KNNMemory:
-        """A memory whose row r holds what row sources[r][1] of memory sources[r][0] holds.
-        Rows are rebuilt from the stored keys: a Faiss index cannot be copied."""
+        """A memory whose row r holds what row sources[r][1] of memory sources[r][0] holds
+        (slots are where they were: a slot depends only on the entry's place in its song)."""
         first = sources[0][0]
         memory = KNNMemory(
             len(sources), first.n_head, first.head_dim, first.max_memories, first.device
         )
-        for row, (source, source_row) in enumerate(sources):
-            memory.doc[row] = source.doc[source_row]
-            if source.count[source_row]:
-                memory.add(row, *source.stored(source_row))
+        capacity = max(source.keys.shape[2] for source, _ in sources)
+
+        def rows(side: str) -> Tensor:
+            return torch.stack(
+                [
+                    F.pad(getattr(source, side)[row], (0, 0, 0, capacity - source.keys.shape[2]))
+                    for source, row in sources
+                ]
+            )
+
+        memory.keys, memory.values = rows("keys"), rows("values")
+        memory.doc = torch.stack([source.doc[row] for source, row in sources])
+        memory.count = [source.count[row] for source, row in sources]
         return memory
 
     # -- reading --
 
     def lookup(self, queries: Tensor, doc: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        """Top-k inner products and ids (B, H, T, k) per query and head; -inf / -1 where none.
-
-        Only queries of the song the row holds may retrieve; the others get nothing.
-        """
+        """Top-k inner products and slot ids (B, H, T, k) per query and head; -inf / -1 where
+        none. Only queries of the song the row holds may retrieve; the others get nothing."""
         b_, h_, t_, _ = queries.shape
-        scores = np.full((b_, h_, t_, k), -np.inf, np.float32)  # filled in numpy: indexing a
-        ids = np.full((b_, h_, t_, k), -1, np.int64)  # tensor per (row, head) costs more
-        asked = queries.detach().float().cpu().numpy()
-        asking = (doc.cpu() == self.doc[:, None]).numpy()  # (B, T)
-        for row in range(b_):
-            found = min(k, self.size(row))
-            if found == 0 or not asking[row].any():
-                continue
-            which = slice(None) if asking[row].all() else asking[row]
-            for h, index in enumerate(self.indexes[row]):
-                s, i = index.search(np.ascontiguousarray(asked[row, h, which]), found)
-                scores[row, h, which, :found] = s
-                ids[row, h, which, :found] = i
-        return torch.from_numpy(scores), torch.from_numpy(ids)
+        scores = queries.new_full((b_, h_, t_, k), -torch.inf, dtype=torch.float32)
+        ids = torch.full((b_, h_, t_, k), -1, dtype=torch.int64, device=queries.device)
+        used = max((self.size(row) for row in range(b_)), default=0)
+        if used == 0:
+            return scores, ids
+        sizes = torch.tensor([self.size(row) for row in range(b_)], device=self.device)
+        asked = queries.detach().to(self.device, torch.float32)
+        block = max(k, self.SCORES_PER_BLOCK // (b_ * h_ * t_))
+        for start in range(0, used, block):
+            stop = min(used, start + block)
+            found = asked @ self.keys[:, :, start:stop].transpose(-1, -2)  # (B, H, T, block)
+            empty = torch.arange(start, stop, device=self.device) >= sizes[:, None]  # (B, block)
+            found.masked_fill_(empty[:, None, None], -torch.inf)
+            found, slots = found.topk(min(k, stop - start), dim=-1)
+            scores, best = torch.cat([scores, found], -1).topk(k, dim=-1)
+            ids = torch.cat([ids, slots + start], -1).gather(-1, best)
+        asking = (doc.to(self.device) == self.doc.to(self.device)[:, None])[:, None, :, None]
+        real = asking & (scores > -torch.inf)
+        return scores.masked_fill(~real, -torch.inf), ids.masked_fill(~real, -1)
 
     def fetch(self, ids: Tensor) -> tuple[Tensor, Tensor]:
-        """The raw keys and values (B, H, T, k, Dh) behind `ids`: zeros in a row with nothing
-        stored; where an id is -1 in another row, some stored entry (`search`'s mask drops it)."""
+        """The keys and values (B, H, T, k, Dh) in slots `ids`: zeros where an id is -1."""
+        b_, h_, t_, k = ids.shape
+        if self.keys.shape[2] == 0:
+            zeros = torch.zeros(b_, h_, t_, k, self.head_dim, device=self.device)
+            return zeros, zeros.clone()
         ids = ids.to(self.device)
-        keys = torch.empty(*ids.shape, self.head_dim, device=self.device)
-        values = torch.empty_like(keys)
-        for row in range(self.batch):
-            if self.count[row] == 0:
-                keys[row], values[row] = 0, 0
-                continue
-            capacity = self._keys[row].shape[1]
-            offsets = torch.arange(self.n_head, device=self.device)[:, None, None] * capacity
-            flat = (ids[row].clamp(min=0) + offsets).flatten()
-            for store, out in ((self._keys[row], keys), (self._values[row], values)):
-                torch.index_select(
-                    store.view(-1, self.head_dim), 0, flat, out=out[row].view(-1, self.head_dim)
-                )
-        return keys, values
+        where = ids.clamp(min=0).view(b_, h_, t_ * k, 1).expand(-1, -1, -1, self.head_dim)
+        none = (ids < 0)[..., None]
+        return tuple(
+            store.gather(2, where).view(b_, h_, t_, k, self.head_dim).masked_fill(none, 0)
+            for store in (self.keys, self.values)
+        )
 
     def search(self, queries: Tensor, doc: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
         """Retrieved keys, values (B, H, T, k, Dh) and which hits are real (B, H, T, k)."""
@@ -350,6 +335,8 @@ class KNNMemory:
         cls, state: dict, max_memories: int, device: torch.device | str = "cpu"
     ) -> KNNMemory:
         keys, values = state["keys"], state["values"]
+        if len(keys) != len(values):
+            raise ValueError(f"kNN checkpoint: {len(keys)} rows of keys, {len(values)} of values")
         memory = cls(len(keys), keys[0].shape[0], keys[0].shape[2], max_memories, device)
         memory.doc = state["doc"].clone()
         for row, (k, v) in enumerate(zip(keys, values, strict=True)):
