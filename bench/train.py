@@ -18,7 +18,8 @@ Sides are timed in turns, one step each, so that a slow spell of the machine hit
 alike; the median step time is reported.
 On `--device cuda` every side runs under bf16 autocast, as `Trainer` trains there, and each
 timed step ends with a CUDA synchronisation (the GPU's work is timed, not its queueing).
-Targets: vanilla >= 1.0x ref_noattn, xl >= 0.8x vanilla, xl_knn >= 0.5x vanilla.
+Targets (issue 25): vanilla >= 1.0x ref_noattn on a CPU, 0.9x on a GPU; xl >= 0.8x vanilla;
+xl_knn >= 0.75x vanilla on a CPU, 0.6x on a GPU at batch 64.
 `--results bench/RESULTS.md` writes the table as the file's "train" section (bench/sections.py),
 or its "train-cuda" section when it ran on a GPU.
 """
@@ -337,10 +338,11 @@ def main() -> None:
         ),
         "",
     ]
+    gpu = device.type == "cuda"  # issue 25's targets: CPU here, or a GPU at batch 64
     for label, num, den, target in (
-        ("vanilla / ref_noattn (same work)", "vanilla", "ref_noattn", 1.0),
+        ("vanilla / ref_noattn (same work)", "vanilla", "ref_noattn", 0.9 if gpu else 1.0),
         ("xl / vanilla", "xl", "vanilla", 0.8),
-        ("xl_knn / vanilla", "xl_knn", "vanilla", 0.5),
+        ("xl_knn / vanilla", "xl_knn", "vanilla", 0.6 if gpu else 0.75),
     ):
         ratio = rate[num] / rate[den]
         verdict = "meets" if ratio >= target or math.isclose(ratio, target) else "MISSES"

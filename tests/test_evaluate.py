@@ -24,6 +24,7 @@ from midigen.encodings.catalog import load_scheme
 from midigen.encodings.index import Index
 from midigen.encodings.scores import Vocab
 from midigen.errors import MidigenError
+from midigen.evaluation.cache import ORDERS, WEIGHTS
 from midigen.evaluation.likelihood import (
     TokenScores,
     check_buckets,
@@ -446,6 +447,13 @@ def test_stage_writes_metrics_and_plots(chorales, tmp_path):
     songs = read_song_cells(tmp_path / "plots" / "songs.csv")
     test = load_shard(chorales, "test")
     assert songs.songs == tuple(song["sha256"] for song in test.songs)
+    cache = metrics["copy_cache"]  # the model plus a copy cache fit on validation
+    assert cache["order"] in ORDERS and cache["weight"] in WEIGHTS and cache["val_nll"] > 0
+    cached = read_song_cells(tmp_path / "plots" / "cache" / "songs.csv")
+    assert cached.songs == songs.songs and np.array_equal(cached.tokens, songs.tokens)
+    assert cached.mean("all") == pytest.approx(cache["nll"])
+    assert cached.mean("repeat_second") == pytest.approx(cache["repeat"]["second"])
+    assert cached.mean("repeat_second") < songs.mean("repeat_second")  # a whole song to copy
     assert songs.mean("all") == pytest.approx(metrics["nll"])
     assert songs.mean("repeat_second") == pytest.approx(metrics["repeat"]["second"])
     for name, reach in metrics["repeat_by_reach"].items():

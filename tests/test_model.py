@@ -266,7 +266,7 @@ def test_knn_search_is_exact_for_every_row_and_head_as_memories_fill_and_wrap(bl
         torch.testing.assert_close(values[row, :, :queried], 3 * hits)
         assert found[row, :, :queried].all()
     assert not found[1, :, 4].any() and not found[2].any()
-    assert (ids[2] == -1).all() and torch.isinf(scores[2]).all() and (keys[2] == 0).all()
+    assert (ids[2] == -1).all() and torch.isinf(scores[2]).all()
 
 
 def test_knn_memory_drops_the_oldest_beyond_its_limit():
@@ -605,8 +605,8 @@ def test_a_knn_checkpoint_with_missing_values_is_refused():
 
 
 def test_rows_with_nothing_stored_retrieve_nothing_and_the_rest_still_retrieve():
-    """An empty row first, a filled one after it: the empty one gets -1 ids and zero keys and
-    values, the filled one what brute force finds."""
+    """An empty row first, a filled one after it: the empty one gets -1 ids and nothing found,
+    the filled one what brute force finds."""
     torch.manual_seed(1)
     memory = KNNMemory(batch=3, n_head=2, head_dim=8, max_memories=100)
     stored = torch.randn(2, 20, 8)
@@ -615,8 +615,6 @@ def test_rows_with_nothing_stored_retrieve_nothing_and_the_rest_still_retrieve()
     queries = torch.randn(3, 2, 5, 8)
     keys, values, found = memory.search(queries, torch.full((3, 5), 4), k=3)
     assert not found[0].any() and not found[2].any() and found[1].all()
-    assert (keys[0] == 0).all() and (values[0] == 0).all()
-    assert (keys[2] == 0).all() and (values[2] == 0).all()
     _, ids = retrieve_bruteforce(queries[1], stored, 3)
     torch.testing.assert_close(keys[1], stored[torch.arange(2)[:, None, None], ids])
     torch.testing.assert_close(values[1], -keys[1])

@@ -302,6 +302,32 @@ def song_table(
     )
 
 
+@dataclass(frozen=True)
+class Scored:
+    """A model's scores of a test split: every token (with reach), and the repeat probe's."""
+
+    shard: Shard
+    scores: TokenScores
+    probe: TokenScores  # scores of `repeated(shard)`
+    second: np.ndarray  # which of `probe` belong to the second copy
+    xl_mem_len: int  # the XL reach `scores.reach` was bucketed with
+
+
+def score_split(
+    model: MusicTransformer,
+    shard: Shard,
+    scheme: Scheme,
+    batch_size: int,
+    repeat_ngram: int,
+    xl_mem_len: int,
+) -> Scored:
+    """Every score the likelihood metrics are made of (see the module docstring)."""
+    scores = score_model(model, shard, scheme, batch_size)
+    scores = with_reach(scores, shard, repeat_ngram, xl_mem_len)
+    probe, second = repeat_scores(model, shard, scheme, batch_size)
+    return Scored(shard, scores, probe, second, xl_mem_len)
+
+
 def evaluate_model(
     model: MusicTransformer,
     shard: Shard,
@@ -314,10 +340,15 @@ def evaluate_model(
     """Every likelihood metric of a model on one split (see the module docstring), and the
     per-song table they are summed from."""
     check_buckets(starts)
-    segment_len = model.config.segment_len
-    scores = score_model(model, shard, scheme, batch_size)
-    scores = with_reach(scores, shard, repeat_ngram, xl_mem_len)
-    probe, second = repeat_scores(model, shard, scheme, batch_size)
+    scored = score_split(model, shard, scheme, batch_size, repeat_ngram, xl_mem_len)
+    return summarize_scores(scored, scheme, starts, model.config.segment_len, repeat_ngram)
+
+
+def summarize_scores(
+    scored: Scored, scheme: Scheme, starts: Sequence[int], segment_len: int, repeat_ngram: int
+) -> tuple[dict, SongCells]:
+    """The likelihood metrics of `scored`, and the per-song table they are summed from."""
+    shard, scores, probe, second = scored.shard, scored.scores, scored.probe, scored.second
     table = song_table(scores, probe, second, segment_len, [s["sha256"] for s in shard.songs])
     nll_sum, notes = song_sums(scores, scheme)
     metrics = {
@@ -334,7 +365,7 @@ def evaluate_model(
         "late_from": segment_len,
         "repeat": {"first": table.mean("repeat_first"), "second": table.mean("repeat_second")},
         "repeat_ngram": repeat_ngram,
-        "xl_mem_len": xl_mem_len,
+        "xl_mem_len": scored.xl_mem_len,
         "repeat_by_reach": {
             name: {
                 "nll": table.mean(f"reach_{name}"),

@@ -22,7 +22,8 @@ import numpy as np
 
 from midigen.errors import MidigenError
 
-SONGS_CSV = "songs.csv"  # in plots/eval/VARIANT/
+SONGS_CSV = "songs.csv"  # in plots/SCHEME/eval/VARIANT/
+CACHE_FOLDER = "cache"  # ... and there, the variant plus the copy cache (evaluation/cache.py)
 SONGS_COLUMNS = ("song", "cell", "nll_sum", "tokens")
 REACH = ("none", "segment", "xl", "beyond")  # where a context's last earlier occurrence lies
 CELLS = (

@@ -153,7 +153,7 @@ class KNNMemory:
     nothing back.
     """
 
-    SCORES_PER_BLOCK = 2**24  # scores (B x H x T x slots) one block of the search computes
+    SCORES_PER_BLOCK = 2**25  # scores (B x H x T x slots) one block of the search computes
 
     def __init__(
         self,
@@ -276,37 +276,45 @@ class KNNMemory:
         """Top-k inner products and slot ids (B, H, T, k) per query and head; -inf / -1 where
         none. Only queries of the song the row holds may retrieve; the others get nothing."""
         b_, h_, t_, _ = queries.shape
-        scores = queries.new_full((b_, h_, t_, k), -torch.inf, dtype=torch.float32)
-        ids = torch.full((b_, h_, t_, k), -1, dtype=torch.int64, device=queries.device)
         used = max((self.size(row) for row in range(b_)), default=0)
         if used == 0:
-            return scores, ids
-        sizes = torch.tensor([self.size(row) for row in range(b_)], device=self.device)
+            scores = torch.full((b_, h_, t_, k), -torch.inf, device=queries.device)
+            return scores, torch.full((b_, h_, t_, k), -1, device=queries.device)
+        sizes = [self.size(row) for row in range(b_)]
         asked = queries.detach().to(self.device, torch.float32)
         block = max(k, self.SCORES_PER_BLOCK // (b_ * h_ * t_))
+        scores = ids = None
         for start in range(0, used, block):
             stop = min(used, start + block)
             found = asked @ self.keys[:, :, start:stop].transpose(-1, -2)  # (B, H, T, block)
-            empty = torch.arange(start, stop, device=self.device) >= sizes[:, None]  # (B, block)
-            found.masked_fill_(empty[:, None, None], -torch.inf)
+            for row, size in enumerate(sizes):  # a row that holds fewer: its empty slots
+                if size < stop:  # can't be found
+                    found[row, :, :, max(0, size - start) :] = -torch.inf
             found, slots = found.topk(min(k, stop - start), dim=-1)
-            scores, best = torch.cat([scores, found], -1).topk(k, dim=-1)
-            ids = torch.cat([ids, slots + start], -1).gather(-1, best)
+            slots += start
+            if scores is not None:  # this block's best against the best so far
+                found, best = torch.cat([scores, found], -1).topk(k, dim=-1)
+                slots = torch.cat([ids, slots], -1).gather(-1, best)
+            scores, ids = found, slots
+        if scores.shape[-1] < k:  # fewer than k stored in every row
+            scores = F.pad(scores, (0, k - scores.shape[-1]), value=-torch.inf)
+            ids = F.pad(ids, (0, k - ids.shape[-1]), value=-1)
         asking = (doc.to(self.device) == self.doc.to(self.device)[:, None])[:, None, :, None]
         real = asking & (scores > -torch.inf)
         return scores.masked_fill(~real, -torch.inf), ids.masked_fill(~real, -1)
 
     def fetch(self, ids: Tensor) -> tuple[Tensor, Tensor]:
-        """The keys and values (B, H, T, k, Dh) in slots `ids`: zeros where an id is -1."""
+        """The keys and values (B, H, T, k, Dh) in slots `ids`. Where an id is -1 they hold
+        some slot's (or zeros): a hit that was not found must be masked (`search` says which)."""
         b_, h_, t_, k = ids.shape
         if self.keys.shape[2] == 0:
             zeros = torch.zeros(b_, h_, t_, k, self.head_dim, device=self.device)
             return zeros, zeros.clone()
         ids = ids.to(self.device)
-        where = ids.clamp(min=0).view(b_, h_, t_ * k, 1).expand(-1, -1, -1, self.head_dim)
-        none = (ids < 0)[..., None]
+        rows = torch.arange(b_ * h_, device=self.device).view(b_, h_, 1, 1) * self.keys.shape[2]
+        flat = (ids.clamp(min=0) + rows).flatten()  # into the (B * H * capacity, Dh) stores
         return tuple(
-            store.gather(2, where).view(b_, h_, t_, k, self.head_dim).masked_fill(none, 0)
+            store.view(-1, self.head_dim).index_select(0, flat).view(b_, h_, t_, k, self.head_dim)
             for store in (self.keys, self.values)
         )
 

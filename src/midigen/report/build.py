@@ -31,6 +31,7 @@ import midigen
 from midigen.atomic import atomic_dir, atomic_file
 from midigen.errors import MidigenError, read_json
 from midigen.evaluation.paired import (
+    CACHE_FOLDER,
     CELLS,
     CONTRASTS,
     REACH,
@@ -59,6 +60,10 @@ EVAL_KEYS = (  # what the report reads from metrics/eval/V.json
     "repeat.second",
     "repeat_ngram",
     "xl_mem_len",
+    "copy_cache.order",
+    "copy_cache.weight",
+    "copy_cache.nll",
+    "copy_cache.bits_per_note",
     "seeds",
     *(f"repeat_by_reach.{r}.nll" for r in REACH),
 )
@@ -81,6 +86,7 @@ CELL_LABELS = {  # the probe cells of songs.csv, as the report names them
     "reach_xl": "context occurred within XL's reach, before the segment",
     "reach_beyond": "context occurred only beyond XL's reach",
 }
+CACHE_CELLS = ("all", "reach_beyond", "repeat_second")  # where memory is held to the cache
 NOTE_CHANGE_LABELS = {  # midi.NOTE_CHANGES, as the report names them
     "drums": "on the drum channel: dropped",
     "duplicate": "same tick, key and instrument as another: dropped",
@@ -130,7 +136,8 @@ class Variant:
     train: dict[str, Any]  # DVCLive metrics.json (last values)
     curves: dict[str, tuple[list[float], list[float]]]  # train_loss / val_loss: (steps, values)
     eval: dict[str, Any]  # metrics/eval/V.json
-    songs: SongCells  # plots/eval/V/songs.csv
+    songs: SongCells  # plots/S/eval/V/songs.csv
+    cache_songs: SongCells  # plots/S/eval/V/cache/songs.csv: with the copy cache mixed in
     seed_songs: dict[int, SongCells]  # per training seed (the main one's is `songs`)
     plots: Path  # plots/eval/V
     samples: Samples  # samples/V/samples.json
@@ -212,6 +219,7 @@ def load_variant(name: str, inputs: ReportInputs) -> Variant:
     for png in EVAL_PLOTS:
         _existing(plots / png, evaluated)
     songs = read_song_cells(plots / SONGS_CSV)
+    cache_songs = read_song_cells(plots / CACHE_FOLDER / SONGS_CSV)
     seed_songs = {}
     for entry in metrics["seeds"]:
         seed, folder = _field(entry, "seed", eval_path), _field(entry, "folder", eval_path)
@@ -225,7 +233,9 @@ def load_variant(name: str, inputs: ReportInputs) -> Variant:
             # wav None: no audio, and samples.json says why (renderer)
             for file_name in (files.mid, files.png, *([files.wav] if files.wav else [])):
                 _existing(samples_dir / _plain_name(file_name, samples_path), generated)
-    return Variant(name, train, curves, metrics, songs, seed_songs, plots, samples, samples_dir)
+    return Variant(
+        name, train, curves, metrics, songs, cache_songs, seed_songs, plots, samples, samples_dir
+    )
 
 
 def _check_same_prompts(variants: list[Variant]) -> None:
@@ -269,6 +279,10 @@ def summarize(variants: list[Variant], baselines: dict[str, Any]) -> dict[str, A
     summary["songs"] = len(variants[0].songs.songs)
     summary["tokens"] = {c: int(variants[0].songs.cell(c).tokens.sum()) for c in CELLS}
     summary["vs_vanilla"] = compare_with_vanilla(variants)
+    base = next((v for v in variants if v.name == "vanilla"), None)
+    if base is not None:
+        cache = base.eval["copy_cache"]
+        summary["copy_cache"] = {k: cache[k] for k in ("order", "weight", "nll", "bits_per_note")}
     return summary
 
 
@@ -317,6 +331,10 @@ def compare_with_vanilla(variants: list[Variant]) -> dict[str, dict[str, Any]]:
         compared[v.name] = {
             "cells": {
                 c: paired_difference(v.songs.cell(c), base.songs.cell(c)).as_dict() for c in CELLS
+            },
+            "vs_cache": {  # against the sceptic's reference: vanilla plus a copy cache
+                c: paired_difference(v.songs.cell(c), base.cache_songs.cell(c)).as_dict()
+                for c in CACHE_CELLS
             },
             "effects": {c: memory_effect(v.songs, base.songs, c).as_dict() for c in CONTRASTS},
             "seeds": seeds,
@@ -391,6 +409,7 @@ def memory_verdict(summary: dict[str, Any]) -> tuple[str, list[str]]:
                 f"{format_interval(c['cells'][out_of_reach])}): {outcome}"
             )
         sentences.append(f"Memory effect, {label}: {'; '.join(parts)}.")
+    sentences.append(cache_sentence(summary))
     helped, hurt = ", ".join(found["helped"]), ", ".join(found["hurt"])
     if helped and hurt:
         headline = f"Mixed: memory helped ({helped}) and hurt ({hurt})."
@@ -401,6 +420,28 @@ def memory_verdict(summary: dict[str, Any]) -> tuple[str, list[str]]:
     else:
         headline = "No detectable effect of memory: every memory-effect interval includes zero."
     return headline, sentences
+
+
+def cache_sentence(summary: dict[str, Any]) -> str:
+    """Each memory variant against vanilla plus a copy cache, on all tokens and beyond XL's
+    reach: a memory that only beats vanilla has not yet beaten the obvious reference."""
+    cache = summary["copy_cache"]
+    parts = []
+    for name, c in summary["vs_vanilla"].items():
+        cells = c["vs_cache"]
+        words = [f"{CELL_LABELS[cell]} {format_interval(cells[cell])}" for cell in CACHE_CELLS]
+        parts.append(f"{name} {', '.join(words)} ({cache_outcome(cells['reach_beyond'])})")
+    return (
+        f"Against vanilla + a copy cache (order {cache['order']}, weight {cache['weight']}, fit "
+        f"on the validation split; {cache['nll']:.3f} nats/token), variant \u2212 that: "
+        f"{'; '.join(parts)}."
+    )
+
+
+def cache_outcome(difference: dict[str, float | None]) -> str:
+    """Beyond XL's reach, where only the kNN memory or the cache can look back."""
+    outcome = effect_outcome(difference)
+    return {"helped": "beats the cache", "hurt": "the cache is better"}.get(outcome, outcome)
 
 
 def floor_verdict(summary: dict[str, Any]) -> str | None:
@@ -660,6 +701,10 @@ def _metric_rows(summary: dict[str, Any], baselines: dict[str, Any]) -> list[dic
         order = baselines[name].get("order")
         label = f"{name} baseline" + (f" (order {order})" if order is not None else "")
         rows.append({"name": label, "kind": "baseline", **values})
+    if "copy_cache" in summary:
+        cache = summary["copy_cache"]
+        label = f"vanilla + copy cache (order {cache['order']}, weight {cache['weight']})"
+        rows.append({"name": label, "kind": "baseline", **cache})
     return rows
 
 
@@ -706,6 +751,14 @@ def _memory_tables(summary: dict[str, Any], probe: dict[str, Any]) -> dict[str, 
             for c in CELLS
         ],
         "seeds": {n: compared[n]["seeds"] for n in compared},
+        "vs_cache": [
+            {
+                "label": CELL_LABELS[c],
+                "values": {n: compared[n]["vs_cache"][c] for n in compared},
+                "outcomes": {n: cache_outcome(compared[n]["vs_cache"][c]) for n in compared},
+            }
+            for c in CACHE_CELLS
+        ],
         "effects": [
             {
                 "label": CONTRAST_LABELS[c][0],
@@ -809,6 +862,7 @@ def _page(
         "reference": reference_variant(params["train"]["variants"]),
         "loss_by_type": _table({v.name: v.eval.get("loss_by_type", {}) for v in variants}),
         "paired": _memory_tables(record["summary"], variants[0].eval),
+        "copy_cache": record["summary"].get("copy_cache"),
         "music": _music_tables(variants),
         "eval_plots": _eval_plots(variants, run_dir),
         "renderers": renderers,

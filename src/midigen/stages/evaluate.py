@@ -2,8 +2,9 @@
 
 Writes --metrics (JSON: likelihood metrics, the repeat probe, NLL by repeat reach, musical
 statistics with intervals over prompts, the main numbers of every training seed) and --plots
-(nll_by_position.csv/.png, histograms.csv/.png, songs.csv: NLL per song and probe cell, and
-seed-S/songs.csv for every further training seed S of train.seeds), each atomically.
+(nll_by_position.csv/.png, histograms.csv/.png, songs.csv: NLL per song and probe cell,
+seed-S/songs.csv for every further training seed S of train.seeds, and cache/songs.csv: the
+same with the copy cache mixed in, fit on the validation split), each atomically.
 """
 
 from __future__ import annotations
@@ -17,13 +18,18 @@ from torch import nn
 from midigen.atomic import atomic_dir
 from midigen.data.corpus import load_shard
 from midigen.errors import MidigenError
+from midigen.evaluation.cache import fit_cache
 from midigen.evaluation.likelihood import (
+    Scored,
+    check_buckets,
     compare_music,
-    evaluate_model,
+    score_model,
+    score_split,
+    summarize_scores,
     write_metrics,
     write_plots,
 )
-from midigen.evaluation.paired import SONGS_CSV, SongCells, write_song_cells
+from midigen.evaluation.paired import CACHE_FOLDER, SONGS_CSV, SongCells, write_song_cells
 from midigen.generation.samples import read_samples
 from midigen.models.training import TrainConfig, seed_runs
 from midigen.models.transformer import ModelConfig
@@ -31,6 +37,7 @@ from midigen.models.variants import check_variant, load_trained
 from midigen.stages.branch import add_scheme_argument, shards_of
 
 SEED_METRICS = ("nll", "bits_per_note", "early_nll", "late_nll", "repeat")  # per training seed
+CACHED_METRICS = ("nll", "bits_per_note", "repeat", "repeat_by_reach")  # with the copy cache
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +65,7 @@ def run(args: argparse.Namespace, params: dict) -> str:
             f"{samples_dir}/samples.json holds samples of {samples.variant}, not {args.variant}"
         )
     shards, scheme = shards_of(args)
-    test = load_shard(shards, "test")
+    test, val = load_shard(shards, "test"), load_shard(shards, "val")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_trained(model_path, scheme.fields, device, args.variant)
     expected = {"encode.steps_per_beat": steps_per_beat, "model.xl_mem_len": xl_mem_len}
@@ -75,24 +82,34 @@ def run(args: argparse.Namespace, params: dict) -> str:
             name = key.split(".")[1]
             raise MidigenError(f"{source} {name} {value} but {key} is {expected[key]}")
 
-    def score(model: nn.Module) -> tuple[dict, SongCells]:
-        return evaluate_model(
-            model,
-            test,
-            scheme,
-            settings["position_buckets"],
-            settings["batch_size"],
-            settings["repeat_ngram"],
-            xl_mem_len,
-        )
+    batch_size, repeat_ngram = settings["batch_size"], settings["repeat_ngram"]
 
-    metrics, songs = score(model)
+    def summarize(scored: Scored, model: nn.Module) -> tuple[dict, SongCells]:
+        segment_len = model.config.segment_len
+        buckets = settings["position_buckets"]
+        return summarize_scores(scored, scheme, buckets, segment_len, repeat_ngram)
+
+    def score(model: nn.Module) -> tuple[Scored, dict, SongCells]:
+        scored = score_split(model, test, scheme, batch_size, repeat_ngram, xl_mem_len)
+        return scored, *summarize(scored, model)
+
+    check_buckets(settings["position_buckets"])
+    scored, metrics, songs = score(model)
+    # the sceptic's reference: the same model with a copy cache, fit on validation only
+    cache, val_nll = fit_cache(score_model(model, val, scheme, batch_size), val)
+    cached, cached_songs = summarize(cache.applied(scored), model)
+    metrics["copy_cache"] = {
+        "order": cache.order,
+        "weight": cache.weight,
+        "val_nll": val_nll,
+        **{key: cached[key] for key in CACHED_METRICS},
+    }
     seeds = {}  # folder -> songs.csv table of every further training seed
     metrics["seeds"] = []
     for seed, folder in seed_runs(TrainConfig.from_params(params["train"])):
         if folder:
             path = model_path.parent / folder / "model.pt"
-            seed_metrics, seeds[folder] = score(
+            _, seed_metrics, seeds[folder] = score(
                 load_trained(path, scheme.fields, device, args.variant)
             )
         else:
@@ -104,6 +121,8 @@ def run(args: argparse.Namespace, params: dict) -> str:
     with atomic_dir(plots_dir) as tmp:
         write_plots(tmp, args.variant, metrics["nll_by_position"], histograms)
         write_song_cells(tmp / SONGS_CSV, songs)
+        (tmp / CACHE_FOLDER).mkdir()
+        write_song_cells(tmp / CACHE_FOLDER / SONGS_CSV, cached_songs)
         for folder, table in seeds.items():
             (tmp / folder).mkdir()
             write_song_cells(tmp / folder / SONGS_CSV, table)
