@@ -820,3 +820,25 @@ def test_a_server_that_never_answers_times_out(tmp_path: Path, monkeypatch) -> N
             run_download({"source": "url", "url": url, "sha256": "0" * 64}, tmp_path / "out")
     assert str(error.value) == f"cannot download {url}: timed out"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_score_asked_for_as_written_plays_each_section_once(tmp_path: Path) -> None:
+    """download.repeats: written renders Mozart's K. 155/ii without its repeats (as long as
+    the score), cached apart from the performed form, and counts none as 'played as written'
+    (that count is of works whose marks could not be expanded)."""
+    from music21 import corpus
+
+    params = {
+        "source": "music21",
+        "collections": ["mozart"],
+        "max_files": 2,
+        "repeats": "written",
+        "cache": str(tmp_path / "cache"),
+    }
+    summary = run_download(params, tmp_path / "out")
+    assert "played as written" not in str(summary)
+    rows = {r["source"]: r for r in check_output(tmp_path / "out")}
+    written = mido.MidiFile(tmp_path / "out" / rows["mozart/k155/movement2.mxl"]["path"])
+    beats = sum(m.time for m in mido.merge_tracks(written.tracks)) / written.ticks_per_beat
+    assert beats == pytest.approx(corpus.parse("mozart/k155/movement2.mxl").highestTime, abs=1)
+    assert [p.name for p in (tmp_path / "cache").iterdir()][0].endswith("-written")

@@ -183,7 +183,8 @@ def download(params: dict[str, Any], out: str | Path) -> Summary:
         entries = _dir_entries(Path(params["dir"]), limit, tally)
     elif source in ("bach", "music21"):
         collections = ["bach"] if source == "bach" else params["collections"]
-        entries = _music21_entries(collections, limit, cache_dir(params["cache"]), tally)
+        written = params["repeats"] == "written"
+        entries = _music21_entries(collections, limit, cache_dir(params["cache"]), written, tally)
     else:
         raise MidigenError(
             f"unknown download.source {source!r} (expected bach, music21, url or dir)"
@@ -349,9 +350,10 @@ def _format_rank(path: str) -> int:
 
 
 def _music21_entries(
-    collections: list[str], limit: int | None, cache: Path, tally: Tally
+    collections: list[str], limit: int | None, cache: Path, written: bool, tally: Tally
 ) -> Iterator[Entry]:
-    """The works of music21 collections as MIDI, rendered in parallel or cached, in order.
+    """The works of music21 collections as MIDI (`written`: each section once, repeat marks
+    not expanded), rendered in parallel or cached, in order.
 
     A file that fails to parse or render is logged and listed in `tally.skipped`, never fatal.
     """
@@ -359,10 +361,11 @@ def _music21_entries(
 
     ids, tally.duplicates = music21_ids(collections)
     ids = ids[:limit]
-    folder = cache / f"music21-{music21.__version__}-v{CACHE_VERSION}"
+    form = "-written" if written else ""
+    folder = cache / f"music21-{music21.__version__}-v{CACHE_VERSION}{form}"
     pool = ProcessPoolExecutor(max(1, min(os.cpu_count() or 1, len(ids))))
     try:
-        results = pool.map(cached_render, ids, repeat(folder))
+        results = pool.map(cached_render, ids, repeat(folder), repeat(written))
         rendered_works = zip(ids, results, strict=True)
         for corpus_id, rendered in progress(rendered_works, "music21", len(ids), "work"):
             if rendered.error:
@@ -374,7 +377,7 @@ def _music21_entries(
         pool.shutdown(cancel_futures=True)
 
 
-def cached_render(corpus_id: str, folder: Path) -> Rendered:
+def cached_render(corpus_id: str, folder: Path, written: bool = False) -> Rendered:
     """A corpus file's MIDI from the cache, else rendered and cached (music21 takes a minute or
     more on a quartet). Failures are not cached: they may be passing (memory) and are rare."""
     path = folder / f"{corpus_id}.json"
@@ -382,7 +385,7 @@ def cached_render(corpus_id: str, folder: Path) -> Rendered:
         cached = json.loads(path.read_text())
         works = tuple((w["name"], base64.b64decode(w["midi"])) for w in cached["works"])
         return Rendered(works, cached["as_written"])
-    rendered = render(corpus_id)
+    rendered = render(corpus_id, written)
     if not rendered.error:
         works = [{"name": n, "midi": base64.b64encode(d).decode()} for n, d in rendered.works]
         try:
@@ -393,13 +396,14 @@ def cached_render(corpus_id: str, folder: Path) -> Rendered:
     return rendered
 
 
-def render(corpus_id: str) -> Rendered:
-    """MIDI of every work in one corpus file, repeats expanded as performed; never raises."""
+def render(corpus_id: str, written: bool = False) -> Rendered:
+    """MIDI of every work in one corpus file, repeats expanded as performed (`written`: not
+    expanded); never raises."""
     from music21 import corpus
 
     try:
         works = [
-            (name, *_score_midi(score))
+            (name, *_score_midi(score, written))
             for name, score in _works(corpus_id, corpus.parse(corpus_id))
         ]
     except Exception as e:  # music21 raises many types; one bad work must not stop the stage
@@ -420,18 +424,19 @@ def _works(corpus_id: str, parsed: Any) -> list[tuple[str, Any]]:
     return [(f"{corpus_id}#{i}", score) for i, score in enumerate(scores, 1)]
 
 
-def _score_midi(score: Any) -> tuple[bytes, int]:
+def _score_midi(score: Any, written: bool = False) -> tuple[bytes, int]:
     """(MIDI, 0) with repeats expanded as performed (music21's MIDI writer expands them), or
-    (MIDI, 1) played as written when its repeat marks are malformed."""
+    (MIDI, 1) played as written when its repeat marks are malformed; `written`: (MIDI, 0) as
+    written, asked for."""
     from music21.midi.translate import streamToMidiFile
     from music21.repeat import ExpanderException
 
-    if _expands_sanely(score):
+    if not written and _expands_sanely(score):
         with contextlib.suppress(ExpanderException):  # a later part's marks may still fail
             return streamToMidiFile(score).writestr(), 0
     for mark in _repeat_marks(score):
         mark.activeSite.remove(mark)
-    return streamToMidiFile(score).writestr(), 1
+    return streamToMidiFile(score).writestr(), int(not written)
 
 
 def _expands_sanely(score: Any) -> bool:
