@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +92,7 @@ def run_cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
         cwd=cwd,
         capture_output=True,
         text=True,
+        timeout=300,  # a read that blocks fails the test instead of hanging it
     )
 
 
@@ -150,3 +152,17 @@ def test_a_model_folder_without_its_scheme_is_refused(model_dir, tmp_path):
     song = str(tmp_path / "t.mid")
     result = run_cli(song, "--model", str(model_dir), "--bars", "0", cwd=tmp_path)
     assert result.returncode == 2 and "--bars must be at least 1 (got 0)" in result.stderr
+
+
+def test_a_fifo_is_refused_at_once_not_read_forever(model_dir, tmp_path):
+    """Issue 27: `midigen continue some.fifo` blocked forever; the encode stage skips FIFOs,
+    and so does continue now, with one line."""
+    pipe = tmp_path / "pipe.mid"
+    os.mkfifo(pipe)
+    result = run_cli(str(pipe), "--model", str(model_dir), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"midigen continue: error: {pipe}: cannot be read (not a regular file (a FIFO, "
+        "device or folder))"
+    )
+    assert not (tmp_path / "continued").exists()

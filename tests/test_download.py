@@ -12,10 +12,12 @@ import json
 import os
 import random
 import re
+import shutil
 import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import zipfile
 from collections.abc import Callable, Iterator
@@ -842,3 +844,71 @@ def test_a_score_asked_for_as_written_plays_each_section_once(tmp_path: Path) ->
     beats = sum(m.time for m in mido.merge_tracks(written.tracks)) / written.ticks_per_beat
     assert beats == pytest.approx(corpus.parse("mozart/k155/movement2.mxl").highestTime, abs=1)
     assert [p.name for p in (tmp_path / "cache").iterdir()][0].endswith("-written")
+
+
+def test_dir_source_skips_a_loop_of_links_and_keeps_a_name_that_is_not_utf8(
+    tmp_path: Path,
+) -> None:
+    """Issue 27: `ln -s b.mid a.mid; ln -s a.mid b.mid` crashed the stage (Python 3.11's
+    resolve raises RuntimeError), and so did a file name whose bytes are not UTF-8 (the CSV
+    writer refused its surrogates). Now: the loop is skipped with its reason, and the name is
+    written with \\xNN escapes."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.mid").symlink_to("b.mid")
+    (corpus / "b.mid").symlink_to("a.mid")
+    fd = os.open(os.fsencode(corpus) + b"/x\xff.mid", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, A)
+    os.close(fd)
+    summary = run_download({"source": "dir", "dir": str(corpus)}, tmp_path / "out")
+    [row] = check_output(tmp_path / "out")
+    assert row["source"] == "x\\xff.mid" and (tmp_path / "out" / row["path"]).read_bytes() == A
+    assert summary.skipped == 2
+    loop = "is a link in a loop of links"
+    assert skipped_rows(tmp_path / "out") in (
+        {"a.mid": loop, "b.mid": loop},
+        {"a.mid": loop, "b.mid": "could not be read (Too many levels of symbolic links)"},
+        {n: "could not be read (Too many levels of symbolic links)" for n in ("a.mid", "b.mid")},
+    )  # Python 3.13 raises OSError (ELOOP) where 3.11 raises RuntimeError
+
+
+LIST_AS_NOBODY = """
+import json, os, pwd, sys
+from pathlib import Path
+from midigen.data import download as dl
+if os.geteuid() == 0:  # root lists any folder: become nobody, once everything is imported
+    nobody = pwd.getpwnam("nobody")
+    os.setgroups([])
+    os.setgid(nobody.pw_gid)
+    os.setuid(nobody.pw_uid)
+tally = dl.Tally()
+names = [name for name, _ in dl._dir_entries(Path(sys.argv[1]), None, tally)]
+print(json.dumps({"names": names, "skipped": tally.skipped}))
+"""
+
+
+def test_a_folder_that_cannot_be_listed_is_listed_as_skipped(tmp_path: Path) -> None:
+    """Issue 27: os.walk dropped a folder it could not list, without a word. Seen as a user
+    the folder's mode shuts out (as root: the test drops to nobody in a child process)."""
+    shared = Path(tempfile.mkdtemp(dir="/tmp"))  # a place nobody can reach
+    try:
+        shared.chmod(0o755)
+        corpus = shared / "corpus"
+        (corpus / "locked").mkdir(parents=True)
+        (corpus / "a.mid").write_bytes(A)
+        (corpus / "locked" / "b.mid").write_bytes(B)
+        for folder in (corpus, corpus / "a.mid"):
+            folder.chmod(0o755 if folder.is_dir() else 0o644)
+        (corpus / "locked").chmod(0o000)
+        result = subprocess.run(
+            [sys.executable, "-c", LIST_AS_NOBODY, str(corpus)], capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        listed = json.loads(result.stdout)
+        assert listed["names"] == ["a.mid"]
+        assert listed["skipped"] == [
+            ["locked", "is a folder that could not be listed (Permission denied)"]
+        ]
+    finally:
+        (shared / "corpus" / "locked").chmod(0o755)
+        shutil.rmtree(shared)

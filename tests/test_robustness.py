@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 import re
 import tracemalloc
 from functools import cache
@@ -32,7 +33,7 @@ from midigen.data.corpus import (
     roundtrip_bytes,
 )
 from midigen.data.download import download, read_manifest
-from midigen.data.midi import FILE_REPAIRS, SkipSong
+from midigen.data.midi import FILE_REPAIRS, SkipSong, read_capped
 from midigen.encodings.scores import decode_tokens
 from midigen.params import validate_params
 
@@ -518,14 +519,18 @@ FUZZ_BASES = [
     "real_music21_test06.mid",
 ]
 MUTATION = st.tuples(
-    st.sampled_from(["set", "insert", "delete", "truncate"]),
+    st.sampled_from(["set", "insert", "delete", "truncate", "length", "meta"]),
     st.integers(min_value=0, max_value=2**16),
     st.binary(min_size=1, max_size=8),
 )
 
 
+FUZZ_EXAMPLES = int(os.environ.get("MIDIGEN_FUZZ_EXAMPLES", "200"))  # more by hand
+
+
 def mutate(data: bytes, mutations: list[tuple[str, int, bytes]]) -> bytes:
-    """Apply byte edits at positions taken modulo the current length."""
+    """Apply byte edits at positions taken modulo the current length: overwrite, insert,
+    delete, truncate, a chunk whose length field lies, a meta event of any type and data."""
     out = bytearray(data)
     for op, position, payload in mutations:
         at = position % (len(out) + 1)
@@ -535,12 +540,19 @@ def mutate(data: bytes, mutations: list[tuple[str, int, bytes]]) -> bytes:
             out[at:at] = payload
         elif op == "delete":
             del out[at : at + len(payload)]
+        elif op == "length":
+            chunks = [m.start() for m in re.finditer(b"MThd|MTrk", out)]
+            if chunks:
+                at = chunks[position % len(chunks)] + 4
+                out[at : at + 4] = payload[:4].rjust(4, b"\0")
+        elif op == "meta":
+            out[at:at] = b"\x00\xff" + payload[:1] + bytes([len(payload) - 1]) + payload[1:]
         else:
             del out[at:]
     return bytes(out)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(base=st.sampled_from(FUZZ_BASES), mutations=st.lists(MUTATION, min_size=1, max_size=6))
 def test_mutated_midi_never_crashes(base: str, mutations: list[tuple[str, int, bytes]]):
     data = mutate(fixture(base), mutations)
@@ -574,3 +586,54 @@ def test_repairs_are_counted_in_songs_csv_and_stats_json(tmp_path: Path):
     assert stats["lenient"] == {"files": 3, "count": 3}
     assert stats["sequences"] == {"files": 1, "count": 2}
     assert stats["smpte"] == stats["meter_ignored"] == {"files": 1, "count": 1}
+
+
+def _with_meta_and_an_undefined_status(meta: bytes) -> bytes:
+    """Two notes, a meta event, an undefined status byte (which sends the file to the lenient
+    reader) and two more notes: one type-0 track."""
+    notes = [
+        b"".join(bytes([0x00, 0x90, p, 100, 0x60, 0x80, p, 0]) for p in pair)
+        for pair in ((60, 62), (64, 65))
+    ]
+    body = notes[0] + b"\x00\xff" + meta + bytes([0x30, 0xF4]) + notes[1] + b"\x00\xff\x2f\x00"
+    return (
+        b"MThd"
+        + (6).to_bytes(4, "big")
+        + bytes([0, 0, 0, 1, 0, 96])
+        + b"MTrk"
+        + (len(body).to_bytes(4, "big") + body)
+    )
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        b"\x59\x02\x14\x00",  # key signature with 20 sharps: mido's KeySignatureError
+        b"\x54\x02\x00\x00",  # SMPTE offset of 2 bytes, not 5: mido's IndexError
+    ],
+    ids=["key_signature_out_of_range", "smpte_offset_too_short"],
+)
+def test_a_meta_event_mido_cannot_decode_is_skipped_and_the_notes_kept(meta: bytes):
+    """Found by fuzzing real files (issue 27): mido raises its own exception types from its
+    meta decoders; the lenient reader must skip such an event as any senseless one."""
+    kind, song = outcome(_with_meta_and_an_undefined_status(meta), config())
+    assert kind == OK and song.notes == 4
+    assert song.repairs["lenient"] == 1 and song.repairs["skipped_events"] == 2
+
+
+def test_a_file_over_the_size_limit_is_named_by_its_size(tmp_path: Path):
+    """Issue 27: the reason gave the capped read's length (limit + 1), not the file's size."""
+    limit = config().limits.max_file_bytes
+    big = tmp_path / "big.mid"
+    with open(big, "wb") as f:  # sparse: costs no disk
+        f.write(fixture("type1_basic.mid"))
+        f.truncate(limit + 12345)
+    with pytest.raises(SkipSong) as skip:
+        read_capped(big, limit)
+    assert (skip.value.reason, skip.value.detail) == (
+        "too_large",
+        f"{limit + 12345} bytes > {limit}",
+    )
+    os.mkfifo(tmp_path / "pipe.mid")
+    with pytest.raises(SkipSong, match="not_a_file: not a regular file"):
+        read_capped(tmp_path / "pipe.mid", limit)

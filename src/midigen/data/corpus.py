@@ -34,6 +34,7 @@ from midigen.data.midi import (
     Limits,
     SkipSong,
     Song,
+    read_capped,
     read_song,
     write_midi,
 )
@@ -143,15 +144,9 @@ def _on_file(fn, task: tuple[Path, EncodeConfig]):
     """fn(file bytes, config), or the SkipSong saying why the file cannot be encoded."""
     path, config = task
     try:
-        return fn(_read_capped(path, config.limits.max_file_bytes), config)
+        return fn(read_capped(path, config.limits.max_file_bytes), config)
     except SkipSong as skip:
         return skip
-
-
-def _read_capped(path: Path, max_bytes: int) -> bytes:
-    """Read a file, but never more than max_bytes + 1 bytes (the size check sees the excess)."""
-    with open(path, "rb") as f:
-        return f.read(max_bytes + 1)
 
 
 def parallel_map(fn, tasks: list, workers: int, desc: str) -> Iterator:

@@ -475,18 +475,32 @@ def _dir_entries(folder: Path, limit: int | None, tally: Tally) -> Iterator[Entr
     if not folder.is_dir():
         raise MidigenError(f"download.dir {folder} is not an existing folder")
     root, names = folder.resolve(), []
-    for top, folders, files in os.walk(folder):  # never descends into linked folders
-        here = Path(top).relative_to(folder)
+
+    def unlistable(error: OSError) -> None:  # os.walk would drop the folder without a word
+        name = printable(Path(error.filename).relative_to(folder).as_posix())
+        why = f"is a folder that could not be listed ({error.strerror or error})"
+        log.warning("download.dir: %s %s; skipped", name, why)
+        tally.skipped.append((name, why))
+
+    for top, folders, files in os.walk(folder, onerror=unlistable):  # links to folders: not
+        here = Path(top).relative_to(folder)  # descended into
         for name in sorted(f for f in folders if (Path(top) / f).is_symlink()):
-            tally.skipped.append(((here / name).as_posix(), "is a link to a folder (not followed)"))
+            link = printable((here / name).as_posix())
+            tally.skipped.append((link, "is a link to a folder (not followed)"))
         names += [(here / name).as_posix() for name in files if _is_midi(name)]
     for name in sorted(names)[:limit]:
         data, why = _read_inside(folder / name, root)
         if why:
-            log.warning("download.dir: %s %s; skipped", name, why)
-            tally.skipped.append((name, why))
+            log.warning("download.dir: %s %s; skipped", printable(name), why)
+            tally.skipped.append((printable(name), why))
         else:
-            yield name, data
+            yield printable(name), data
+
+
+def printable(name: str) -> str:
+    """A file name as text: bytes that are not UTF-8 (which the OS hands over as surrogates)
+    written as \\xNN escapes, so that the name can go into the manifest and the log."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _read_inside(path: Path, root: Path) -> tuple[bytes, str]:
@@ -505,6 +519,8 @@ def _read_inside(path: Path, root: Path) -> tuple[bytes, str]:
         if path.is_symlink():
             return b"", "is a link to a missing file"
         return b"", "vanished while the folder was read"
+    except RuntimeError:  # Python 3.11's resolve(strict=True) on a loop of links
+        return b"", "is a link in a loop of links"
     except OSError as e:
         return b"", f"could not be read ({e.strerror or e})"
     if len(data) > MAX_MEMBER_BYTES:

@@ -138,7 +138,7 @@ def _meta(stream: io.BytesIO, delta: int, repairs: dict[str, int]) -> mido.MetaM
     start = stream.tell()
     try:
         return read_meta_message(stream, delta)
-    except (ValueError, KeyError):
+    except Exception:  # mido's decoders raise their own types too (KeySignatureError, IndexError)
         stream.seek(start + 1)
         stream.read(read_variable_int(stream))
         repairs["skipped_events"] += 1

@@ -7,7 +7,9 @@ the tempo, so tempo changes never move notes off the grid.
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import symusic
@@ -29,6 +31,24 @@ class SkipSong(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+def read_capped(path: Path, max_bytes: int) -> bytes:
+    """A file's bytes, read only when it is a regular file of at most `max_bytes`, else
+    SkipSong: reading a FIFO would block, a huge file would fill memory."""
+    try:
+        info = path.stat()
+    except OSError as e:
+        raise SkipSong("unreadable", e.strerror or str(e)) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise SkipSong("not_a_file", "not a regular file (a FIFO, device or folder)")
+    if info.st_size > max_bytes:
+        raise SkipSong("too_large", f"{info.st_size} bytes > {max_bytes}")
+    try:
+        with open(path, "rb") as f:
+            return f.read(max_bytes + 1)  # + 1: parse's size check sees a file that grew
+    except OSError as e:
+        raise SkipSong("unreadable", e.strerror or str(e)) from None
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import torch
 
 from midigen.atomic import atomic_dir
 from midigen.data.corpus import EncodeConfig
-from midigen.data.midi import SkipSong, Song
+from midigen.data.midi import SkipSong, Song, read_capped
 from midigen.encodings import Scheme, decode_song, whole_rows
 from midigen.encodings.catalog import SCHEME_FILE, load_scheme, scheme_record
 from midigen.errors import MidigenError
@@ -105,9 +105,9 @@ def _model_scheme(model_dir: Path) -> tuple[Scheme, dict]:
 def _read(midi: Path, config: EncodeConfig) -> Song:
     """The file's quantized notes as the encode stage reads them; one clear error if it cannot."""
     try:
-        data = midi.read_bytes()
-    except OSError as e:
-        raise MidigenError(f"{midi}: cannot read the file ({e.strerror})") from None
+        data = read_capped(midi, config.limits.max_file_bytes)
+    except SkipSong as skip:
+        raise MidigenError(f"{midi}: cannot be read ({skip.detail})") from None
     try:
         return config.read(data)
     except SkipSong as skip:
