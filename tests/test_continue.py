@@ -61,22 +61,36 @@ def model_dir(request, tmp_path_factory) -> Path:
     return args.out
 
 
-def write_song(path: Path) -> Path:
-    """A melody in 3/4 at 90 bpm with 480 ticks per beat, written with mido."""
-    track = mido.MidiTrack(
-        [
-            mido.MetaMessage("time_signature", numerator=3, denominator=4, time=0),
-            mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(90), time=0),
-            mido.MetaMessage("track_name", name="my tune", time=0),
-        ]
-    )
-    for pitch in MELODY:
-        track.append(mido.Message("note_on", note=pitch, velocity=80, time=0))
-        track.append(mido.Message("note_off", note=pitch, velocity=0, time=480))
+def write_song(path: Path, bpm: int = 90, parts: dict[int, int] | None = None) -> Path:
+    """A melody in 3/4 at `bpm` with 480 ticks per beat, written with mido: one track per
+    entry of `parts` (program: transposition), by default one violin (program 40)."""
     midi = mido.MidiFile(ticks_per_beat=480)
-    midi.tracks.append(track)
+    for channel, (program, shift) in enumerate((parts or {40: 0}).items()):
+        track = mido.MidiTrack(
+            [
+                mido.MetaMessage("time_signature", numerator=3, denominator=4, time=0),
+                mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(bpm), time=0),
+                mido.MetaMessage("track_name", name="my tune", time=0),
+                mido.Message("program_change", channel=channel, program=program, time=0),
+            ]
+        )
+        for pitch in MELODY:
+            note = {"note": pitch + shift, "channel": channel}
+            track.append(mido.Message("note_on", velocity=80, time=0, **note))
+            track.append(mido.Message("note_off", velocity=0, time=480, **note))
+        midi.tracks.append(track)
     midi.save(path)
     return path
+
+
+def style_of(path: Path) -> tuple[list[float], list[tuple[int, int]], set[int]]:
+    """A written MIDI file's tempos (bpm), time signatures and the programs its notes play."""
+    import symusic
+
+    score = symusic.Score.from_file(str(path))
+    tempos = [round(t.qpm, 3) for t in score.tempos]
+    meters = [(m.numerator, m.denominator) for m in score.time_signatures]
+    return tempos, meters, {t.program for t in score.tracks if len(t.notes)}
 
 
 def notes_of(path: Path) -> list[tuple[int, int]]:
@@ -166,3 +180,54 @@ def test_a_fifo_is_refused_at_once_not_read_forever(model_dir, tmp_path):
         "device or folder))"
     )
     assert not (tmp_path / "continued").exists()
+
+
+def test_the_continuation_keeps_the_songs_tempo_meter_and_instrument(model_dir, tmp_path):
+    """Issue 27: continuations played at 120 bpm as program 0 whatever the song. A model that
+    merged instruments writes them in the song's most common program, and says so."""
+    song = write_song(tmp_path / "tune.mid", bpm=96)
+    done = continue_midi(song, model_dir, tmp_path / "out", ENCODE, GENERATE, bars=2, seed=3)
+    assert done.program == 40
+    for piece in ("prompt.mid", "continued.mid"):
+        assert style_of(tmp_path / "out" / piece) == ([96.0], [(3, 4)], {40})
+
+
+@pytest.fixture(scope="module")
+def program_model(tmp_path_factory) -> Path:
+    """An xl model of `encode.instruments: program`, two steps of the real train stage."""
+    root = tmp_path_factory.mktemp("program")
+    encode = {**ENCODE, "instruments": "program"}
+    download = dict(source="bach", max_files=16, val_fraction=0.2, test_fraction=0.2)
+    shards = shards_via_stages(root, encode, "index", **download)
+    params = validate_params(
+        {
+            **PARAMS,
+            "encode": encode,
+            "model": {**PARAMS["model"], **TINY_MODEL},
+            "train": {**PARAMS["train"], "steps": 2, "eval_every": 2, "checkpoint_every": 2},
+        }
+    )
+    out = root / "models" / "index" / "xl"
+    args = argparse.Namespace(
+        scheme="index",
+        shards=shards,
+        variant="xl",
+        out=out,
+        metrics=root / "live",
+        resume=False,
+        checkpoints=root / "checkpoints",
+    )
+    train_stage.run(args, params)
+    return out
+
+
+def test_a_song_of_two_instruments_comes_back_with_both(program_model, tmp_path):
+    """The must-show of issue 27: a 3/4 song at 96 bpm for violin and cello, continued by a
+    model that keeps instruments apart, plays at 96 bpm in 3/4 with both instruments."""
+    song = write_song(tmp_path / "duo.mid", bpm=96, parts={40: 12, 42: -12})
+    done = continue_midi(song, program_model, tmp_path / "out", ENCODE, GENERATE, bars=2, seed=1)
+    assert done.program is None  # each note's own
+    tempos, meters, programs = style_of(tmp_path / "out" / "prompt.mid")
+    assert (tempos, meters, programs) == ([96.0], [(3, 4)], {40, 42})
+    tempos, meters, programs = style_of(tmp_path / "out" / "continued.mid")
+    assert (tempos, meters) == ([96.0], [(3, 4)]) and {40, 42} <= programs

@@ -681,3 +681,26 @@ def test_split_song_cuts_whole_rows_at_a_bar_line(chorales):
         assert times[n - 1] < 3 * prompt.bar_steps <= times[n]
         assert prompt.bar_position(int(times[n])) == bars[n]
         assert load_scheme(chorales[0]).grammar.parse(prompt.tokens.tolist()).expect == "row"
+
+
+@pytest.mark.parametrize("chunks", [[1], [200], [13, 1, 7, 20, 3]])
+def test_vanilla_reads_a_long_prompt_in_chunks_as_it_would_token_by_token(chunks):
+    """Issue 27: vanilla read a long prompt one token per forward. Read in chunks of any size
+    (a whole multi-segment prompt at once), each query seeing only its own window of
+    segment_len tokens, the cache gives the logits feeding one token at a time gives, at the
+    end of every chunk (two layers: keys carry their own windows' context)."""
+    model = tiny("none", n_layer=2)
+    song = random_prompt(5, rows=30)
+    tokens, bars = torch.tensor(song.tokens)[None], torch.tensor(song.bar_pos)[None]
+    assert tokens.shape[1] > 4 * model.config.segment_len
+    with torch.no_grad():
+        one = KVCache(model)
+        expected = [
+            one.feed(tokens[:, p : p + 1], bars[:, p : p + 1]) for p in range(tokens.shape[1])
+        ]
+        cache, start, sizes = KVCache(model), 0, iter(chunks * tokens.shape[1])
+        while start < tokens.shape[1]:
+            stop = min(start + next(sizes), tokens.shape[1])
+            logits = cache.feed(tokens[:, start:stop], bars[:, start:stop])
+            torch.testing.assert_close(logits, expected[stop - 1], atol=1e-5, rtol=1e-5)
+            start = stop

@@ -138,6 +138,8 @@ def _meta(stream: io.BytesIO, delta: int, repairs: dict[str, int]) -> mido.MetaM
     start = stream.tell()
     try:
         return read_meta_message(stream, delta)
+    except (EOFError, OSError):
+        raise  # the event runs past the end of the track: `_track` calls the file unreadable
     except Exception:  # mido's decoders raise their own types too (KeySignatureError, IndexError)
         stream.seek(start + 1)
         stream.read(read_variable_int(stream))

@@ -122,6 +122,9 @@ class Song:
     repairs: dict[str, int]  # every key of FILE_REPAIRS
     pedals: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))
     # (K, 2) int64 steps [down, up) of the sustain pedal, any non-drum track (`sustain_pedals`)
+    tempos: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    # (K, 2) the tempo map: step where a tempo starts, quarter notes per minute (`tempo_map`)
+    program: int = 0  # the program most of the file's non-drum notes play (`main_program`)
 
     @property
     def notes_read(self) -> int:
@@ -141,8 +144,9 @@ class Meter:
     length: np.ndarray  # int64 steps per bar (>= 1)
 
     @classmethod
-    def common_time(cls, steps_per_beat: int) -> Meter:
-        return cls(np.array([0]), np.array([4 * steps_per_beat]))
+    def constant(cls, bar_steps: int) -> Meter:
+        """Bars of `bar_steps` steps throughout."""
+        return cls(np.array([0]), np.array([bar_steps]))
 
     def bar_position(self, steps: np.ndarray) -> np.ndarray:
         """Step within its bar for every absolute step (for bar/beat embeddings)."""
@@ -380,7 +384,31 @@ def read_song(
     the reason."""
     score, repairs = parse(data, limits)
     notes, meter, changes = quantize(score, steps_per_beat, max_duration, merge_instruments, limits)
-    return Song(notes, meter, changes, repairs, sustain_pedals(score, steps_per_beat))
+    pedals = sustain_pedals(score, steps_per_beat)
+    tempos = tempo_map(score, steps_per_beat)
+    return Song(notes, meter, changes, repairs, pedals, tempos, main_program(score))
+
+
+def tempo_map(score: symusic.Score, steps_per_beat: int) -> np.ndarray:
+    """(K, 2): the step each tempo starts at and its quarter notes per minute; of tempos on
+    one step, the last."""
+    tempos = score.tempos.numpy()
+    if not len(tempos["time"]):
+        return np.zeros((0, 2))
+    step = _to_steps(tempos["time"].astype(np.int64), score.ticks_per_quarter, steps_per_beat)
+    qpm = 60e6 / tempos["mspq"].astype(np.float64)
+    last = np.r_[step[1:] != step[:-1], True]
+    return np.stack([step[last], qpm[last]], axis=1)
+
+
+def main_program(score: symusic.Score) -> int:
+    """The program of the most non-drum notes (0 when there are none): merged instruments
+    are written back in it."""
+    count: dict[int, int] = {}
+    for track in score.tracks:
+        if not track.is_drum:
+            count[track.program] = count.get(track.program, 0) + len(track.notes)
+    return max(count, key=lambda program: (count[program], -program), default=0)
 
 
 def sustain_pedals(score: symusic.Score, steps_per_beat: int) -> np.ndarray:
@@ -405,9 +433,17 @@ def sustain_pedals(score: symusic.Score, steps_per_beat: int) -> np.ndarray:
     return np.array(joined, dtype=np.int64).reshape(-1, 2)
 
 
-def write_midi(notes: Notes, steps_per_beat: int, meter: Meter | None = None) -> bytes:
-    """Quantized notes -> MIDI bytes, one track per program, one tick per step (exact)."""
+def write_midi(
+    notes: Notes,
+    steps_per_beat: int,
+    meter: Meter | None = None,
+    tempos: np.ndarray | None = None,
+) -> bytes:
+    """Quantized notes -> MIDI bytes, one track per program, one tick per step (exact), with
+    the meter's time signatures and the tempo map (`tempo_map`'s rows) when given."""
     score = symusic.Score(steps_per_beat)
+    for step, qpm in [] if tempos is None else tempos.tolist():
+        score.tempos.append(symusic.Tempo(int(step), float(qpm)))
     for program in np.unique(notes.program):
         mine = notes.program == program
         track = symusic.Track(name=f"program {program}", program=int(program), is_drum=False)

@@ -10,7 +10,9 @@ shrinks back to `xl_mem_len` when the segment is complete, which is also when th
 into the kNN memory. So xl and xl_knn run past their context by pushing the oldest segment into
 memory. Vanilla has no memory: its cache keeps the last segment_len - 1 tokens, a sliding window
 (beyond the first window the cached keys were computed with their own, older context, as in XL;
-re-encoding the window instead would cost a whole forward per token). `Recompute` runs the
+re-encoding the window instead would cost a whole forward per token). A long prompt is read
+in segment-sized forward passes whose queries each see only their own window, which computes
+exactly what feeding it one token at a time does. `Recompute` runs the
 current context again for every token, without a cache: the reference for tests and benchmark.
 """
 
@@ -86,12 +88,11 @@ class KVCache:
         """How many tokens one forward may take with every query still in its context."""
         if self.memory:  # up to the end of the segment that ends first
             return self.segment - max(self._in_segment(self.state))
-        cached = 0 if self.state is None or self.state.xl is None else len(self.state.xl.pos)
-        return max(1, self.segment - cached)  # vanilla: no query sees more than segment_len
+        return self.segment  # vanilla: a window of segment_len keys slides over any length
 
     def _forward(self, tokens: Tensor, bar_pos: Tensor) -> Tensor:
-        if not self.memory:
-            logits, trace = self.model.read(tokens, bar_pos, state=self.state)
+        if not self.memory:  # each query sees the segment_len tokens up to it, as fed alone
+            logits, trace = self.model.read(tokens, bar_pos, state=self.state, window=self.segment)
             self.state = trace.cached(self.segment - 1)
             return logits
         if self.state is not None and self.state.xl is not None:

@@ -1,18 +1,23 @@
 """Continue any MIDI file with a trained model: the file read and encoded exactly as the
 encode stage reads the corpus (the model's own scheme and grid), its opening bars as the
-prompt, and the continuation written as MIDI, WAV and piano roll beside the prompt's."""
+prompt, and the continuation written as MIDI, WAV and piano roll beside the prompt's.
+
+The song comes back as the user wrote it: its tempo map and time signatures (as they stand
+where the continuation starts), and its instruments: a model of `instruments: program` plays
+each note's own; one that merged them plays the song's most common program, and says so."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from midigen.atomic import atomic_dir
 from midigen.data.corpus import EncodeConfig
-from midigen.data.midi import SkipSong, Song, read_capped
+from midigen.data.midi import Meter, SkipSong, Song, read_capped
 from midigen.encodings import Scheme, decode_song, whole_rows
 from midigen.encodings.catalog import SCHEME_FILE, load_scheme, scheme_record
 from midigen.errors import MidigenError
@@ -36,6 +41,7 @@ class Continuation:
     generated_tokens: int
     seconds: float
     renderer: str | None  # why there is no audio, if there is none
+    program: int | None  # the program merged instruments were written in (None: their own)
 
 
 def continue_midi(
@@ -64,18 +70,23 @@ def continue_midi(
     head = prompt.tokens.tolist()
     kept = whole_rows(scheme.grammar, prompt.cursor, drawn)
     starts = scheme.grammar.sounds_at(prompt.cursor, kept[0]) if kept else None
+    meter, tempos = _held_at(song, starts)
+    program = None if config.instruments else song.program
     pieces, notes, renderer = {}, {}, None
     with atomic_dir(out) as tmp:
         for name, body in (("prompt", []), ("continued", kept)):
             notes[name] = decode_song(scheme, [*head, *body])
+            if program is not None:
+                notes[name] = replace(notes[name], program=np.full_like(notes[name].pitch, program))
             pieces[name], reason = write_piece(
                 tmp / name,
                 notes[name],
                 f"{Path(midi).stem}: {name}",
-                prompt.bar_steps,
+                meter,
                 None if name == "prompt" else starts,
                 generation_config.sample_rate,
                 config.steps_per_beat,
+                tempos,
             )
             renderer = renderer or reason
     return Continuation(
@@ -86,7 +97,17 @@ def continue_midi(
         len(kept),
         seconds,
         renderer,
+        program,
     )
+
+
+def _held_at(song: Song, step: int | None) -> tuple[Meter, np.ndarray]:
+    """The song's meter and tempo map as far as they are set before `step` (where the
+    continuation starts; None: all of it): a change later in the song is not the prompt's."""
+    end = np.inf if step is None else step
+    bars = song.meter.start < end  # its first bar starts at 0
+    meter = Meter(song.meter.start[bars], song.meter.length[bars])
+    return meter, song.tempos[song.tempos[:, 0] < end]
 
 
 def _model_scheme(model_dir: Path) -> tuple[Scheme, dict]:

@@ -87,7 +87,7 @@ def write_samples(
                     tmp / f"{k:02d}_{piece}",
                     decode_song(scheme, [*head, *body]),
                     f"{heading}: {piece}",
-                    prompt.bar_steps,
+                    Meter.constant(prompt.bar_steps),
                     continuation,
                     config.sample_rate,
                     steps_per_beat,
@@ -123,14 +123,16 @@ def write_piece(
     stem: Path,
     notes: Notes,
     heading: str,
-    bar_steps: int,
+    meter: Meter,
     continuation: int | None,
     sample_rate: int,
     steps_per_beat: int,
+    tempos: np.ndarray | None = None,
 ) -> tuple[PieceFiles, str | None]:
     """One piece as STEM.mid, .wav and .png (the piano roll, the continuation marked where it
-    starts): its file names, and why there is no WAV, if not."""
-    midi = write_midi(notes, steps_per_beat, Meter(np.array([0]), np.array([bar_steps])))
+    starts): its file names, and why there is no WAV, if not. `tempos`: its tempo map
+    (`midi.tempo_map`; none: MIDI's 120 bpm)."""
+    midi = write_midi(notes, steps_per_beat, meter, tempos)
     stem.with_suffix(".mid").write_bytes(midi)
     reason = render_audio(midi, stem.with_suffix(".wav"), sample_rate)
     piano_roll(notes, stem.with_suffix(".png"), steps_per_beat, heading, continuation)

@@ -664,11 +664,13 @@ class MusicTransformer(nn.Module):
         bar_pos: Tensor,
         doc: Tensor | None = None,
         state: MemoryState | None = None,
+        window: int | None = None,
     ) -> tuple[Tensor, SegmentTrace]:
         """The logits of a segment (or of the next tokens of one) under `state`, and what it
         leaves for the memories; no memory is written. Training's forward hands each complete
         segment to `remember`; generation keeps a growing segment in a key/value cache
-        (`SegmentTrace.cached`) and remembers it once complete, as training does."""
+        (`SegmentTrace.cached`) and remembers it once complete, as training does. `window`: a
+        query sees no key that many tokens or more before it (a sliding window)."""
         batch, length = tokens.shape[:2]
         device = tokens.device
         doc = torch.zeros_like(bar_pos) if doc is None else doc
@@ -694,7 +696,8 @@ class MusicTransformer(nn.Module):
         if state.xl is not None:
             key_pos = torch.cat([state.xl.pos, positions])
             key_doc = torch.cat([state.xl.doc, doc], dim=1)
-        ctx = Context(*self._attention_mask(positions, doc, key_pos, key_doc), doc, state.knn)
+        mask = self._attention_mask(positions, doc, key_pos, key_doc, window)
+        ctx = Context(*mask, doc, state.knn)
         keys, values = [], []
         for i, block in enumerate(self.blocks):
             x, (k, v) = block(x, ctx, state.xl, i)
@@ -756,19 +759,28 @@ class MusicTransformer(nn.Module):
         return positions - starts, starts[:, -1]
 
     def _attention_mask(
-        self, positions: Tensor, doc: Tensor, key_pos: Tensor, key_doc: Tensor
+        self,
+        positions: Tensor,
+        doc: Tensor,
+        key_pos: Tensor,
+        key_doc: Tensor,
+        window: int | None = None,
     ) -> tuple[Tensor | None, Tensor | None]:
         """Position bias + causal + same-song mask, built once and shared by all layers, and
         the position bias alone (None without one).
 
-        Query i may see key j only if j is not later and both are of the same song. The mask
-        is None when plain causal attention is exact (no bias, no memory, one song per row).
+        Query i may see key j only if j is not later (nor `window` or more earlier) and both
+        are of the same song. The mask is None when plain causal attention is exact (no bias,
+        no memory, one song per row, nothing beyond the window).
         """
         distance = positions[:, None] - key_pos[None, :]  # (T, S)
         one_song = bool((key_doc == key_doc[:, -1:]).all())  # in every row, keys included
-        if self.position_bias is None and one_song and len(key_pos) == len(positions):
+        plain = len(key_pos) == len(positions) and (window is None or len(key_pos) <= window)
+        if self.position_bias is None and one_song and plain:
             return None, None
         allowed = (distance >= 0)[None]  # (1, T, S): no key later than its query
+        if window is not None:
+            allowed = allowed & (distance < window)
         if not one_song:
             allowed = allowed & (doc[:, :, None] == key_doc[:, None, :])  # (B, T, S)
         mask = torch.where(allowed, 0.0, MASKED)[:, None]  # (B|1, 1, T, S)

@@ -38,7 +38,10 @@ def run(args: argparse.Namespace, params: dict) -> str:
         args.midi, args.model, out, params["encode"], generate, args.bars, args.seed
     )
     audio = f"no audio: {done.renderer}" if done.renderer else "with audio"
+    played = ""
+    if done.program is not None:
+        played = f", merged instruments written as program {done.program} (the song's most common)"
     return (
         f"{args.midi.name}: {done.prompt_notes} notes of prompt, {done.generated_tokens} tokens "
-        f"generated in {done.seconds:.1f} s, {audio} -> {out}"
+        f"generated in {done.seconds:.1f} s{played}, {audio} -> {out}"
     )
