@@ -23,6 +23,11 @@ xl and xl_knn (their cache is exact). Vanilla's cache is exact only within its f
 tokens that fit its first window, where both sides do the same work and agree token for token.
 Target: cached >= 5x recompute at the default context.
 
+Reading a prompt (third table): seconds until the first token can be drawn, for the opening
+bars and for a whole song (the first test song, or 600 random beats), read in segment-sized
+forwards as generation does, against one token per forward (how vanilla read a prompt past its
+first window before issue 27).
+
 Batched (second table): `--prompts` prompts (the first test songs, or random ones of different
 lengths) continued one at a time with `generate`, then all together as rows of one batch with
 `generate_batch` (each prompt its own seed: the same tokens, `same` counts the prompts that
@@ -188,6 +193,42 @@ def batched_table(
     return lines
 
 
+def read_seconds(model: MusicTransformer, prompt: Prompt, step: int | None) -> float:
+    """Seconds to read `prompt` into a fresh KVCache: whole (step None: as generation does,
+    in segment-sized forwards) or `step` tokens per forward (1: vanilla's path before)."""
+    tokens = torch.as_tensor(np.asarray(prompt.tokens, np.int64))[None]
+    bar_pos = torch.as_tensor(np.asarray(prompt.bar_pos, np.int64))[None]
+    step = step or tokens.shape[1]
+    cache = KVCache(model)
+    started = time.perf_counter()
+    with torch.no_grad():
+        for start in range(0, tokens.shape[1], step):
+            cache.feed(tokens[:, start : start + step], bar_pos[:, start : start + step])
+    return time.perf_counter() - started
+
+
+def prompt_table(
+    prompts: dict[str, Prompt], scheme: Index, params: dict, repeats: int
+) -> list[str]:
+    """Issue 27: seconds to read a prompt before the first token is drawn, by its length,
+    read as generation reads it against one token per forward."""
+    lines = [
+        "",
+        f"Reading a prompt (`KVCache.feed`, before the first token is drawn; median of {repeats}):",
+        "",
+        "| variant | prompt | tokens | segment-sized forwards (s) | one token per forward (s) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for variant in VARIANT_MEMORY:
+        model, _ = load(variant, params, scheme)
+        for name, prompt in prompts.items():
+            read_seconds(model, prompt, None)  # warm-up
+            now = statistics.median(read_seconds(model, prompt, None) for _ in range(repeats))
+            one = statistics.median(read_seconds(model, prompt, 1) for _ in range(repeats))
+            lines.append(f"| {variant} | {name} | {len(prompt.tokens)} | {now:.3f} | {one:.3f} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--length", type=int, default=512, help="tokens drawn per run")
@@ -254,6 +295,11 @@ def main() -> None:
             f"{verdict} >= {TARGET:g}x |"
         )
     lines += batched_table(prompts, scheme, params, args.length, args.repeats)
+    whole, _, _ = prompts_and_scheme(args.shards, 1, 10**9, params["encode"]["steps_per_beat"])
+    if not (args.shards / SCHEME_FILE).exists():  # a long random song: 600 beats
+        whole = [random_prompt(Vocab(32), 600, params["encode"]["steps_per_beat"], seed=0)]
+    bars = f"{params['generate']['prompt_bars']} bars"
+    lines += prompt_table({bars: prompt, "whole song": whole[0]}, scheme, params, args.repeats)
     report = "\n".join(lines)
     print(report)
     if args.results:
