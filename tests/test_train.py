@@ -342,7 +342,7 @@ def test_cpu_training_steps_reuse_freed_memory(shards, tmp_path):
 
 def test_the_stage_logs_progress_without_a_terminal(shards, tmp_path):
     """Under Snakemake or DVC (no terminal) training says where it is, in its log file and on
-    the console: at its start, at every validation and at its end (and every 30 s between,
+    the console: at its start, at every validation and at its end (and every 25 s between,
     tests/test_progress.py)."""
     params = tiny_params(steps=6, eval_every=3)
     log = tmp_path / "train.log"

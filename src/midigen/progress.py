@@ -1,6 +1,7 @@
 """Progress where people look. On a terminal, tqdm's bar; without one (Snakemake and DVC run
-every stage so), a line on the log every EVERY_S seconds and whenever a stage has news (a
-validation loss), which the CLI writes to the stage's --log file and to the console."""
+every stage so), a line on the log at the first update EVERY_S seconds after the last line,
+and whenever a stage has news (a validation loss), which the CLI writes to the stage's --log
+file and to the console."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import TypeVar
 from tqdm import tqdm
 
 LOG = logging.getLogger("midigen.progress")  # the CLI shows this logger's INFO on the console
-EVERY_S = 30.0
+EVERY_S = 25.0  # a line at most 25 s plus one step apart: within 30 s for steps under 5 s
 T = TypeVar("T")
 
 
