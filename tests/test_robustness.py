@@ -9,6 +9,7 @@ random byte mutations of a valid file.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
 import json
@@ -33,6 +34,7 @@ from midigen.data.corpus import (
     roundtrip_bytes,
 )
 from midigen.data.download import download, read_manifest
+from midigen.data.lenient import Layout, Unreadable, read_leniently
 from midigen.data.midi import FILE_REPAIRS, SkipSong, read_capped
 from midigen.encodings.scores import decode_tokens
 from midigen.params import validate_params
@@ -526,11 +528,13 @@ MUTATION = st.tuples(
 
 
 FUZZ_EXAMPLES = int(os.environ.get("MIDIGEN_FUZZ_EXAMPLES", "200"))  # more by hand
+META_TYPES = (0x00, 0x01, 0x03, 0x20, 0x21, 0x2F, 0x51, 0x54, 0x58, 0x59, 0x7F)  # mido decodes
 
 
 def mutate(data: bytes, mutations: list[tuple[str, int, bytes]]) -> bytes:
     """Apply byte edits at positions taken modulo the current length: overwrite, insert,
-    delete, truncate, a chunk whose length field lies, a meta event of any type and data."""
+    delete, truncate, a chunk whose length field lies, a meta event of a type mido decodes
+    with any data at a track's start (its length kept true)."""
     out = bytearray(data)
     for op, position, payload in mutations:
         at = position % (len(out) + 1)
@@ -545,8 +549,15 @@ def mutate(data: bytes, mutations: list[tuple[str, int, bytes]]) -> bytes:
             if chunks:
                 at = chunks[position % len(chunks)] + 4
                 out[at : at + 4] = payload[:4].rjust(4, b"\0")
-        elif op == "meta":
-            out[at:at] = b"\x00\xff" + payload[:1] + bytes([len(payload) - 1]) + payload[1:]
+        elif op == "meta":  # a track opens with a meta event mido decodes, any short data
+            tracks = [m.start() for m in re.finditer(b"MTrk", out)]
+            if tracks:
+                at = tracks[position % len(tracks)] + 4
+                kind = META_TYPES[payload[0] % len(META_TYPES)]
+                event = bytes([0, 0xFF, kind, len(payload) - 1]) + payload[1:]
+                size = int.from_bytes(out[at : at + 4], "big") + len(event)
+                out[at : at + 4] = (size % 2**32).to_bytes(4, "big")
+                out[at + 4 : at + 4] = event
         else:
             del out[at:]
     return bytes(out)
@@ -558,6 +569,8 @@ def test_mutated_midi_never_crashes(base: str, mutations: list[tuple[str, int, b
     data = mutate(fixture(base), mutations)
     for instruments in ("merge", "program"):
         outcome(data, config(instruments, max_steps=8192))
+    with contextlib.suppress(Unreadable):  # the lenient reader on its own, whatever symusic
+        read_leniently(Layout.of(data))  # makes of the file: a reason, never an exception
 
 
 REPAIRED = {  # fixture -> the repairs its songs.csv row must show
