@@ -225,3 +225,27 @@ def test_bad_buckets_are_one_clear_error(shards):
     train, test = load_shard(shards, "train"), load_shard(shards, "test")
     with pytest.raises(MidigenError, match="position_buckets must start at 0 and increase"):
         evaluate_baselines(train, test, load_scheme(shards), 2, [0, 64, 32])
+
+
+def test_the_stage_fits_on_the_training_split_alone(shards, tmp_path):
+    """Issue 30: a fit on train + test passed every test. The stage's NLL of every order is
+    that of a model fit on the training songs alone and scored on the test songs, and a fit
+    that has seen the test songs scores them measurably better (so a leak would show)."""
+    params = validate_params(
+        {"evaluate": {"ngram_order": 3, "position_buckets": [0, 16]}}, partial=True
+    )
+    args = argparse.Namespace(
+        scheme="index", shards=shards, out=tmp_path / "m.json", plots=tmp_path / "plots"
+    )
+    stage.run(args, params)
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    train, test = (
+        [np.asarray(s.tokens[s.song(i)], np.int64) for i in range(len(s.songs))]
+        for s in (load_shard(shards, "train"), load_shard(shards, "test"))
+    )
+    vocab = load_scheme(shards).fields[0]
+    for order, name in enumerate(("unigram", "2-gram", "3-gram"), start=1):
+        alone = NGramModel(order, vocab).fit(train).scores(test).nll.mean()
+        leaked = NGramModel(order, vocab).fit(train + test).scores(test).nll.mean()
+        assert metrics[name]["nll"] == pytest.approx(alone, rel=1e-12), name
+        assert leaked < alone, name

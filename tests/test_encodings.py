@@ -572,3 +572,76 @@ def test_midi_files_give_their_velocities_and_sustain_pedal():
     song = read_song(data.getvalue(), 4, 32, True, limits)
     assert song.notes.velocity.tolist() == [90, 30] and song.notes.onset.tolist() == [0, 2]
     assert song.pedals.tolist() == [[1, 5]]
+
+
+# ---- scheme parameters at their edges (issue 30) -----------------------------------------------
+
+
+def one_note_each(values: list[int], gap: int = 8) -> Notes:
+    """A note per value, `gap` steps apart, pitch 60 + i (velocity: the value)."""
+    n = len(values)
+    onset = np.arange(n, dtype=np.int64) * gap
+    return Notes(
+        onset, np.zeros(n, np.int64), 60 + np.arange(n) % 60, np.full(n, 2), np.array(values)
+    )
+
+
+def equal_bins(count: int) -> list[list[int]]:
+    """1..127 cut into `count` bins as equal as whole velocities allow, by the spec's words
+    ("equal bins of 1..127"): velocity v is in bin floor((v - 1) * count / 127), worked out
+    here with fractions, not with the scheme's integer formula."""
+    from fractions import Fraction
+
+    bins: list[list[int]] = [[] for _ in range(count)]
+    for v in range(1, 128):
+        bins[int(Fraction(v - 1) * count / 127)].append(v)
+    return bins
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5, 16, 32, 100, 126, 127])
+def test_every_velocity_decodes_to_the_middle_of_its_equal_bin(count: int):
+    """Every velocity 1..127, so every bin edge and both its sides, for several bin counts:
+    a velocity comes back as the (lower) middle of the equal bin it falls in."""
+    scheme = Events(max_shift=16, velocity_bins=count, sustain="ignore")
+    decoded = scheme.decode(scheme.encode(one_note_each(list(range(1, 128)))).tokens)
+    middle = {v: members[(len(members) - 1) // 2] for members in equal_bins(count) for v in members}
+    assert decoded.velocity.tolist() == [middle[v] for v in range(1, 128)]
+
+
+@pytest.mark.parametrize("max_shift", [1, 3, 16])
+def test_time_shifts_round_trip_at_and_around_each_multiple_of_the_longest(max_shift: int):
+    """Gaps of m * max_shift - 1, m * max_shift and m * max_shift + 1 between onsets: each
+    written as whole shifts and a remainder, each decoded to the same onset."""
+    gaps = sorted({m * max_shift + d for m in range(4) for d in (-1, 0, 1)} - {0, -1})
+    onset = np.cumsum([0, *gaps]).astype(np.int64)
+    n = len(onset)
+    notes = Notes(onset, np.zeros(n, np.int64), 60 + np.arange(n), np.ones(n, np.int64))
+    scheme = Events(max_shift=max_shift, velocity_bins=0, sustain="ignore")
+    assert scheme.decode(scheme.encode(notes).tokens).onset.tolist() == onset.tolist()
+
+
+@pytest.mark.parametrize(
+    "book",
+    [(1, 2, 4, 8), (1, 3, 6, 12, 24, 32), (1, 5, 11)],
+)
+def test_codebook_values_between_entries_snap_to_the_nearest_one_the_lower_on_a_tie(book):
+    """Durations at, between and past the entries of several codebooks (and the same book as
+    steps between onsets): each comes back as the nearest entry, the lower one when two are
+    as near, the last one past the end."""
+
+    def snapped(value: int) -> int:
+        return min(book, key=lambda entry: (abs(entry - value), entry))
+
+    values = list(range(1, book[-1] + 3))
+    durations = np.array(values, dtype=np.int64)
+    n = len(values)
+    scheme = Codebook(steps=(0, *book), durations=book)
+    spaced = Notes(np.arange(n) * 64, np.zeros(n, np.int64), 60 + np.arange(n), durations)
+    decoded = scheme.decode(scheme.encode(spaced).tokens)
+    assert decoded.duration.tolist() == [snapped(v) for v in values]
+    onsets = np.cumsum([0, *values]).astype(np.int64)  # the gaps between onsets: the values
+    stepped = Notes(
+        onsets, np.zeros(n + 1, np.int64), 60 + np.arange(n + 1) % 60, np.ones(n + 1, np.int64)
+    )
+    decoded = scheme.decode(Codebook(steps=(0, *book), durations=(1,)).encode(stepped).tokens)
+    assert np.diff(decoded.onset).tolist() == [snapped(v) for v in values]

@@ -360,3 +360,29 @@ def test_the_stage_logs_progress_without_a_terminal(shards, tmp_path):
         assert "train xl_knn: step 0/6 (0%)" in text
         assert [int(step) for step in re.findall(pattern, text)] == [3, 6]
         assert re.search(r"train xl_knn: 6 step done in \d+m\d\ds", text)
+
+
+@pytest.mark.parametrize("clip", [0.05, 0.5])
+def test_the_optimizer_steps_with_the_gradient_clipped_to_grad_clip(shards, tmp_path, clip):
+    """Issue 30: deleting the clip passed every test. On the same first segment, the gradient
+    AdamW steps with has norm grad_clip when the raw gradient is larger (it is: unclipped it
+    is more than twice either clip), and the weights move by that step alone."""
+
+    def stepped_norm(grad_clip: float) -> float:
+        run = trainer(shards, tmp_path / str(grad_clip), "xl", tiny_params(grad_clip=grad_clip))
+        seen = []
+        step = run.optimizer.step
+
+        def recording_step(*args, **kwargs):
+            grads = [p.grad for p in run.module.parameters() if p.grad is not None]
+            seen.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+            return step(*args, **kwargs)
+
+        run.optimizer.step = recording_step
+        torch.manual_seed(0)
+        run.train_step(run.train_batches.epoch(0)[0])
+        return seen[0]
+
+    raw = stepped_norm(1e9)
+    assert raw > 2 * max(0.05, 0.5)
+    assert stepped_norm(clip) == pytest.approx(clip, rel=1e-4)
