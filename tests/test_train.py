@@ -352,14 +352,15 @@ def test_the_stage_logs_progress_without_a_terminal(shards, tmp_path):
         text=True,
         check=True,
     )
+    name = re.escape(f"train {tmp_path / 'model'}")  # the model's folder: what is trained
     pattern = (
-        r"train xl_knn: step (\d)/6 \(\d+%\), loss \d+\.\d{3}, tokens/s [\d,]+, "
+        name + r": step (\d)/6 \(\d+%\), loss \d+\.\d{3}, tokens/s [\d,]+, "
         r"val_loss \d+\.\d{3}, \d+m\d\ds left"
     )
     for text in (log.read_text(), run.stderr):
-        assert "train xl_knn: step 0/6 (0%)" in text
+        assert f"train {tmp_path / 'model'}: step 0/6 (0%)" in text
         assert [int(step) for step in re.findall(pattern, text)] == [3, 6]
-        assert re.search(r"train xl_knn: 6 step done in \d+m\d\ds", text)
+        assert re.search(name + r": 6 step done in \d+m\d\ds", text)
 
 
 @pytest.mark.parametrize("clip", [0.05, 0.5])

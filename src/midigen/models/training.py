@@ -232,7 +232,7 @@ class Trainer:
         live = self._live()
         start, stop = self.env.rows(self.config.batch_size)
         shown = Progress(
-            f"train {self.module.config.memory}",
+            f"train {self.out}",  # models/SCHEME/VARIANT: what is trained, and where
             self.config.steps,
             "step",
             initial=self.step,
