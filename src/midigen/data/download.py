@@ -490,11 +490,12 @@ def _dir_entries(folder: Path, limit: int | None, tally: Tally) -> Iterator[Entr
         names += [(here / name).as_posix() for name in files if _is_midi(name)]
     for name in sorted(names)[:limit]:
         data, why = _read_inside(folder / name, root)
+        shown = printable(name)
         if why:
-            log.warning("download.dir: %s %s; skipped", printable(name), why)
-            tally.skipped.append((printable(name), why))
+            log.warning("download.dir: %s %s; skipped", shown, why)
+            tally.skipped.append((shown, why))
         else:
-            yield printable(name), data
+            yield shown, data
 
 
 def printable(name: str) -> str:

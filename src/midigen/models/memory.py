@@ -203,13 +203,13 @@ class KNNMemory:
     def _put(self, mine: Tensor, keys: Tensor, values: Tensor) -> None:
         """Append the entries `mine` (B, T) picks of (B, H, T, Dh) keys/values to their rows
         in order, each row keeping its newest max_memories."""
-        n = mine.sum(1).tolist()
+        n = mine.sum(1)
         rank = mine.cumsum(1) - 1  # an entry's place among its row's new ones
-        keep = mine & (rank >= (mine.sum(1, keepdim=True) - self.max_memories))
+        keep = mine & (rank >= (n[:, None] - self.max_memories))
         row, token = keep.nonzero(as_tuple=True)
         count = torch.tensor(self.count, dtype=torch.int64)
         slot = (count[row] + rank[row, token]) % self.max_memories  # (N,) one per kept entry
-        self.count = [c + k for c, k in zip(self.count, n, strict=True)]
+        self.count = [c + k for c, k in zip(self.count, n.tolist(), strict=True)]
         self._reserve(max(self.size(r) for r in range(self.batch)))
         at = (row.to(keys.device), slice(None), token.to(keys.device))  # (N, H, Dh) entries
         stored_at = (row.to(self.device), slice(None), slot.to(self.device))
@@ -276,11 +276,11 @@ class KNNMemory:
         """Top-k inner products and slot ids (B, H, T, k) per query and head; -inf / -1 where
         none. Only queries of the song the row holds may retrieve; the others get nothing."""
         b_, h_, t_, _ = queries.shape
-        used = max((self.size(row) for row in range(b_)), default=0)
+        sizes = [self.size(row) for row in range(b_)]
+        used = max(sizes, default=0)
         if used == 0:
             scores = torch.full((b_, h_, t_, k), -torch.inf, device=queries.device)
             return scores, torch.full((b_, h_, t_, k), -1, device=queries.device)
-        sizes = [self.size(row) for row in range(b_)]
         asked = queries.detach().to(self.device, torch.float32)
         block = max(k, self.SCORES_PER_BLOCK // (b_ * h_ * t_))
         scores = ids = None
@@ -343,8 +343,6 @@ class KNNMemory:
         cls, state: dict, max_memories: int, device: torch.device | str = "cpu"
     ) -> KNNMemory:
         keys, values = state["keys"], state["values"]
-        if len(keys) != len(values):
-            raise ValueError(f"kNN checkpoint: {len(keys)} rows of keys, {len(values)} of values")
         memory = cls(len(keys), keys[0].shape[0], keys[0].shape[2], max_memories, device)
         memory.doc = state["doc"].clone()
         for row, (k, v) in enumerate(zip(keys, values, strict=True)):
