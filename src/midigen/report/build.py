@@ -279,7 +279,7 @@ def summarize(variants: list[Variant], baselines: dict[str, Any]) -> dict[str, A
     summary["songs"] = len(variants[0].songs.songs)
     summary["tokens"] = {c: int(variants[0].songs.cell(c).tokens.sum()) for c in CELLS}
     summary["vs_vanilla"] = compare_with_vanilla(variants)
-    base = next((v for v in variants if v.name == "vanilla"), None)
+    base = vanilla_of(variants)
     if base is not None:
         cache = base.eval["copy_cache"]
         summary["copy_cache"] = {k: cache[k] for k in ("order", "weight", "nll", "bits_per_note")}
@@ -314,10 +314,15 @@ def _data_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def vanilla_of(variants: list[Variant]) -> Variant | None:
+    """The variant every other is compared with, if this run trained it."""
+    return next((v for v in variants if v.name == "vanilla"), None)
+
+
 def compare_with_vanilla(variants: list[Variant]) -> dict[str, dict[str, Any]]:
     """Per variant against vanilla on the same test songs: the paired difference on every cell
     and every memory effect (`midigen.evaluation.paired`), each {"mean", "low", "high"}."""
-    base = next((v for v in variants if v.name == "vanilla"), None)
+    base = vanilla_of(variants)
     compared = {}
     for v in variants:
         if base is None or v is base:
