@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import symusic
 from builders import shards_via_stages
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from midigen.data.corpus import (
@@ -565,6 +565,7 @@ def mutate(data: bytes, mutations: list[tuple[str, int, bytes]]) -> bytes:
 
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(base=st.sampled_from(FUZZ_BASES), mutations=st.lists(MUTATION, min_size=1, max_size=6))
+@example(base="type1_basic.mid", mutations=[("set", 12, b"\x80\x00")])  # an SMPTE division
 def test_mutated_midi_never_crashes(base: str, mutations: list[tuple[str, int, bytes]]):
     data = mutate(fixture(base), mutations)
     for instruments in ("merge", "program"):

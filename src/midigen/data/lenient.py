@@ -90,7 +90,10 @@ def _vlq(data: bytes, start: int) -> tuple[int, int]:
 
 
 def read_leniently(layout: Layout) -> tuple[bytes, dict[str, int]]:
-    """A clean SMF holding what `layout`'s tracks say, and the count of each repair."""
+    """A clean SMF holding what `layout`'s tracks say, and the count of each repair. An SMPTE
+    division (top bit set) is for the caller to turn into ticks per beat first, as parse does."""
+    if layout.division & 0x8000:
+        raise Unreadable(f"SMPTE time division {layout.division:#06x}, not ticks per beat")
     repairs = dict.fromkeys(REPAIRS, 0)
     tracks = [_track(body, repairs) for body in layout.tracks]
     out = io.BytesIO()
