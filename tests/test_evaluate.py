@@ -25,6 +25,7 @@ from midigen.encodings.index import Index
 from midigen.encodings.scores import Vocab
 from midigen.errors import MidigenError
 from midigen.evaluation.cache import ORDERS, WEIGHTS
+from midigen.evaluation.checks import TrainingIndex
 from midigen.evaluation.likelihood import (
     TokenScores,
     check_buckets,
@@ -349,7 +350,7 @@ def test_continuations_decode_after_their_prompt():
         ]
     )
     with pytest.raises(MidigenError, match="prompt 07: the generated tokens do not decode"):
-        compare_music(samples, scheme)
+        compare_music(samples, scheme, TrainingIndex([]))
 
 
 def write_samples(folder: Path, shard: Shard, variant: str, generated_from_other: bool) -> None:
@@ -382,9 +383,8 @@ def as_samples(prompts: list[dict], variant: str = "vanilla") -> Samples:
     (the files, titles and timings, which it does not, filled in)."""
     files = {piece: PieceFiles(f"{piece}.mid", f"{piece}.png", None) for piece in PIECES}
     filled = {"song": "0" * 64, "source": "x", "title": "x", "files": files}
-    return Samples(
-        variant, "index", None, 4, 1.0, 1.0, tuple(SamplePrompt(**{**filled, **p}) for p in prompts)
-    )
+    prompts_ = tuple(SamplePrompt(**{**filled, **p}) for p in prompts)
+    return Samples(variant, "index", None, 4, 1.0, 1.0, 512, prompts_)
 
 
 def save_model(model: MusicTransformer, path: Path) -> Path:
@@ -576,12 +576,12 @@ def test_music_comparison_by_hand():
             },
         ]
     )
-    metrics, counts = compare_music(samples, scheme)
+    metrics, counts = compare_music(samples, scheme, TrainingIndex([]))
     assert metrics["prompts"] == 2
     mean = {
         group: {k: v["mean"] for k, v in metrics[group].items()}
         for group in metrics
-        if group != "prompts"
+        if group not in ("prompts", "checks")
     }
     # real: C+E and C+G, each two pitch classes half the notes each (1 bit), 4 and 7 semitones
     assert mean["real"]["pitch_class_entropy"] == 1.0 and mean["real"]["pitch_range"] == 5.5
@@ -636,14 +636,15 @@ def test_metric_edge_cases_by_hand(tmp_path):
     scheme = Index(vocab)
     nothing = TokenScores(*(np.zeros(0, dtype=np.int64) for _ in range(4)))
     with pytest.raises(MidigenError) as error:
-        likelihood_metrics(nothing, scheme, [0])
+        likelihood_metrics(nothing, scheme, [0], np.zeros(0))
     assert str(error.value) == "nothing to evaluate: the test split has no tokens to predict"
     durations = TokenScores(
         nll=np.array([1.0, 2.0]), target=np.array([vocab.duration(1)] * 2),
         position=np.array([0, 1]), song=np.array([0, 0]),
     )  # fmt: skip
-    metrics = likelihood_metrics(durations, scheme, [0, 1])
+    metrics = likelihood_metrics(durations, scheme, [0, 1], seconds=np.array([1.5]))
     assert math.isnan(metrics["bits_per_note"]) and metrics["nll"] == 1.5
+    assert metrics["bits_per_second"] == pytest.approx(3.0 / math.log(2) / 1.5)
     assert metrics["nll_by_position"] == {"0-0": 1.0, "1+": 2.0}
     distance, offset = np.array([0, 3, 4, 9, 10]), np.array([3, 3, 3, 3, 3])
     assert reach_buckets(distance, offset, xl_mem_len=6).tolist() == [0, 1, 2, 2, 3]
@@ -674,10 +675,11 @@ TOP = {
     "steps_per_beat": 4,
     "seconds": 1.0,
     "tokens_per_s": 1.0,
+    "length": 512,
 }
 NOT_SAMPLES = (
     "not a samples file (needs variant, scheme, renderer, steps_per_beat, seconds, "
-    "tokens_per_s, prompts)"
+    "tokens_per_s, length, prompts)"
 )
 
 

@@ -11,6 +11,7 @@ import functools
 import json
 from pathlib import Path
 
+import mido
 import numpy as np
 import pytest
 import torch
@@ -29,6 +30,7 @@ from midigen.errors import MidigenError
 from midigen.generation.contexts import Carried, KVCache, Recompute
 from midigen.generation.prompts import Prompt, bar_steps_of, split_song
 from midigen.generation.sampling import GenerateConfig, generate, generate_batch, sample
+from midigen.generation.writing import song_title
 from midigen.models.lstm import LSTMConfig, MusicLSTM
 from midigen.models.transformer import MEMORY_KINDS, ModelConfig, MusicTransformer
 from midigen.params import load_params
@@ -629,7 +631,8 @@ def test_stage_writes_decodable_pieces_that_open_with_the_song(chorales, chorale
         tokens = entry["tokens"]
         assert tokens["prompt"] + tokens["real"] == song
         assert entry["prompt_steps"] >= 2 * entry["bar_steps"] == 2 * 16
-        assert entry["title"] == "Soprano"  # the chorales' first part name
+        # the chorales' first track plays the soprano part: its name is no title, the source is
+        assert entry["title"] == shard.songs[k]["source"]
         assert len(tokens["generated"]) <= 60
         opening = encode.read(files[entry["song"]].read_bytes()).notes
         for piece in ("prompt", "real", "generated"):
@@ -704,3 +707,23 @@ def test_vanilla_reads_a_long_prompt_in_chunks_as_it_would_token_by_token(chunks
             logits = cache.feed(tokens[:, start:stop], bars[:, start:stop])
             torch.testing.assert_close(logits, expected[stop - 1], atol=1e-5, rtol=1e-5)
             start = stop
+
+
+def test_a_piece_is_titled_by_its_conductor_track_else_by_its_source(tmp_path):
+    """SMF: the name of a type-1 file's first track names the sequence when that track plays
+    nothing; a first track with notes is named after its part, so the source names the piece."""
+    named = mido.MidiFile(type=1)
+    named.tracks.append(mido.MidiTrack([mido.MetaMessage("track_name", name="Air on G")]))
+    part = mido.MidiTrack([mido.MetaMessage("track_name", name="Soprano")])
+    part += [
+        mido.Message("note_on", note=60, velocity=64),
+        mido.Message("note_off", note=60, time=96),
+    ]
+    named.tracks.append(part)
+    named.save(tmp_path / "named.mid")
+    assert song_title(tmp_path / "named.mid", "bach/air") == "Air on G"
+    named.tracks.pop(0)  # now the part's track comes first
+    named.save(tmp_path / "parts.mid")
+    assert song_title(tmp_path / "parts.mid", "bach/air") == "bach/air"
+    (tmp_path / "bad.mid").write_bytes(b"MThd")
+    assert song_title(tmp_path / "bad.mid", "bach/air") == "bach/air"

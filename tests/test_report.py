@@ -8,8 +8,10 @@ evaluation metrics and baselines in the agreed JSON layout.
 from __future__ import annotations
 
 import argparse
+import base64
 import copy
 import hashlib
+import io
 import json
 import math
 import shutil
@@ -23,6 +25,7 @@ import pytest
 import symusic
 from builders import shards_via_stages
 from matplotlib.figure import Figure
+from PIL import Image
 
 from midigen.data.corpus import EncodeConfig
 from midigen.data.midi import Notes, write_midi
@@ -38,10 +41,9 @@ from midigen.evaluation.paired import (
 )
 from midigen.generation.media import piano_roll, render_audio
 from midigen.params import load_params
-from midigen.report.build import (
+from midigen.report.build import _environment, _plain_name
+from midigen.report.verdict import (
     CACHE_CELLS,
-    _environment,
-    _plain_name,
     cache_outcome,
     effect_outcome,
     floor_verdict,
@@ -188,6 +190,7 @@ def _write_samples(samples: Path, sources: list[tuple[str, bytes]], params: dict
             "steps_per_beat": 4,
             "seconds": 1.5,
             "tokens_per_s": 100.0 + 10 * k,
+            "length": 512,
         }
         (folder / "samples.json").write_text(json.dumps({**samples_json, "prompts": prompts}))
 
@@ -235,6 +238,7 @@ def eval_metrics(variant: str) -> dict:
         "bits_per_note": nll * 2 / math.log(2),
         "bits_per_note_interval": {"mean": nll * 2 / math.log(2), "low": 5.0, "high": 6.5},
         "tokens_per_note": 2.0,
+        "bits_per_second": nll * 4 / math.log(2),  # two notes a second
         "songs": {  # a note every two tokens of a song
             "sha256": list(table.songs),
             "nll_sum": table.cell("all").nll_sum.tolist(),
@@ -269,6 +273,10 @@ def eval_metrics(variant: str) -> dict:
             "generated": {"pitch_class_entropy": music, "scale_consistency": music},
             "real": {"pitch_class_entropy": music, "scale_consistency": music},
             "overlap": {"pitch": music, "duration": music, "ioi": music, "polyphony": music},
+            "checks": {
+                "real": {"copied_span": {"mean": 12.0, "low": 9.0, "high": 15.0}},
+                "generated": {"copied_span": {"mean": 31.0, "low": 20.0, "high": 44.0}},
+            },
         },
     }
 
@@ -386,14 +394,54 @@ def test_report_loads_in_chromium_with_working_media(browser_page, inputs):
     n_prompts, rows = len(CHORALES), 2 + len(VARIANTS)  # prompt, real, one per variant
     for html, inside in ((reports / "index.html", run_dir), (run_dir / "index.html", run_dir)):
         facts = check_page(browser_page, html, inside)
-        assert len(facts["audio"]) == len(facts["midi"]) == n_prompts * rows
-        # loss + NLL-by-position charts, 2 evaluation plots per variant, one roll per sample
-        assert len(facts["images"]) == 2 + 2 * len(VARIANTS) + n_prompts * rows
+        # every piece of every prompt, and the first prompt's continuations again up front
+        featured = rows - 1
+        assert len(facts["midi"]) == n_prompts * rows
+        assert len(facts["audio"]) == n_prompts * rows + featured
+        # loss, NLL-by-position and forest charts, a histogram chart per variant, the rolls
+        assert len(facts["images"]) == 3 + len(VARIANTS) + n_prompts * rows + featured
         for word in ("unigram baseline", "ngram baseline (order 4)", *VARIANTS):
             assert word in facts["text"]
         assert "src_sha256" not in facts["text"]  # the hash itself is shown, not a key name
         assert json.loads((run_dir / "run.json").read_text())["code"]["src_sha256"] in facts["text"]
     assert len(facts["runs"]) == 0  # a run's own page has no history table
+
+
+FIRST_SCREEN = (1280, 800)  # a laptop's browser window, in CSS pixels
+ON_FIRST_SCREEN = """(() => {
+  const box = (selector) => {
+    const element = document.querySelector(selector);
+    if (!element) return null;
+    const r = element.getBoundingClientRect();
+    return {top: r.top, bottom: r.bottom, width: r.width, loaded: element.naturalWidth ?? null};
+  };
+  return {
+    height: window.innerHeight, answer: box("ul.answer"), verdict: box("#answer .verdict"),
+    forest: box("#forest img"), player: box("#featured audio"),
+  };
+})()"""
+
+
+def test_the_first_screen_holds_the_answer_the_forest_plot_and_a_player(browser_page, inputs):
+    """What a reader sees before scrolling, in a 1280 x 800 window: the verdict, a sentence per
+    variant, the forest plot (drawn) and a player of the first prompt; a screenshot of it."""
+    build(inputs, _params())
+    width, height = FIRST_SCREEN
+    browser_page.call(
+        "Emulation.setDeviceMetricsOverride",
+        width=width, height=height, deviceScaleFactor=1, mobile=False,
+    )  # fmt: skip
+    browser_page.open((inputs / "reports" / "index.html").as_uri())
+    seen = browser_page.evaluate(ON_FIRST_SCREEN)
+    assert seen["height"] == height
+    for part in ("verdict", "answer", "forest", "player"):
+        assert seen[part] is not None, f"no {part} on the page"
+        assert seen[part]["top"] >= 0 and seen[part]["bottom"] <= height, (part, seen[part])
+    assert seen["forest"]["loaded"] > 0 and seen["forest"]["width"] >= 400
+    shot = base64.b64decode(browser_page.call("Page.captureScreenshot", format="png")["data"])
+    with Image.open(io.BytesIO(shot)) as image:
+        assert image.size == FIRST_SCREEN
+        assert len(image.getcolors(2**16) or range(2**16)) > 64  # drawn, not a blank screen
 
 
 def test_report_states_plainly_whether_memory_helped(browser_page, inputs):
@@ -556,7 +604,8 @@ def test_missing_audio_shows_the_reason(browser_page, inputs):
     build(inputs, _params())
     facts = check_page(browser_page, inputs / "reports" / "index.html", inputs)
     assert facts["audio"] == []
-    assert facts["text"].count(f"no audio: {reason}") == len(CHORALES) * (2 + len(VARIANTS))
+    every_piece, featured = len(CHORALES) * (2 + len(VARIANTS)), 1 + len(VARIANTS)
+    assert facts["text"].count(f"no audio: {reason}") == every_piece + featured
 
 
 def _files(folder: Path) -> dict[str, str]:

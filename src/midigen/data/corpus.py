@@ -36,9 +36,10 @@ from midigen.data.midi import (
     Song,
     read_capped,
     read_song,
+    seconds_at,
     write_midi,
 )
-from midigen.encodings import Scheme
+from midigen.encodings import Scheme, row_ids
 from midigen.encodings.bpe import BPE
 from midigen.encodings.catalog import SCHEME_FILE, merges_of, scheme_for, write_scheme
 from midigen.encodings.scores import Vocab, decode_tokens, encode_notes
@@ -48,7 +49,7 @@ from midigen.progress import progress
 SPLITS = ("train", "val", "test")
 ARRAYS = {"tokens": np.uint16, "times": np.int32, "bar_pos": np.int32}
 SONG_FIELDS = (
-    *("sha256", "split", "source", "notes", "tokens", "steps", "notes_read"),
+    *("sha256", "split", "source", "notes", "tokens", "steps", "seconds", "notes_read"),
     *NOTE_CHANGES,
     *FILE_REPAIRS,
 )
@@ -120,6 +121,7 @@ class EncodedSong:
     changes: dict[str, int]  # notes dropped or changed, by cause (midi.NOTE_CHANGES)
     repairs: dict[str, int]  # how a file that broke a rule was read (midi.FILE_REPAIRS)
     scheme_changes: dict[str, int]  # what the scheme changed in the quantized notes, by cause
+    seconds: float  # the song's length at its own tempo (bits per second divide by it)
 
 
 def encode_bytes(data: bytes, config: EncodeConfig) -> EncodedSong:
@@ -137,6 +139,7 @@ def encode_bytes(data: bytes, config: EncodeConfig) -> EncodedSong:
         song.changes,
         song.repairs,
         config.scheme.changes(song.notes, song.pedals, encoded),
+        seconds_at(song.tempos, int(encoded.times[-1]), config.steps_per_beat),
     )
 
 
@@ -205,6 +208,7 @@ def encode_chunk(
                 "notes": result.notes,
                 "tokens": len(result.tokens),
                 "steps": int(result.times[-1]),
+                "seconds": round(result.seconds, 3),
                 "notes_read": result.notes_read,
                 **result.changes,
                 **result.repairs,
@@ -264,6 +268,14 @@ class Shard:
 
     def song(self, i: int) -> slice:
         return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
+
+    def seconds(self) -> np.ndarray:
+        """Each song's length in seconds at its own tempo, in order."""
+        return np.array([float(song["seconds"]) for song in self.songs])
+
+    def song_rows(self, fields: tuple[int, ...]) -> list[np.ndarray]:
+        """Each song's rows, one int each (`row_ids`: a row of several fields whole), in order."""
+        return [row_ids(self.tokens[self.song(i)], fields) for i in range(len(self.songs))]
 
 
 def load_shard(shards_dir: Path, split: str, mmap: bool = True) -> Shard:

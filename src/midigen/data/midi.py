@@ -389,6 +389,9 @@ def read_song(
     return Song(notes, meter, changes, repairs, pedals, tempos, main_program(score))
 
 
+DEFAULT_QPM = 120.0  # quarter notes per minute before a file's first tempo event
+
+
 def tempo_map(score: symusic.Score, steps_per_beat: int) -> np.ndarray:
     """(K, 2): the step each tempo starts at and its quarter notes per minute; of tempos on
     one step, the last."""
@@ -399,6 +402,16 @@ def tempo_map(score: symusic.Score, steps_per_beat: int) -> np.ndarray:
     qpm = 60e6 / tempos["mspq"].astype(np.float64)
     last = np.r_[step[1:] != step[:-1], True]
     return np.stack([step[last], qpm[last]], axis=1)
+
+
+def seconds_at(tempos: np.ndarray, step: int, steps_per_beat: int) -> float:
+    """Seconds from step 0 to `step` under a tempo map (`tempo_map`; MIDI's 120 bpm before its
+    first tempo): what bits per second divide by."""
+    starts = np.r_[0, tempos[:, 0]].astype(np.float64)
+    qpm = np.r_[DEFAULT_QPM, tempos[:, 1]]
+    ends = np.r_[starts[1:], max(step, 0)]
+    beats = (np.minimum(ends, step) - np.minimum(starts, step)).clip(0) / steps_per_beat
+    return float((beats * 60 / qpm).sum())
 
 
 def main_program(score: symusic.Score) -> int:

@@ -223,6 +223,13 @@ def whole_rows_and_cursor(
     return list(tokens[:kept]), kept_cursor
 
 
+def row_ids(rows: np.ndarray, fields: tuple[int, ...]) -> np.ndarray:
+    """One int per row of a scheme's tokens ((N,) or (N, F)), in mixed radix over `fields`:
+    rows of several fields compared, counted or matched whole."""
+    rows = np.asarray(rows, dtype=np.int64)
+    return np.ravel_multi_index(rows.reshape(len(rows), -1).T, fields)
+
+
 def decode_song(scheme: Scheme, tokens: list) -> Notes:
     """The notes of a song's rows, with the <eos> row added when they lack it (a continuation
     the length limit stopped, cut to whole rows); DecodeError as `Scheme.decode`."""

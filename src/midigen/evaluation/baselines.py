@@ -19,13 +19,6 @@ from midigen.evaluation.likelihood import TokenScores, likelihood_metrics
 NO_LEFT = -1  # the "token" before a song's first token
 
 
-def songs_of(shard: Shard) -> list[np.ndarray]:
-    """Each song's tokens as an int64 array, in shard order."""
-    return [
-        np.asarray(shard.tokens[shard.song(i)], dtype=np.int64) for i in range(len(shard.songs))
-    ]
-
-
 class NGramModel:
     """Interpolated Kneser-Ney n-gram model (Chen & Goodman 1998), one discount per order:
 
@@ -144,10 +137,8 @@ def evaluate_baselines(
     order that happens to be weak on this corpus.
     """
     fields = scheme.fields
-    train_songs, test_songs = (
-        [np.ravel_multi_index(s.reshape(len(s), -1).T, fields) for s in songs_of(shard)]
-        for shard in (train, test)
-    )  # rows of several fields: one id per row, so a row's NLL is its joint probability's
+    # rows of several fields: one id per row, so a row's NLL is its joint probability's
+    train_songs, test_songs = train.song_rows(fields), test.song_rows(fields)
     results = {}
     for n in range(1, order + 1):
         model = NGramModel(n, math.prod(fields)).fit(train_songs)
@@ -155,6 +146,6 @@ def evaluate_baselines(
         if len(fields) > 1:  # back to rows, which the scheme counts notes in
             rows = np.stack(np.unravel_index(scores.target, fields), axis=-1)
             scores = dataclasses.replace(scores, target=rows)
-        metrics = likelihood_metrics(scores, scheme, buckets)
+        metrics = likelihood_metrics(scores, scheme, buckets, test.seconds())
         results["unigram" if n == 1 else f"{n}-gram"] = {"order": n, **metrics}
     return results

@@ -33,11 +33,11 @@ from midigen.atomic import atomic_file
 from midigen.data.batching import IGNORE, ContiguousBatches, played_twice
 from midigen.data.corpus import Shard
 from midigen.data.midi import Notes
-from midigen.encodings import DecodeError, Scheme, decode_song
+from midigen.encodings import DecodeError, Scheme, decode_song, whole_rows
 from midigen.errors import MidigenError
-from midigen.evaluation import musical
+from midigen.evaluation import checks, musical
 from midigen.evaluation.paired import CELLS, REACH, SongCells, mean_interval, ratio_interval
-from midigen.generation.samples import Samples
+from midigen.generation.samples import SamplePrompt, Samples
 from midigen.models.transformer import MusicTransformer
 from midigen.progress import progress
 
@@ -87,22 +87,28 @@ def likelihood_metrics(
     scores: TokenScores,
     scheme: Scheme,
     starts: Sequence[int],
+    seconds: np.ndarray,
     sums: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict:
-    """NLL (nats/token), perplexity, bits per note and NLL by position: shared by models and
-    baselines. Bits per note divide the total NLL by the number of notes predicted, which stays
-    comparable between encodings that spend a different number of tokens per note. `sums`:
-    `song_sums` of the scores when the caller has them already."""
+    """NLL (nats/token), perplexity, bits per note, bits per second and NLL by position: shared
+    by models and baselines. Bits per note divide the total NLL by the number of notes
+    predicted, which stays comparable between encodings that spend a different number of tokens
+    per note; bits per second (the Anticipatory Music Transformer's measure) divide it by the
+    songs' length at their own tempo (`seconds`, per song), comparable between time grids too.
+    `sums`: `song_sums` of the scores when the caller has them already."""
     if len(scores.nll) == 0:
         raise MidigenError("nothing to evaluate: the test split has no tokens to predict")
     nll = float(scores.nll.mean())
     nll_sum, notes = song_sums(scores, scheme) if sums is None else sums
-    total = int(notes.sum())
+    bits, total = nll_sum / math.log(2), int(notes.sum())
+    seconds = np.asarray(seconds, np.float64)[: len(bits)]
     return {
         "nll": nll,
         "perplexity": math.exp(nll),
-        "bits_per_note": float(scores.nll.sum() / math.log(2) / total) if total else math.nan,
-        "bits_per_note_interval": ratio_interval(nll_sum / math.log(2), notes).as_dict(),
+        "bits_per_note": float(bits.sum() / total) if total else math.nan,
+        "bits_per_note_interval": ratio_interval(bits, notes).as_dict(),
+        "bits_per_second": float(bits.sum() / seconds.sum()) if seconds.sum() else math.nan,
+        "bits_per_second_interval": ratio_interval(bits, seconds).as_dict(),
         "tokens_per_note": len(scores.nll) / total if total else math.nan,
         "nll_by_position": nll_by_position(scores, starts),
     }
@@ -352,7 +358,7 @@ def summarize_scores(
     table = song_table(scores, probe, second, segment_len, [s["sha256"] for s in shard.songs])
     nll_sum, notes = song_sums(scores, scheme)
     metrics = {
-        **likelihood_metrics(scores, scheme, starts, (nll_sum, notes)),
+        **likelihood_metrics(scores, scheme, starts, shard.seconds(), (nll_sum, notes)),
         "songs": {  # for comparing encodings of the same songs (report)
             "sha256": [s["sha256"] for s in shard.songs[: len(notes)]],
             "nll_sum": nll_sum.tolist(),
@@ -428,13 +434,33 @@ def prompt_music(
     }
 
 
+def prompt_checks(
+    prompt: SamplePrompt, samples: Samples, scheme: Scheme, index: checks.TrainingIndex
+) -> dict[str, dict[str, float]]:
+    """The field's checks (copying, looping, ending) of one prompt's generated continuation,
+    and of its real one cut at the same length limit: like against like."""
+    head = prompt.tokens["prompt"]
+    cursor = scheme.grammar.parse(head)
+    real = whole_rows(scheme.grammar, cursor, prompt.tokens["real"][: samples.length])
+    checked = {}
+    for kind, tokens in (("real", real), ("generated", prompt.tokens["generated"])):
+        notes = continuation_notes(head, tokens, prompt.prompt_steps, scheme)
+        checked[kind] = {
+            **checks.check_continuation(
+                scheme, index, head, tokens, notes, prompt.prompt_steps, prompt.bar_steps
+            ),
+            "ends": checks.ends(scheme, head, prompt.tokens[kind], samples.length),
+        }
+    return checked
+
+
 def compare_music(
-    samples: Samples, scheme: Scheme
+    samples: Samples, scheme: Scheme, index: checks.TrainingIndex
 ) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
-    """Per statistic of the real and generated continuations and per histogram overlap: the mean
-    over prompts with its 95% bootstrap interval over prompts (a statistic undefined for a
-    prompt leaves it out); and the histograms pooled over prompts ({"real"|"generated":
-    {feature: counts}})."""
+    """Per statistic of the real and generated continuations, per histogram overlap and per
+    check (`index`: the training split's): the mean over prompts with its 95% bootstrap
+    interval over prompts (a statistic undefined for a prompt leaves it out); and the
+    histograms pooled over prompts ({"real"|"generated": {feature: counts}})."""
     steps_per_beat = samples.steps_per_beat
     pieces = _continuations(samples, scheme)
     per_prompt = [
@@ -443,21 +469,29 @@ def compare_music(
             pieces["real"], pieces["generated"], samples.prompts, strict=True
         )
     ]
-    keys = {
-        "real": musical.STATISTICS,
-        "generated": musical.STATISTICS,
-        "overlap": musical.FEATURES,
+    per_prompt_checks = [prompt_checks(p, samples, scheme, index) for p in samples.prompts]
+    groups = {
+        "real": (per_prompt, musical.STATISTICS),
+        "generated": (per_prompt, musical.STATISTICS),
+        "overlap": (per_prompt, musical.FEATURES),
     }
     metrics: dict = {"prompts": len(per_prompt)}
-    for group, names in keys.items():
-        metrics[group] = {
-            name: mean_interval(
-                np.array([p[group][name] for p in per_prompt], dtype=np.float64)
-            ).as_dict()
-            for name in names
-        }
+    for group, (values, names) in groups.items():
+        metrics[group] = _over_prompts([p[group] for p in values], names)
+    metrics["checks"] = {
+        kind: _over_prompts([p[kind] for p in per_prompt_checks], checks.CHECKS)
+        for kind in ("real", "generated")
+    }
     counts = {kind: musical.histograms(p, steps_per_beat) for kind, p in pieces.items()}
     return metrics, counts
+
+
+def _over_prompts(values: list[dict[str, float]], names: Sequence[str]) -> dict[str, dict]:
+    """Per name, the mean of the prompts' values with its interval over prompts."""
+    return {
+        name: mean_interval(np.array([v[name] for v in values], dtype=np.float64)).as_dict()
+        for name in names
+    }
 
 
 # ---- outputs -------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ class Samples:
     steps_per_beat: int
     seconds: float  # generating every continuation (all prompts in one batch)
     tokens_per_s: float  # generated tokens of all prompts per second
+    length: int  # the most tokens a continuation could have (generate.length)
     prompts: tuple[SamplePrompt, ...]
 
     def write(self, folder: Path) -> None:

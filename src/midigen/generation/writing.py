@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import mido
 import numpy as np
-import symusic
 from torch import nn
 
 from midigen.atomic import atomic_dir
@@ -24,15 +24,19 @@ from midigen.generation.sampling import GenerateConfig, generate_batch
 
 
 def song_title(midi_file: Path | None, fallback: str) -> str:
-    """The first non-empty track name of a MIDI file (what its author called it), else
-    `fallback`."""
+    """The piece's name: the name of a first track that plays no note (a type-1 file's
+    conductor track names the sequence), else `fallback` (the source's name). A first track
+    with notes is named after its part ("Soprano"), which does not tell pieces apart."""
     if midi_file is None:
         return fallback
     try:
-        tracks = symusic.Score.from_midi(midi_file.read_bytes()).tracks
+        first = mido.MidiFile(midi_file, clip=True).tracks[0]
     except Exception:  # the file was encoded once, but a title is not worth failing over
         return fallback
-    return next((t.name.strip() for t in tracks if t.name.strip()), fallback)
+    names = [m.name.strip() for m in first if m.type == "track_name" and m.name.strip()]
+    if not names or any(m.type == "note_on" for m in first):
+        return fallback
+    return names[0]
 
 
 def write_samples(
@@ -113,6 +117,7 @@ def write_samples(
             steps_per_beat,
             seconds,
             drawn / seconds,
+            config.length,
             tuple(prompts),
         )
         samples.write(tmp)

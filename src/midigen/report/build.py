@@ -43,14 +43,27 @@ from midigen.evaluation.paired import (
     read_song_cells,
 )
 from midigen.generation.samples import SAMPLES_JSON, SamplePrompt, Samples, read_samples
+from midigen.report.verdict import (
+    CACHE_CELLS,
+    CELL_LABELS,
+    CONTRAST_LABELS,
+    answer_sentences,
+    cache_outcome,
+    effect_outcome,
+    floor_verdict,
+    format_interval,
+    memory_verdict,
+    plot_forest,
+)
 
 log = logging.getLogger(__name__)
 
-EVAL_PLOTS = ("nll_by_position.png", "histograms.png")
+EVAL_PLOTS = ("histograms.png",)  # per variant (NLL by position: one chart of all)
 EVAL_KEYS = (  # what the report reads from metrics/eval/V.json
     "nll",
     "perplexity",
     "bits_per_note",
+    "bits_per_second",
     "accuracy",
     "nll_by_position",
     "early_nll",
@@ -75,18 +88,6 @@ MAIN_METRICS = (
     ("repeat_second", "repeat 2nd"),
     ("reach_beyond_nll", "NLL beyond XL's reach"),
 )
-CELL_LABELS = {  # the probe cells of songs.csv, as the report names them
-    "all": "all tokens",
-    "early": "early positions (in the song's first segment)",
-    "late": "late positions (after the song's first segment)",
-    "repeat_first": "repeat probe: first copy",
-    "repeat_second": "repeat probe: second copy",
-    "reach_none": "context never occurred before in the song",
-    "reach_segment": "context occurred inside the segment",
-    "reach_xl": "context occurred within XL's reach, before the segment",
-    "reach_beyond": "context occurred only beyond XL's reach",
-}
-CACHE_CELLS = ("all", "reach_beyond", "repeat_second")  # where memory is held to the cache
 NOTE_CHANGE_LABELS = {  # midi.NOTE_CHANGES, as the report names them
     "drums": "on the drum channel: dropped",
     "duplicate": "same tick, key and instrument as another: dropped",
@@ -104,12 +105,6 @@ FILE_REPAIR_LABELS = {  # midi.FILE_REPAIRS, as the report names them
     "skipped_events": "undefined status bytes or senseless meta events skipped",
     "running_status_resumed": "running status carried over a sysex or meta event",
     "meter_ignored": "time signatures on a later track than the meter's: ignored",
-}
-CONTRAST_LABELS = {  # memory effects: (what memory can reach against what it cannot, short name)
-    "late_vs_early": ("late positions against early ones", "late positions"),
-    "second_vs_first": ("repeat probe: second copy against first", "repeat probe"),
-    "beyond_vs_none": ("context beyond XL's reach against no earlier context", "far repeats"),
-    "xl_vs_none": ("context within XL's reach against no earlier context", "XL-reach repeats"),
 }
 
 
@@ -262,6 +257,7 @@ def summarize(variants: list[Variant], baselines: dict[str, Any]) -> dict[str, A
             "nll": v.eval["nll"],
             "perplexity": v.eval["perplexity"],
             "bits_per_note": v.eval["bits_per_note"],
+            "bits_per_second": v.eval["bits_per_second"],
             "accuracy": v.eval["accuracy"],
             "early_nll": v.eval["early_nll"],
             "late_nll": v.eval["late_nll"],
@@ -274,7 +270,7 @@ def summarize(variants: list[Variant], baselines: dict[str, Any]) -> dict[str, A
         }
     for name, entry in baselines.items():
         summary["baselines"][name] = {
-            key: entry.get(key) for key in ("nll", "perplexity", "bits_per_note")
+            key: entry.get(key) for key in ("nll", "perplexity", "bits_per_note", "bits_per_second")
         }
     summary["songs"] = len(variants[0].songs.songs)
     summary["tokens"] = {c: int(variants[0].songs.cell(c).tokens.sum()) for c in CELLS}
@@ -354,119 +350,6 @@ def compare_with_vanilla(variants: list[Variant]) -> dict[str, dict[str, Any]]:
 def _finite(value: float) -> float | None:
     """JSON has no NaN: an undefined mean (a cell without tokens) is None."""
     return value if math.isfinite(value) else None
-
-
-def format_interval(value: dict[str, float | None] | None, signed: bool = True) -> str:
-    """'+0.012 [-0.003, +0.027]': a value and its 95% interval ('\u2014' where undefined)."""
-    if not value or value["mean"] is None:
-        return "\u2014"
-    sign = "+" if signed else ""
-    bounds = (
-        "" if value["low"] is None else f" [{value['low']:{sign}.3f}, {value['high']:{sign}.3f}]"
-    )
-    return f"{value['mean']:{sign}.3f}{bounds}"
-
-
-def effect_outcome(effect: dict[str, float | None]) -> str:
-    """What a memory-effect interval says: only one that excludes zero is an effect."""
-    if effect["low"] is None or effect["high"] is None:
-        return "not measurable (no tokens)"
-    if effect["high"] < 0:
-        return "helped"
-    if effect["low"] > 0:
-        return "hurt"
-    return "no detectable effect"
-
-
-def memory_verdict(summary: dict[str, Any]) -> tuple[str, list[str]]:
-    """(headline, sentences with the numbers): did memory help where it can reach?
-
-    Only memory effects count (`midigen.evaluation.paired.CONTRASTS`: a variant's difference
-    from vanilla where memory can reach minus where it cannot), and only where their 95%
-    interval over songs excludes zero; a variant that is better or worse everywhere has no
-    memory effect.
-    """
-    compared = summary["vs_vanilla"]
-    if not compared:
-        names = ", ".join(summary["variants"]) or "no variants"
-        return (
-            "Cannot tell whether memory helped: the comparison needs vanilla and xl or xl_knn "
-            f"(this run has {names}).",
-            [],
-        )
-    level = "; ".join(f"{n} {format_interval(c['cells']['all'])}" for n, c in compared.items())
-    sentences = [
-        f"All tokens, variant \u2212 vanilla: {level} nats/token. A variant's overall level says "
-        "nothing about memory; the memory effects below compare it where memory can reach "
-        "against where it cannot (negative: memory helped; 95% intervals over songs)."
-    ]
-    found: dict[str, list[str]] = {"helped": [], "hurt": []}
-    for contrast, (reach, out_of_reach) in CONTRASTS.items():
-        label, short = CONTRAST_LABELS[contrast]
-        parts = []
-        for name, c in compared.items():
-            outcome = effect_outcome(c["effects"][contrast])
-            if outcome in found:
-                found[outcome].append(f"{name} on {short}")
-            parts.append(
-                f"{name} {format_interval(c['effects'][contrast])} "
-                f"({format_interval(c['cells'][reach])} minus "
-                f"{format_interval(c['cells'][out_of_reach])}): {outcome}"
-            )
-        sentences.append(f"Memory effect, {label}: {'; '.join(parts)}.")
-    sentences.append(cache_sentence(summary))
-    helped, hurt = ", ".join(found["helped"]), ", ".join(found["hurt"])
-    if helped and hurt:
-        headline = f"Mixed: memory helped ({helped}) and hurt ({hurt})."
-    elif helped:
-        headline = f"Yes: memory helped where it can reach ({helped})."
-    elif hurt:
-        headline = f"No: memory hurt where it can reach ({hurt}) and helped nowhere."
-    else:
-        headline = "No detectable effect of memory: every memory-effect interval includes zero."
-    return headline, sentences
-
-
-def cache_sentence(summary: dict[str, Any]) -> str:
-    """Each memory variant against vanilla plus a copy cache, on all tokens and beyond XL's
-    reach: a memory that only beats vanilla has not yet beaten the obvious reference."""
-    cache = summary["copy_cache"]
-    parts = []
-    for name, c in summary["vs_vanilla"].items():
-        cells = c["vs_cache"]
-        words = [f"{CELL_LABELS[cell]} {format_interval(cells[cell])}" for cell in CACHE_CELLS]
-        parts.append(f"{name} {', '.join(words)} ({cache_outcome(cells['reach_beyond'])})")
-    return (
-        f"Against vanilla + a copy cache (order {cache['order']}, weight {cache['weight']}, fit "
-        f"on the validation split; {cache['nll']:.3f} nats/token), variant \u2212 that: "
-        f"{'; '.join(parts)}."
-    )
-
-
-def cache_outcome(difference: dict[str, float | None]) -> str:
-    """Beyond XL's reach, where only the kNN memory or the cache can look back."""
-    outcome = effect_outcome(difference)
-    return {"helped": "beats the cache", "hurt": "the cache is better"}.get(outcome, outcome)
-
-
-def floor_verdict(summary: dict[str, Any]) -> str | None:
-    """One sentence: does each variant beat the best baseline in bits per note?"""
-    baselines = {
-        name: b["bits_per_note"]
-        for name, b in summary["baselines"].items()
-        if b.get("bits_per_note") is not None
-    }
-    if not baselines or not summary["variants"]:
-        return None
-    best = min(baselines, key=baselines.get)
-    parts = []
-    for name, values in summary["variants"].items():
-        word = "beats" if values["bits_per_note"] < baselines[best] else "does not beat"
-        parts.append(f"{name} {values['bits_per_note']:.2f} ({word} it)")
-    return (
-        f"Best baseline: {best}, {baselines[best]:.2f} bits per note; "
-        f"{'; '.join(parts)}. Lower is better."
-    )
 
 
 # --- versions and history --------------------------------------------------------------------
@@ -651,8 +534,10 @@ def _copy_media(variants: list[Variant], run_dir: Path) -> list[dict[str, Any]]:
             _media_row(v, v.samples.prompts[i], "generated", v.name, run_dir, f"media/{v.name}")
             for v in variants
         ]
+        bars = prompt.prompt_steps // prompt.bar_steps
         prompts.append(
-            {"id": prompt.id, "title": prompt.title, "source": prompt.source, "rows": rows}
+            {"id": prompt.id, "title": prompt.title, "source": prompt.source, "bars": bars}
+            | {"rows": rows}
         )
     return prompts
 
@@ -687,6 +572,7 @@ METRIC_COLUMNS = (  # (key, label, decimals)
     ("nll", "NLL (nats/token)", 3),
     ("perplexity", "perplexity", 2),
     ("bits_per_note", "bits/note", 3),
+    ("bits_per_second", "bits/second", 2),
     ("accuracy", "top-1 accuracy", 3),
     ("early_nll", "early NLL", 3),
     ("late_nll", "late NLL", 3),
@@ -729,10 +615,15 @@ def _music_tables(variants: list[Variant]) -> dict[str, Any]:
     features = {"real": first.get("real", {})}
     features |= {f"{name} (generated)": m.get("generated", {}) for name, m in music.items()}
     overlap = {name: m.get("overlap", {}) for name, m in music.items()}
+    checks = {"real": first.get("checks", {}).get("real", {})}
+    checks |= {
+        f"{name} (generated)": m.get("checks", {}).get("generated", {}) for name, m in music.items()
+    }
     return {
         "prompts": first.get("prompts"),
         "features": _table(features),
         "overlap": _table(overlap),
+        "checks": _table(checks),
     }
 
 
@@ -853,12 +744,16 @@ def _page(
     (run_dir / "plots").mkdir(parents=True, exist_ok=True)
     plot_losses(variants, run_dir / "plots" / "loss.png")
     plot_nll_by_position(variants, run_dir / "plots" / "nll_by_position.png")
+    plot_forest(record["summary"], run_dir / "plots" / "forest.png")
     renderers = {v.name: v.samples.renderer for v in variants if v.samples.renderer}
+    prompts = _copy_media(variants, run_dir)
     return {
         "title": params.get("report", {}).get("title", "midigen"),
         "run": record,
         "code": _short(record["code"]),
         "memory": record["summary"]["memory"],
+        "answer": record["summary"]["answer"],
+        "featured": prompts[0] if prompts else None,
         "floor": record["summary"].get("floor"),
         "metric_columns": METRIC_COLUMNS,
         "metric_rows": _metric_rows(record["summary"], baselines),
@@ -871,7 +766,7 @@ def _page(
         "music": _music_tables(variants),
         "eval_plots": _eval_plots(variants, run_dir),
         "renderers": renderers,
-        "prompts": _copy_media(variants, run_dir),
+        "prompts": prompts,
         "params_yaml": yaml.safe_dump(params, sort_keys=False),
         "data": record["summary"]["data"],
         "data_rows": _data_rows(record["summary"]["data"]),
@@ -892,6 +787,7 @@ def build_report(
     summary["data"] = data_summary(_read_json(stats_path, "run `midigen shard`"), stats_path)
     headline, details = memory_verdict(summary)
     summary["memory"] = {"headline": headline, "details": details}
+    summary["answer"] = answer_sentences(summary)
     summary["floor"] = floor_verdict(summary)
     summary["schemes"] = schemes
     now = now or datetime.now(timezone.utc)

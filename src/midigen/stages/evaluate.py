@@ -19,6 +19,7 @@ from midigen.atomic import atomic_dir
 from midigen.data.corpus import load_shard
 from midigen.errors import MidigenError
 from midigen.evaluation.cache import fit_cache
+from midigen.evaluation.checks import TrainingIndex
 from midigen.evaluation.likelihood import (
     Scored,
     check_buckets,
@@ -117,7 +118,8 @@ def run(args: argparse.Namespace, params: dict) -> str:
         metrics["seeds"].append(
             {"seed": seed, "folder": folder, **{k: seed_metrics[k] for k in SEED_METRICS}}
         )
-    metrics["music"], histograms = compare_music(samples, scheme)
+    index = TrainingIndex.of(load_shard(shards, "train"), scheme.fields)  # for copying
+    metrics["music"], histograms = compare_music(samples, scheme, index)
     with atomic_dir(plots_dir) as tmp:
         write_plots(tmp, args.variant, metrics["nll_by_position"], histograms)
         write_song_cells(tmp / SONGS_CSV, songs)
