@@ -25,7 +25,7 @@ from midigen.encodings.index import Index
 from midigen.encodings.scores import Vocab
 from midigen.errors import MidigenError
 from midigen.evaluation.cache import ORDERS, WEIGHTS
-from midigen.evaluation.checks import TrainingIndex
+from midigen.evaluation.checks import CHECKS, TrainingIndex
 from midigen.evaluation.likelihood import (
     TokenScores,
     check_buckets,
@@ -441,6 +441,12 @@ def test_stage_writes_metrics_and_plots(chorales, tmp_path):
         scale = music[kind]["scale_consistency"]
         assert 0.9 <= scale["low"] <= scale["mean"] <= scale["high"] <= 1  # Bach: tonal
     assert music["generated"] != music["real"]  # "generated" is another chorale
+    for kind in ("generated", "real"):
+        assert list(music["checks"][kind]) == list(CHECKS)
+    reals = [p.tokens["real"] for p in read_samples(tmp_path / "samples").prompts]
+    ending = np.mean([len(real) <= 512 for real in reals])  # <eos> within the length limit
+    assert music["checks"]["real"]["ends"]["mean"] == ending
+    assert 0 < metrics["bits_per_second"] < metrics["bits_per_note"] * 20
     for overlap in music["overlap"].values():
         assert 0 < overlap["low"] <= overlap["mean"] <= overlap["high"] < 1, music["overlap"]
 
