@@ -147,8 +147,9 @@ class KNNMemory:
     row's used slots are always its first `size(row)`; the ids `lookup` returns are slots.
     Retrieval ranks by the inner product, the score attention gives (the kNN layer hands over
     unit keys and temperature-scaled queries, so that is its cosine similarity): one matmul
-    and top-k per block of slots, each block's winners merged with the best so far, so the
-    scores held at once stay under SCORES_PER_BLOCK whatever the fill.
+    and top-k per block of slots, over the rows that hold entries in that block (a row's
+    search costs its own fill, not the fullest row's), each block's winners merged with the
+    best so far, so the scores held at once stay under SCORES_PER_BLOCK whatever the fill.
     A row holds one song: writing a different song resets it, and queries of any other song get
     nothing back.
     """
@@ -283,22 +284,22 @@ class KNNMemory:
             return scores, torch.full((b_, h_, t_, k), -1, device=queries.device)
         asked = queries.detach().to(self.device, torch.float32)
         block = max(k, self.SCORES_PER_BLOCK // (b_ * h_ * t_))
-        scores = ids = None
+        scores = torch.full((b_, h_, t_, k), -torch.inf, device=self.device)
+        ids = torch.full((b_, h_, t_, k), -1, dtype=torch.int64, device=self.device)
         for start in range(0, used, block):
             stop = min(used, start + block)
-            found = asked @ self.keys[:, :, start:stop].transpose(-1, -2)  # (B, H, T, block)
-            for row, size in enumerate(sizes):  # a row that holds fewer: its empty slots
-                if size < stop:  # can't be found
-                    found[row, :, :, max(0, size - start) :] = -torch.inf
+            rows = [row for row, size in enumerate(sizes) if size > start]
+            # only the rows with entries here: a row searches its own fill, not the fullest's
+            pick = slice(None) if len(rows) == b_ else torch.tensor(rows, device=self.device)
+            found = asked[pick] @ self.keys[pick, :, start:stop].transpose(-1, -2)
+            for i, row in enumerate(rows):  # a row that holds fewer: its empty slots
+                if sizes[row] < stop:  # can't be found
+                    found[i, :, :, sizes[row] - start :] = -torch.inf
             found, slots = found.topk(min(k, stop - start), dim=-1)
-            slots += start
-            if scores is not None:  # this block's best against the best so far
-                found, best = torch.cat([scores, found], -1).topk(k, dim=-1)
-                slots = torch.cat([ids, slots], -1).gather(-1, best)
-            scores, ids = found, slots
-        if scores.shape[-1] < k:  # fewer than k stored in every row
-            scores = F.pad(scores, (0, k - scores.shape[-1]), value=-torch.inf)
-            ids = F.pad(ids, (0, k - ids.shape[-1]), value=-1)
+            # this block's best against the best so far
+            found, best = torch.cat([scores[pick], found], -1).topk(k, dim=-1)
+            scores[pick] = found
+            ids[pick] = torch.cat([ids[pick], slots + start], -1).gather(-1, best)
         asking = (doc.to(self.device) == self.doc.to(self.device)[:, None])[:, None, :, None]
         real = asking & (scores > -torch.inf)
         return scores.masked_fill(~real, -torch.inf), ids.masked_fill(~real, -1)
