@@ -61,7 +61,7 @@ class TrainConfig:
 
 def seed_runs(config: TrainConfig) -> list[tuple[int, str]]:
     """(seed, folder) of every model a variant trains: the first seed's is the main model, in
-    the variant's own folder; the others go in seed-SEED subfolders (models/V, plots/eval/V)."""
+    the variant's own folder; the others go in seed-SEED subfolders (models/S/V, plots/S/eval/V)."""
     seeds = range(config.seed, config.seed + config.seeds)
     return [(seed, "" if i == 0 else f"seed-{seed}") for i, seed in enumerate(seeds)]
 

@@ -59,7 +59,7 @@ from midigen.report.verdict import (
 log = logging.getLogger(__name__)
 
 EVAL_PLOTS = ("histograms.png",)  # per variant (NLL by position: one chart of all)
-EVAL_KEYS = (  # what the report reads from metrics/eval/V.json
+EVAL_KEYS = (  # what the report reads from metrics/S/eval/V.json
     "nll",
     "perplexity",
     "bits_per_note",
@@ -130,12 +130,12 @@ class Variant:
     name: str
     train: dict[str, Any]  # DVCLive metrics.json (last values)
     curves: dict[str, tuple[list[float], list[float]]]  # train_loss / val_loss: (steps, values)
-    eval: dict[str, Any]  # metrics/eval/V.json
+    eval: dict[str, Any]  # metrics/S/eval/V.json
     songs: SongCells  # plots/S/eval/V/songs.csv
     cache_songs: SongCells  # plots/S/eval/V/cache/songs.csv: with the copy cache mixed in
     seed_songs: dict[int, SongCells]  # per training seed (the main one's is `songs`)
-    plots: Path  # plots/eval/V
-    samples: Samples  # samples/V/samples.json
+    plots: Path  # plots/S/eval/V
+    samples: Samples  # samples/S/V/samples.json
     samples_dir: Path
 
 

@@ -1,8 +1,8 @@
 """Build the HTML report comparing every variant; each run is also kept under OUT/runs/<run-id>/.
 
-Reads metrics/train/V/ (DVCLive), metrics/eval/V.json, plots/eval/V/, samples/V/ for every
-variant in train.variants, metrics/baselines.json and data/shards/stats.json (what encoding
-did to the notes); writes OUT/index.html (the latest run and every run's changes) and
+Reads metrics/S/train/V/ (DVCLive), metrics/S/eval/V.json, plots/S/eval/V/, samples/S/V/
+for every variant in train.variants, metrics/S/baselines.json and data/shards/S/stats.json
+(what encoding did to the notes); writes OUT/index.html (the latest run and every run's changes) and
 OUT/runs/<run-id>/ (self-contained page, media copies, run.json).
 """
 
