@@ -470,14 +470,14 @@ def compare_music(
         )
     ]
     per_prompt_checks = [prompt_checks(p, samples, scheme, index) for p in samples.prompts]
-    groups = {
-        "real": (per_prompt, musical.STATISTICS),
-        "generated": (per_prompt, musical.STATISTICS),
-        "overlap": (per_prompt, musical.FEATURES),
+    keys = {
+        "real": musical.STATISTICS,
+        "generated": musical.STATISTICS,
+        "overlap": musical.FEATURES,
     }
     metrics: dict = {"prompts": len(per_prompt)}
-    for group, (values, names) in groups.items():
-        metrics[group] = _over_prompts([p[group] for p in values], names)
+    for group, names in keys.items():
+        metrics[group] = _over_prompts([p[group] for p in per_prompt], names)
     metrics["checks"] = {
         kind: _over_prompts([p[kind] for p in per_prompt_checks], checks.CHECKS)
         for kind in ("real", "generated")
