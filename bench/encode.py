@@ -46,11 +46,11 @@ import symusic
 from sections import commit, write_section
 
 from midigen.data.corpus import EncodeConfig, encode_bytes, encode_chunk
-from midigen.data.midi import SkipSong
 from midigen.encodings import Scheme, remi
 from midigen.encodings.bpe import BPE
 from midigen.encodings.catalog import scheme_for
 from midigen.encodings.index import Index
+from midigen.midi.files import SkipSong
 from midigen.params import load_params, validate_params
 
 BENCH = Path(__file__).resolve().parent

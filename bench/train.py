@@ -38,9 +38,10 @@ import torch.nn.functional as F
 from sections import record
 from torch import nn
 
+from midigen.data.batching import IGNORE
 from midigen.models.memory import KNNMemory, MemoryState
 from midigen.models.training import keep_freed_memory
-from midigen.models.transformer import IGNORE, ModelConfig, MusicTransformer
+from midigen.models.transformer import ModelConfig, MusicTransformer
 from midigen.params import load_params
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from midigen.data.corpus import EncodeConfig, build_shards, encode_chunk
 from midigen.data.download import download
-from midigen.data.midi import Notes, write_midi
+from midigen.midi.files import Notes, write_midi
 from midigen.params import validate_params
 
 # A model small enough to train or run in a fraction of a second, with every part present.

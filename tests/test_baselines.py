@@ -16,10 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from midigen.data.corpus import load_shard
-from midigen.data.midi import Notes
 from midigen.encodings.catalog import load_scheme
 from midigen.errors import MidigenError
 from midigen.evaluation.baselines import NGramModel, evaluate_baselines
+from midigen.midi.files import Notes
 from midigen.params import validate_params
 from midigen.stages import baselines as stage
 

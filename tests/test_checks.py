@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from midigen.data.midi import Notes, seconds_at
 from midigen.encodings import row_ids
 from midigen.encodings.codebook import Codebook
 from midigen.encodings.index import Index
 from midigen.encodings.scores import Vocab
 from midigen.evaluation import checks
 from midigen.evaluation.checks import TrainingIndex, suffix_array
+from midigen.midi.files import Notes, seconds_at
 
 
 def brute_longest(songs: list[list[int]], query: list[int], start: int) -> int:

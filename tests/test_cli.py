@@ -13,7 +13,7 @@ import pytest
 from builders import shards_via_stages
 
 from midigen.cli import STAGES, stage_summary
-from midigen.data.midi import Notes, write_midi
+from midigen.midi.files import Notes, write_midi
 
 HEAVY = ("torch", "matplotlib")
 

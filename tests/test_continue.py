@@ -16,10 +16,10 @@ import pytest
 from builders import TINY_MODEL, shards_via_stages
 
 from midigen.data.corpus import EncodeConfig
-from midigen.data.midi import read_song
 from midigen.encodings.catalog import MERGES_FILE, SCHEME_FILE
 from midigen.errors import MidigenError
 from midigen.generation.continuation import continue_midi
+from midigen.midi.files import read_song
 from midigen.params import load_params, validate_params
 from midigen.stages import train as train_stage
 

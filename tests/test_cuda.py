@@ -27,11 +27,12 @@ from test_generate import tiny as generation_model
 from test_model import T, run, stream, tiny
 from test_train import random_song, tiny_params, trainer
 
+from midigen.data.batching import IGNORE
 from midigen.encodings.index import Grammar
 from midigen.generation.contexts import KVCache
 from midigen.generation.sampling import GenerateConfig, generate
 from midigen.models.memory import KNNMemory
-from midigen.models.transformer import IGNORE, token_loss
+from midigen.models.transformer import token_loss
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"

@@ -127,7 +127,7 @@ def test_snakemake_run_rerun_and_params_change(tmp_path):
     set_param(project, "model.dropout", 0.2)
     assert planned_snakemake(project) == AFTER_TRAIN
 
-    edit_code(project, "data/midi.py")  # every stage but the report imports it
+    edit_code(project, "midi/files.py")  # every stage but the report imports it
     assert planned_snakemake(project) == STAGES
 
 
@@ -163,7 +163,7 @@ def test_dvc_run_rerun_and_params_change(tmp_path):
     set_param(project, "model.dropout", 0.2)
     assert ran_stages_dvc(run(["dvc", "repro"], project)) == AFTER_TRAIN
 
-    edit_code(project, "data/midi.py")
+    edit_code(project, "midi/files.py")
     changed = set(json.loads(run(["dvc", "status", "--json"], project)))
     assert {f"{stage}@index-{v}" for stage in ("generate", "evaluate") for v in VARIANTS} <= changed
     assert "report" not in changed  # it never imports midi.py

@@ -27,14 +27,14 @@ def test_dvc_yaml_lists_exactly_the_declared_code_and_params():
 
 def test_a_code_file_or_param_left_out_of_dvc_yaml_is_named():
     stages = copy.deepcopy(dvc_stages())
-    stages["generate"]["deps"].remove(f"{SOURCE_ROOT}/data/midi.py")
+    stages["generate"]["deps"].remove(f"{SOURCE_ROOT}/midi/files.py")
     stages["evaluate"]["params"].remove("train.seeds")
     stages["shard"]["do"]["deps"].append(f"{SOURCE_ROOT}/models/transformer.py")
     stages["encode"]["params"].remove("encode.${item.scheme}")  # its own scheme's section
     assert dvc_problems(stages) == [
         "encode: param encode.{scheme} missing",
         "shard: code dependency src/midigen/models/transformer.py not declared",
-        "generate: code dependency src/midigen/data/midi.py missing",
+        "generate: code dependency src/midigen/midi/files.py missing",
         "evaluate: param train.seeds missing",
     ]
 
@@ -43,8 +43,8 @@ def test_code_deps_follow_imports_through_other_modules():
     """What the data issue found missing: generate reads midi.py and corpus.py, evaluate
     scores.py and midi.py, baselines transformer.py and batching.py (through likelihood.py)."""
     for stage, files in (
-        ("generate", ("data/midi.py", "data/corpus.py")),
-        ("evaluate", ("encodings/scores.py", "data/midi.py")),
+        ("generate", ("midi/files.py", "data/corpus.py")),
+        ("evaluate", ("encodings/scores.py", "midi/files.py")),
         ("baselines", ("models/transformer.py", "data/batching.py")),
         ("report", ("report/templates/report.html.j2", "params.schema.yaml")),
     ):

@@ -38,8 +38,8 @@ from midigen.data.download import (
     top_voice,
     tune_of,
 )
-from midigen.data.midi import Notes
 from midigen.errors import MidigenError
+from midigen.midi.files import Notes
 from midigen.params import validate_params
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,16 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from midigen.data.corpus import EncodeConfig, encode_bytes, roundtrip_bytes
-from midigen.data.midi import (
-    NOTE_CHANGES,
-    Limits,
-    Meter,
-    Notes,
-    SkipSong,
-    end_overlaps,
-    read_song,
-    write_midi,
-)
 from midigen.encodings.scores import (
     DecodeError,
     SparseScore,
@@ -34,6 +24,16 @@ from midigen.encodings.scores import (
     position_to_sparse,
     sparse_to_notes,
     sparse_to_position,
+)
+from midigen.midi.files import (
+    NOTE_CHANGES,
+    Limits,
+    Meter,
+    Notes,
+    SkipSong,
+    end_overlaps,
+    read_song,
+    write_midi,
 )
 
 SEED_TOKENS = "<sos><n1><d4><sep><d1><n3><d2><sep><d5><n2><d2><n3><d2><sep><d2><eos>"

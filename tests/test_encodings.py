@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from midigen.data.midi import Limits, Notes, read_song
 from midigen.encodings import DecodeError, decode_song, whole_rows
 from midigen.encodings import events as ev
 from midigen.encodings.bpe import BPE
@@ -20,6 +19,7 @@ from midigen.encodings.events import Events
 from midigen.encodings.index import Index
 from midigen.encodings.remi import Remi
 from midigen.encodings.scores import Vocab
+from midigen.midi.files import Limits, Notes, read_song
 
 BOOK = Codebook(steps=(0, 1, 2, 4, 8), durations=(1, 2, 4, 8))
 

@@ -12,8 +12,8 @@ import pytest
 from matplotlib.image import imread
 
 from midigen.data.corpus import EncodeConfig
-from midigen.data.midi import Notes, write_midi
 from midigen.generation.media import piano_roll, render_audio
+from midigen.midi.files import Notes, write_midi
 from midigen.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]

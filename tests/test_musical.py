@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from midigen.data.midi import Notes
 from midigen.evaluation import musical
+from midigen.midi.files import Notes
 
 
 def notes(onset, pitch, duration) -> Notes:

@@ -28,7 +28,6 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from midigen.data.corpus import EncodeConfig
-from midigen.data.midi import Notes, write_midi
 from midigen.errors import MidigenError
 from midigen.evaluation.paired import (
     CELLS,
@@ -40,6 +39,7 @@ from midigen.evaluation.paired import (
     write_song_cells,
 )
 from midigen.generation.media import piano_roll, render_audio
+from midigen.midi.files import Notes, write_midi
 from midigen.params import load_params
 from midigen.report.build import _environment, _plain_name
 from midigen.report.verdict import (

@@ -34,9 +34,9 @@ from midigen.data.corpus import (
     roundtrip_bytes,
 )
 from midigen.data.download import download, read_manifest
-from midigen.data.lenient import Layout, Unreadable, read_leniently
-from midigen.data.midi import FILE_REPAIRS, SkipSong, read_capped
 from midigen.encodings.scores import decode_tokens
+from midigen.midi.files import FILE_REPAIRS, SkipSong, read_capped
+from midigen.midi.lenient import Layout, Unreadable, read_leniently
 from midigen.params import validate_params
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "odd_midi"

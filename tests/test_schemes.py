@@ -15,6 +15,7 @@ import pytest
 import torch
 from builders import TINY_MODEL, shards_via_stages
 
+from midigen.data.batching import IGNORE
 from midigen.data.corpus import load_shard
 from midigen.encodings import decode_song, whole_rows
 from midigen.encodings.bpe import BPE
@@ -23,7 +24,7 @@ from midigen.errors import MidigenError
 from midigen.evaluation.likelihood import evaluate_model
 from midigen.generation.prompts import split_song
 from midigen.generation.sampling import GenerateConfig, generate
-from midigen.models.transformer import IGNORE, MASKED, embed_rows, token_loss
+from midigen.models.transformer import MASKED, embed_rows, token_loss
 from midigen.models.variants import build_model, load_trained, variant_config
 from midigen.params import load_params, validate_params
 from midigen.stages import evaluate as evaluate_stage

@@ -14,8 +14,8 @@ import symusic
 
 from midigen.data.corpus import EncodeConfig, NpyAppender, build_shards, chunk_of, encode_chunk
 from midigen.data.download import download, read_manifest
-from midigen.data.midi import Notes, write_midi
 from midigen.errors import MidigenError
+from midigen.midi.files import Notes, write_midi
 from midigen.params import validate_params
 
 

@@ -22,10 +22,10 @@ from builders import TINY_MODEL, shards_from_songs
 
 from midigen.data.batching import IGNORE, ContiguousBatches, pitch_shift
 from midigen.data.corpus import load_shard
-from midigen.data.midi import Notes
 from midigen.encodings.catalog import load_scheme
 from midigen.encodings.index import Index
 from midigen.encodings.scores import Vocab
+from midigen.midi.files import Notes
 from midigen.models.training import TrainConfig, Trainer, lr_at
 from midigen.params import load_params
 from midigen.stages import train as train_stage

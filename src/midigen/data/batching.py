@@ -18,12 +18,10 @@ import torch
 from midigen.data.corpus import Shard
 from midigen.encodings import Scheme
 from midigen.errors import MidigenError
-from midigen.models.transformer import (
-    IGNORE,  # target the loss skips (padding, the jump between songs)
-)
 
 log = logging.getLogger(__name__)
 PAD = 0  # the input under padding (its target is IGNORE): every vocabulary has an id 0
+IGNORE = -100  # the target the loss skips (padding, the jump between songs)
 
 
 @dataclass

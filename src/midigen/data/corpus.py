@@ -27,7 +27,12 @@ import numpy as np
 
 from midigen.atomic import atomic_dir
 from midigen.data.download import read_manifest, write_csv
-from midigen.data.midi import (
+from midigen.encodings import Scheme, row_ids
+from midigen.encodings.bpe import BPE
+from midigen.encodings.catalog import SCHEME_FILE, merges_of, scheme_for, write_scheme
+from midigen.encodings.scores import Vocab, decode_tokens, encode_notes
+from midigen.errors import MidigenError, read_json
+from midigen.midi.files import (
     DROPPED,
     FILE_REPAIRS,
     NOTE_CHANGES,
@@ -39,11 +44,6 @@ from midigen.data.midi import (
     seconds_at,
     write_midi,
 )
-from midigen.encodings import Scheme, row_ids
-from midigen.encodings.bpe import BPE
-from midigen.encodings.catalog import SCHEME_FILE, merges_of, scheme_for, write_scheme
-from midigen.encodings.scores import Vocab, decode_tokens, encode_notes
-from midigen.errors import MidigenError, read_json
 from midigen.progress import progress
 
 SPLITS = ("train", "val", "test")
@@ -118,8 +118,8 @@ class EncodedSong:
     bar_pos: np.ndarray
     notes: int
     notes_read: int
-    changes: dict[str, int]  # notes dropped or changed, by cause (midi.NOTE_CHANGES)
-    repairs: dict[str, int]  # how a file that broke a rule was read (midi.FILE_REPAIRS)
+    changes: dict[str, int]  # notes dropped or changed, by cause (midi.files.NOTE_CHANGES)
+    repairs: dict[str, int]  # how a file that broke a rule was read (midi.files.FILE_REPAIRS)
     scheme_changes: dict[str, int]  # what the scheme changed in the quantized notes, by cause
     seconds: float  # the song's length at its own tempo (bits per second divide by it)
 

@@ -52,8 +52,8 @@ from typing import IO, Any
 import numpy as np
 
 from midigen.atomic import atomic_dir, atomic_file
-from midigen.data.midi import Limits, Notes, SkipSong, read_song
 from midigen.errors import MidigenError
+from midigen.midi.files import Limits, Notes, SkipSong, read_song
 from midigen.progress import Progress, progress
 
 log = logging.getLogger(__name__)

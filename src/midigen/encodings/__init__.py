@@ -7,7 +7,7 @@ with one head per field. Every row also carries the absolute step at which it so
 bar-position embedding and for cutting prompts).
 
 What a scheme changes in the notes it is given (quantizing to a codebook, clamping) it counts
-by cause, as the encode stage counts what the grid does (midi.NOTE_CHANGES).
+by cause, as the encode stage counts what the grid does (midi.files.NOTE_CHANGES).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Protocol
 
 import numpy as np
 
-from midigen.data.midi import Notes
 from midigen.encodings.scores import DecodeError
+from midigen.midi.files import Notes
 
 NO_PEDALS = np.zeros((0, 2), dtype=np.int64)  # a song without a sustain pedal
 
@@ -63,7 +63,7 @@ class Scheme(Protocol):
         ...
 
     def encode(self, notes: Notes, pedals: np.ndarray = NO_PEDALS) -> Encoded:
-        """Rows from <sos> to <eos>. `pedals`: the song's sustain pedal spans (midi.Song), for
+        """Rows from <sos> to <eos>. `pedals`: the song's sustain pedal spans (midi.files.Song), for
         the schemes that model the pedal (events); the others play each note as its key is
         held, as the encode stage always has."""
         ...

@@ -19,7 +19,6 @@ from functools import cached_property
 import numpy as np
 from tokenizers import Tokenizer, models, trainers
 
-from midigen.data.midi import Notes
 from midigen.encodings import (
     NO_PEDALS,
     Cursor,
@@ -29,6 +28,7 @@ from midigen.encodings import (
     Scheme,
     SchemeGrammar,
 )
+from midigen.midi.files import Notes
 
 FIRST_CHAR = 0x4E00  # base id i is the character chr(FIRST_CHAR + i) (a CJK block, as MidiTok)
 

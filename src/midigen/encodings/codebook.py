@@ -22,8 +22,8 @@ from functools import cached_property
 
 import numpy as np
 
-from midigen.data.midi import Notes
 from midigen.encodings import NO_PEDALS, DecodeError, Encoded, SchemeGrammar, one_instrument
+from midigen.midi.files import Notes
 
 SOS, EOS = 128, 129  # values of the pitch field beyond the 128 pitches
 PITCH, STEP, DURATION = range(3)  # the fields

@@ -23,7 +23,6 @@ from functools import cached_property
 
 import numpy as np
 
-from midigen.data.midi import Notes, end_overlaps
 from midigen.encodings import (
     NO_PEDALS,
     DecodeError,
@@ -32,6 +31,7 @@ from midigen.encodings import (
     one_instrument,
     prefix_mask,
 )
+from midigen.midi.files import Notes, end_overlaps
 
 SUSTAIN_MODES = ("ignore", "extend", "explicit")
 PAD, SOS, EOS = 0, 1, 2

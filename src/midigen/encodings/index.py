@@ -13,9 +13,9 @@ from functools import cached_property
 
 import numpy as np
 
-from midigen.data.midi import Notes
 from midigen.encodings import NO_PEDALS, Encoded, SchemeGrammar, prefix_mask
 from midigen.encodings.scores import DecodeError, Vocab, decode_tokens, encode_notes
+from midigen.midi.files import Notes
 
 KIND_NAMES = ("eos", "note", "duration", "separator", "program")  # by Vocab.kinds() code; the
 # only special token ever predicted is <eos> (<sos> starts every song, <pad> is never a target)

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import symusic
 
-from midigen.data.midi import Notes
 from midigen.encodings import NO_PEDALS, DecodeError, Encoded, SchemeGrammar, prefix_mask
 from midigen.errors import optional
+from midigen.midi.files import Notes
 
 NEXT = {  # token type -> the types that may follow it (a REMI song with programs, no velocity)
     "BOS": {"Bar", "EOS"},

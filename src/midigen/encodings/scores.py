@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from midigen.data.midi import Notes
+from midigen.midi.files import Notes
 
 GAP = -1
 SPECIALS = ("<pad>", "<sos>", "<eos>", "<sep>")

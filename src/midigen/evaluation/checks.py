@@ -22,8 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from midigen.data.corpus import Shard
-from midigen.data.midi import Notes
 from midigen.encodings import Scheme, row_ids
+from midigen.midi.files import Notes
 
 WINDOW_BARS = 8  # the span of a copied "phrase"
 DISTANCES = (1, 2, 4, 8)  # bars between the two bars compared

@@ -32,12 +32,12 @@ from numpy.lib.stride_tricks import sliding_window_view
 from midigen.atomic import atomic_file
 from midigen.data.batching import IGNORE, ContiguousBatches, played_twice
 from midigen.data.corpus import Shard
-from midigen.data.midi import Notes
 from midigen.encodings import DecodeError, Scheme, decode_song, whole_rows
 from midigen.errors import MidigenError
 from midigen.evaluation import checks, musical
 from midigen.evaluation.paired import CELLS, REACH, SongCells, mean_interval, ratio_interval
 from midigen.generation.samples import SamplePrompt, Samples
+from midigen.midi.files import Notes
 from midigen.models.transformer import MusicTransformer
 from midigen.progress import progress
 

@@ -1,6 +1,6 @@
 """Musical statistics of notes, to compare generated music with real music.
 
-Pure functions of `midigen.data.midi.Notes` on the step grid. Histograms: pitch, duration,
+Pure functions of `midigen.midi.files.Notes` on the step grid. Histograms: pitch, duration,
 inter-onset interval (IOI: steps between successive distinct onsets) and polyphony (notes
 sounding at a step, over the steps where any note sounds); two histograms agree by their
 overlapping area. Scalars after MusPy (Dong et al. 2020): pitch-class entropy, scale
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from midigen.data.midi import Notes
+from midigen.midi.files import Notes
 
 FEATURES = ("pitch", "duration", "ioi", "polyphony")
 LONGEST_BEATS = 8  # durations and IOIs of 8 beats or more share the last histogram bin

@@ -17,7 +17,6 @@ import torch
 
 from midigen.atomic import atomic_dir
 from midigen.data.corpus import EncodeConfig
-from midigen.data.midi import Meter, SkipSong, Song, read_capped
 from midigen.encodings import Scheme, decode_song, whole_rows
 from midigen.encodings.catalog import SCHEME_FILE, load_scheme, scheme_record
 from midigen.errors import MidigenError
@@ -25,6 +24,7 @@ from midigen.generation.prompts import Prompt, split_song
 from midigen.generation.samples import PieceFiles
 from midigen.generation.sampling import GenerateConfig, generate
 from midigen.generation.writing import write_piece
+from midigen.midi.files import Meter, SkipSong, Song, read_capped
 from midigen.models.variants import load_trained
 
 WHOLE_SONG = 10**9  # bars: more than any file holds, so the prompt is the whole file

@@ -19,7 +19,7 @@ import symusic
 from matplotlib.figure import Figure
 
 from midigen.atomic import atomic_file
-from midigen.data.midi import Notes
+from midigen.midi.files import Notes
 
 PEAK = 0.9  # peak level of rendered audio (of full scale): loud enough, never clipping
 SILENCE_S = 1.0  # length of the WAV written for a MIDI file without notes

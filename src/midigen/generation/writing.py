@@ -13,7 +13,6 @@ from torch import nn
 from midigen.atomic import atomic_dir
 from midigen.data.corpus import load_shard
 from midigen.data.download import read_manifest
-from midigen.data.midi import Meter, Notes, write_midi
 from midigen.encodings import decode_song, whole_rows
 from midigen.encodings.catalog import load_scheme
 from midigen.errors import MidigenError
@@ -21,6 +20,7 @@ from midigen.generation.media import piano_roll, render_audio
 from midigen.generation.prompts import split_song
 from midigen.generation.samples import PIECES, PieceFiles, SamplePrompt, Samples
 from midigen.generation.sampling import GenerateConfig, generate_batch
+from midigen.midi.files import Meter, Notes, write_midi
 
 
 def song_title(midi_file: Path | None, fallback: str) -> str:

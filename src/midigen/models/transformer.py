@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import Tensor, nn
 
+from midigen.data.batching import IGNORE
 from midigen.errors import MidigenError
 from midigen.models.memory import NO_DOC, KNNMemory, MemoryState, XLMemory, hide_older
 from midigen.params import default
 
 POSITIONS = ("relative", "alibi", "absolute")
 VARIANT_MEMORY = {"vanilla": "none", "xl": "xl", "xl_knn": "xl_knn"}  # pipeline variant -> memory
-IGNORE = -100  # target id the loss skips
 
 
 def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

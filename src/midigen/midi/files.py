@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import symusic
 
-from midigen.data.lenient import (
+from midigen.midi.lenient import (
     HEADER_BYTES,
     REPAIRS,
     Layout,

@@ -1,6 +1,6 @@
 """The Standard MIDI File's framing, and a lenient reader for files the fast parser refuses.
 
-symusic (midi.parse) reads well-formed files fast and refuses the rest whole. Files in the
+symusic (files.parse) reads well-formed files fast and refuses the rest whole. Files in the
 wild often break one rule only: a data byte above 127, a stray undefined status byte, or
 running status carried on over a sysex or meta event (the spec says they cancel it). The
 lenient reader walks each track with mido's event readers, repairs those three, counts every
