@@ -645,3 +645,65 @@ def test_codebook_values_between_entries_snap_to_the_nearest_one_the_lower_on_a_
     )
     decoded = scheme.decode(Codebook(steps=(0, *book), durations=(1,)).encode(stepped).tokens)
     assert np.diff(decoded.onset).tolist() == [snapped(v) for v in values]
+
+
+# ---- what the loss by type and transposition read: kinds and pitches, every scheme ----------
+
+
+@pytest.mark.parametrize(("bins", "sustain"), [(0, "ignore"), (4, "explicit"), (127, "extend")])
+def test_events_kinds_name_every_token_id_as_the_layout_does(bins: int, sustain: str):
+    """The module doc's layout, from <eos> on: NOTE_ON, NOTE_OFF per key, TIME_SHIFT per step
+    count, a VELOCITY per bin, the two pedal tokens in explicit mode."""
+    scheme = Events(max_shift=6, velocity_bins=bins, sustain=sustain)
+    pedal = 2 if sustain == "explicit" else 0
+    want = ["eos", *["note_on"] * 128, *["note_off"] * 128, *["time_shift"] * 6]
+    want += ["velocity"] * bins + ["sustain"] * pedal
+    assert scheme.kinds(np.arange(ev.EOS, scheme.fields[0])).tolist() == want
+
+
+def test_codebook_kinds_name_a_row_by_its_pitch_field():
+    tokens = BOOK.encode(notes_of([(0, 0, 1), (1, 127, 2), (3, 64, 4)])).tokens
+    assert BOOK.kinds(tokens[1:]).tolist() == ["note", "note", "note", "eos"]
+
+
+def test_merged_tokens_are_their_own_kind_and_the_rest_keep_the_base_kinds(bpe: BPE):
+    (size,) = bpe.base.fields
+    ids = np.arange(bpe.fields[0])
+    kinds = bpe.kinds(ids)
+    assert kinds[:size].tolist() == bpe.base.kinds(ids[:size]).tolist()
+    assert set(kinds[size:]) == {"merged"} and len(kinds) > size
+
+
+@pytest.mark.parametrize(
+    "scheme",
+    [BOOK, INDEX, Events(max_shift=4, velocity_bins=4, sustain="explicit"), REMI],
+    ids=["codebook", "index", "events", "remi"],
+)
+@given(song=songs(), interval=st.integers(-5, 5))
+@settings(max_examples=40, deadline=None)
+def test_adding_an_interval_where_pitches_says_transposes_the_song(scheme, song, interval):
+    """Training's pitch shift adds the interval to the tokens `pitches` marks: decoded, that is
+    the song moved by the interval, and every token it left alone kept its kind."""
+    low, high = scheme.pitch_range  # a shift past it is refused before tokens are touched
+    rows = {(o, low + 5 + p % (high - low - 10)): d for o, p, d in song_rows(song)}
+    song = notes_of([(o, p, d) for (o, p), d in rows.items()]) if rows else song
+    tokens = scheme.encode(song).tokens
+    where, pitches = scheme.pitches(tokens)
+    assert set(pitches.tolist()) == set(song.pitch.tolist())
+    moved = tokens.copy()
+    moved[where] += interval
+    before, after = scheme.decode(tokens), scheme.decode(moved)
+    assert after.pitch.tolist() == (before.pitch + interval).tolist()
+    assert after.onset.tolist() == before.onset.tolist()
+    assert after.duration.tolist() == before.duration.tolist()
+    assert scheme.kinds(moved).tolist() == scheme.kinds(tokens).tolist()
+
+
+def song_rows(song: Notes) -> list[tuple[int, int, int]]:
+    return list(zip(song.onset.tolist(), song.pitch.tolist(), song.duration.tolist(), strict=True))
+
+
+def test_merged_tokens_are_never_transposed(bpe: BPE):
+    tokens = bpe.encode(training_songs(1)[0]).tokens
+    where, pitches = bpe.pitches(tokens)
+    assert where.shape == tokens.shape and not where.any() and len(pitches) == 0

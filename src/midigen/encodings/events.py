@@ -219,7 +219,7 @@ class Events:
         return keys, (tokens[keys] - NOTE_ON) % 128
 
     def kinds(self, tokens: np.ndarray) -> np.ndarray:
-        starts = [EOS + 1, NOTE_ON, NOTE_OFF, TIME_SHIFT, self.velocity_base, self.sustain_on]
+        starts = [NOTE_ON, NOTE_OFF, TIME_SHIFT, self.velocity_base, self.sustain_on]
         names = np.array(["eos", "note_on", "note_off", "time_shift", "velocity", "sustain"])
         return names[np.searchsorted(starts, np.asarray(tokens).reshape(-1), side="right")]
 
