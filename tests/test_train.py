@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import platform
 import random
 import re
@@ -142,6 +143,64 @@ def test_learning_rate_warms_up_then_decays_to_min():
     assert lr_at(9, config) == pytest.approx(1e-3)
     assert lr_at(100, config) == pytest.approx(1e-4)
     assert lr_at(55, config) == pytest.approx(5.5e-4)
+
+
+def test_the_schedule_peaks_as_warmup_ends_and_reaches_min_at_the_last_step():
+    config = TrainConfig(steps=11, lr=1e-3, min_lr=1e-4, warmup_steps=10)
+    assert lr_at(10, config) == pytest.approx(1e-3)  # the first step after warmup: the peak
+    assert lr_at(11, config) == pytest.approx(1e-4)  # one step of decay: all the way down
+    no_warmup = TrainConfig(steps=4, lr=1e-3, min_lr=0.0, warmup_steps=0)
+    assert [lr_at(s, no_warmup) for s in range(5)] == pytest.approx(
+        [
+            1e-3,
+            1e-3 * (1 + math.cos(math.pi / 4)) / 2,
+            5e-4,
+            1e-3 * (1 - math.cos(math.pi / 4)) / 2,
+            0,
+        ]
+    )
+
+
+def test_each_step_runs_at_the_scheduled_rate_times_its_groups_scale(shards, tmp_path):
+    """The optimizer steps with lr_at(step) in every group, times memory_lr_scale in the
+    memory-steering group (xl_knn's kNN bias and temperature, the relative position table)."""
+    run = trainer(shards, tmp_path, "xl_knn", tiny_params(memory_lr_scale=7.0))
+    seen = []
+    step = run.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        seen.append([group["lr"] for group in run.optimizer.param_groups])
+        return step(*args, **kwargs)
+
+    run.optimizer.step = recording_step
+    for segment in run.train_batches.epoch(0)[:3]:
+        run.train_step(segment)
+    scales = [group.get("lr_scale", 1.0) for group in run.optimizer.param_groups]
+    assert 7.0 in scales
+    for number, lrs in enumerate(seen):
+        assert lrs == pytest.approx([lr_at(number, run.config) * scale for scale in scales])
+
+
+@pytest.mark.parametrize("variant", ["xl", "xl_knn"])
+def test_each_training_segment_reads_the_memory_the_one_before_left(shards, tmp_path, variant):
+    """Contiguous batches exist for this: segment t's forward gets the state segment t-1 left
+    (with the XL memory in it), not a fresh one."""
+    run = trainer(shards, tmp_path, variant, tiny_params())
+    given, forward = [], run.model.forward
+
+    def recording_forward(tokens, bar_pos, doc, state=None):
+        given.append(state)
+        out = forward(tokens, bar_pos, doc, state)
+        given.append(out[2])
+        return out
+
+    run.model.forward = recording_forward
+    for segment in run.train_batches.epoch(0)[:3]:
+        run.train_step(segment)
+    received, left = given[0::2], given[1::2]
+    assert received[0] is None
+    pairs = zip(received[1:], left[:-1], strict=True)
+    assert all(got is kept and got.xl is not None for got, kept in pairs)
 
 
 # ---- resume and DDP -----------------------------------------------------------------------
