@@ -707,3 +707,118 @@ def test_merged_tokens_are_never_transposed(bpe: BPE):
     tokens = bpe.encode(training_songs(1)[0]).tokens
     where, pitches = bpe.pitches(tokens)
     assert where.shape == tokens.shape and not where.any() and len(pitches) == 0
+
+
+def test_events_long_gaps_velocity_bins_and_where_each_token_sounds():
+    """Velocities 40 and 50 share bin 1 (33-64): one VELOCITY token serves both. A gap of 9
+    steps with shifts of at most 4: 4, 4 and 1, each placed where it starts."""
+    scheme = Events(max_shift=4, velocity_bins=4, sustain="ignore")
+    on, off, shift, vel = ev.NOTE_ON, ev.NOTE_OFF, ev.TIME_SHIFT, scheme.velocity_base
+    encoded = scheme.encode(velocity_notes([(0, 60, 1, 40), (10, 62, 1, 50)]))
+    assert encoded.tokens.ravel().tolist() == [
+        ev.SOS, vel + 1, on + 60, shift, off + 60, shift + 3, shift + 3, shift, on + 62, shift,
+        off + 62, ev.EOS,
+    ]  # fmt: skip
+    assert encoded.times.tolist() == [0, 0, 0, 0, 1, 1, 5, 9, 10, 10, 11, 11]
+    assert scheme.decode(encoded.tokens).velocity.tolist() == [48, 48]
+    empty = scheme.encode(Notes(*(np.zeros(0, dtype=np.int64) for _ in range(4))))
+    assert empty.tokens.ravel().tolist() == [ev.SOS, ev.EOS] and empty.times.tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("bin_", range(4))
+def test_events_write_the_first_notes_velocity_whatever_its_bin(bin_: int):
+    scheme = Events(max_shift=4, velocity_bins=4, sustain="ignore")
+    velocity = 1 + bin_ * 32  # the lowest velocity of each bin of 1-32, 33-64, 65-96, 97-127
+    encoded = scheme.encode(velocity_notes([(0, 60, 1, velocity)]))
+    assert encoded.tokens.ravel().tolist()[1] == scheme.velocity_base + bin_
+    assert scheme.decode(encoded.tokens).velocity.tolist() == [scheme._velocity_of(bin_)]
+
+
+def test_events_decode_what_encode_never_writes():
+    """Before any VELOCITY a note has MIDI's usual 64; a key struck while sounding ends the
+    note it was playing; a NOTE_OFF of a silent key changes nothing."""
+    scheme = Events(max_shift=4, velocity_bins=4, sustain="ignore")
+    on, off, shift = ev.NOTE_ON, ev.NOTE_OFF, ev.TIME_SHIFT
+    tokens = [ev.SOS, off + 61, on + 60, shift + 1, on + 60, shift, off + 60, ev.EOS]
+    song = scheme.decode(np.array(tokens))
+    assert song.onset.tolist() == [0, 2] and song.duration.tolist() == [2, 1]
+    assert song.pitch.tolist() == [60, 60] and song.velocity.tolist() == [64, 64]
+
+
+@pytest.mark.parametrize(("max_shift", "bins"), [(0, 4), (4, -1), (4, 128)])
+def test_events_refuse_settings_outside_their_ranges(max_shift: int, bins: int):
+    with pytest.raises(ValueError, match=r"max_shift >= 1 and 0\.\.127 velocity bins"):
+        Events(max_shift=max_shift, velocity_bins=bins, sustain="ignore")
+    assert Events(max_shift=1, velocity_bins=127, sustain="ignore").fields == (ev.TIME_SHIFT + 128,)
+
+
+@pytest.mark.parametrize(
+    "scheme",
+    [
+        BOOK, INDEX, REMI, Events(max_shift=4, velocity_bins=0, sustain="extend"),
+        Events(max_shift=4, velocity_bins=8, sustain="explicit"),
+    ],
+    ids=["codebook", "index", "remi", "events", "events-velocities"],
+)  # fmt: skip
+def test_every_scheme_writes_and_reads_whole_numbers(scheme):
+    """Token ids and times are int64, and so is every column of the notes a song decodes to
+    (MIDI writing and the shards' arrays take nothing else)."""
+    song = velocity_notes([(0, 60, 2, 90), (0, 64, 4, 40), (3, 62, 1, 100), (8, 67, 8, 70)])
+    encoded = scheme.encode(song)
+    assert encoded.tokens.dtype == np.int64 and encoded.times.dtype == np.int64
+    back = scheme.decode(encoded.tokens)
+    columns = [back.onset, back.program, back.pitch, back.duration]
+    columns += [] if back.velocity is None else [back.velocity]
+    assert all(c.dtype == np.int64 and c.shape == (len(song),) for c in columns)
+
+
+def refused(grammar, tokens: list) -> str:
+    with pytest.raises(DecodeError) as error:
+        grammar.parse(tokens)
+    return str(error.value)
+
+
+@pytest.mark.parametrize("sustain", ["ignore", "explicit"])
+def test_the_events_grammar_refuses_each_kind_of_wrong_token(sustain: str):
+    """What generation's masks and the continuation parser rely on: every token the grammar
+    does not allow is refused by name, never an IndexError or a silent pass."""
+    scheme = Events(max_shift=4, velocity_bins=4, sustain=sustain)
+    grammar, on, off = scheme.grammar, ev.NOTE_ON, ev.NOTE_OFF
+    size = scheme.fields[0]
+    for tokens, token in (
+        ([ev.SOS, size], size),  # past the vocabulary
+        ([ev.SOS, -1], -1),
+        ([ev.SOS, off + 60], off + 60),  # releasing a silent key
+        ([ev.SOS, on + 60, on + 60], on + 60),  # striking a sounding one
+        ([ev.SOS, ev.EOS, on + 60], on + 60),  # anything after <eos>
+        ([ev.SOS, ev.SOS], ev.SOS),
+    ):
+        assert refused(grammar, tokens) == f"token {token} cannot follow here"
+    cursor = grammar.parse([ev.SOS, on + 60, ev.TIME_SHIFT + 2, off + 60])
+    assert cursor.step == 3 and cursor.sounding == frozenset() and not cursor.ended
+    if sustain == "explicit":
+        down, up = scheme.sustain_on, scheme.sustain_on + 1
+        assert refused(grammar, [ev.SOS, up]) == f"token {up} cannot follow here"
+        assert grammar.parse([ev.SOS, down]).pedal_down
+        assert not grammar.parse([ev.SOS, down, up]).pedal_down
+        assert refused(grammar, [ev.SOS, down, down]) == f"token {down} cannot follow here"
+
+
+def test_the_codebook_grammar_refuses_rows_it_cannot_read():
+    scheme = Codebook(steps=(0, 1, 2, 4, 8), durations=(1, 2, 4, 8))  # its own grammar
+    grammar = scheme.grammar
+    for rows in (
+        [[SOS, 0, 0], [60, 0]],  # two fields
+        [[SOS, 0, 0], [60, 5, 0]],  # a step past the codebook
+        [[SOS, 0, 0], [60, 0, 4]],  # a duration past it
+        [[SOS, 0, 0], [scheme.fields[0], 0, 0]],  # a pitch past the vocabulary
+        [[SOS, 0, 0], [60, -1, 0]],
+        [[SOS, 0, 0], [SOS, 0, 0]],
+        [[SOS, 0, 0], [EOS, 0, 0], [60, 0, 0]],  # anything after <eos>
+    ):
+        assert refused(grammar, rows) == f"row {rows[-1]} cannot follow here"
+    cursor = grammar.parse([[SOS, 0, 0], [60, 3, 0], [62, 2, 1]])
+    assert cursor.step == 4 + 2 and not cursor.ended
+    assert grammar.sounds_at(cursor, [64, 4, 0]) == 6 + 8
+    ended = grammar.advance(cursor, [EOS, 0, 0])
+    assert ended.ended and ended.step == 6 and grammar.sounds_at(cursor, [EOS, 0, 0]) == 6
