@@ -148,7 +148,9 @@ def results() -> dict[str, str]:
     return statuses
 
 
-def summarize(statuses: dict[str, str], reviewed: dict[str, str]) -> tuple[str, list[str]]:
+def summarize(
+    statuses: dict[str, str], reviewed: dict[str, str], groups: list[str]
+) -> tuple[str, list[str]]:
     counts: dict[str, Counter] = defaultdict(Counter)
     survivors = []
     for name, status in sorted(statuses.items()):
@@ -159,12 +161,12 @@ def summarize(statuses: dict[str, str], reviewed: dict[str, str]) -> tuple[str, 
             counts[group]["equivalent"] += 1
         else:
             counts[group][status] += 1
-            survivors.append(f"- `{name}` ({status})")
+            survivors.append((name, status))
     rows = [
         "| module | mutants | killed | equivalent | survived | no tests | not checked | score |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for group in MUTANTS:
+    for group in groups:
         c = counts[group]
         total = sum(c.values())
         scored = total - c["equivalent"]
@@ -177,6 +179,17 @@ def summarize(statuses: dict[str, str], reviewed: dict[str, str]) -> tuple[str, 
     return "\n".join(rows), survivors
 
 
+def by_function(survivors: list[tuple[str, str]]) -> list[str]:
+    """One line per mutated function: how many of its mutants survived, and how."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for name, status in survivors:
+        counts[name.rpartition("__mutmut_")[0]][status] += 1
+    return [
+        f"- `{function}`: " + ", ".join(f"{n} {status}" for status, n in sorted(c.items()))
+        for function, c in sorted(counts.items())
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fresh", action="store_true", help="delete mutants/ first")
@@ -186,20 +199,32 @@ def main(argv: list[str] | None = None) -> None:
         help="run again only the mutants the last run left alive (after adding tests)",
     )
     parser.add_argument("--no-run", action="store_true", help="only summarize the last run")
+    parser.add_argument(
+        "--groups",
+        nargs="+",
+        choices=list(MUTANTS),
+        default=list(MUTANTS),
+        metavar="GROUP",
+        help="run and record only these groups of MUTANTS (their own RESULTS section)",
+    )
     parser.add_argument("--results", type=Path, default=None, help="write its RESULTS section")
     args = parser.parse_args(argv)
     if args.fresh:
         shutil.rmtree(REPO / "mutants", ignore_errors=True)
     if args.survivors:
-        alive = [n for n, status in results().items() if status not in ("killed", "timeout")]
+        alive = [
+            name
+            for name, status in results().items()
+            if group_of(name) in args.groups and status not in ("killed", "timeout")
+        ]
         if alive:
             run_mutmut(alive)
     elif not args.no_run:
-        run_mutmut([p for group in MUTANTS.values() for p in group])
+        run_mutmut([p for group in args.groups for p in MUTANTS[group]])
     reviewed = equivalents()
-    statuses = results()
+    statuses = {n: s for n, s in results().items() if group_of(n) in args.groups}
     stale = sorted(n for n in reviewed if statuses.get(n) not in (None, "survived"))
-    table, survivors = summarize(statuses, reviewed)
+    table, survivors = summarize(statuses, reviewed, args.groups)
     source = (
         "the mutants/ of the last run (`python bench/mutation.py --fresh`, on this commit's "
         "src), summarized; "
@@ -212,14 +237,21 @@ def main(argv: list[str] | None = None) -> None:
         "killed / (mutants - "
         f"equivalent), target >= {TARGET:.0%}. Equivalent mutants and why: "
         "bench/mutation_equivalent.txt.\n\n"
-        f"{table}\n\nSurvivors not reviewed as equivalent: {len(survivors)}\n\n"
-        + "\n".join(survivors)
+        f"{table}\n\nSurvivors not reviewed as equivalent: {len(survivors)}, by function "
+        "(`mutmut show NAME` for each):\n\n" + "\n".join(by_function(survivors))
     )
     print(report)
     if stale:
         print("listed as equivalent but not surviving (remove them):", *stale, sep="\n  ")
     if args.results:
-        record(args.results, "mutation", "# Mutation testing", report)
+        every = args.groups == list(MUTANTS)
+        name = "mutation" if every else "mutation-" + "-".join(map(_slug, args.groups))
+        heading = "# Mutation testing" + ("" if every else " of " + "; ".join(args.groups))
+        record(args.results, name, heading, report)
+
+
+def _slug(group: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in group.split(" (")[0].split(",")[0])
 
 
 def mutmut_version() -> str:
