@@ -721,7 +721,7 @@ def test_events_long_gaps_velocity_bins_and_where_each_token_sounds():
     ]  # fmt: skip
     assert encoded.times.tolist() == [0, 0, 0, 0, 1, 1, 5, 9, 10, 10, 11, 11]
     assert scheme.decode(encoded.tokens).velocity.tolist() == [48, 48]
-    empty = scheme.encode(Notes(*(np.zeros(0, dtype=np.int64) for _ in range(4))))
+    empty = scheme.encode(notes_of_nothing())
     assert empty.tokens.ravel().tolist() == [ev.SOS, ev.EOS] and empty.times.tolist() == [0, 0]
 
 
