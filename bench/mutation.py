@@ -225,9 +225,11 @@ def main(argv: list[str] | None = None) -> None:
     statuses = {n: s for n, s in results().items() if group_of(n) in args.groups}
     stale = sorted(n for n in reviewed if statuses.get(n) not in (None, "survived"))
     table, survivors = summarize(statuses, reviewed, args.groups)
+    every = args.groups == list(MUTANTS)
+    run = "python bench/mutation.py --fresh" + ("" if every else " --groups ...")
     source = (
-        "the mutants/ of the last run (`python bench/mutation.py --fresh`, on this commit's "
-        "src), summarized; "
+        f"the mutants/ of the last run (`{run}` and any `--survivors` after it, on this "
+        "commit's src), summarized; "
         if args.no_run
         else ""
     )
@@ -244,7 +246,6 @@ def main(argv: list[str] | None = None) -> None:
     if stale:
         print("listed as equivalent but not surviving (remove them):", *stale, sep="\n  ")
     if args.results:
-        every = args.groups == list(MUTANTS)
         name = "mutation" if every else "mutation-" + "-".join(map(_slug, args.groups))
         heading = "# Mutation testing" + ("" if every else " of " + "; ".join(args.groups))
         record(args.results, name, heading, report)
