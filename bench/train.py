@@ -199,12 +199,12 @@ def at_fill(
     config = model.config
     with torch.no_grad():
         _, _, state = model(tokens, bar_pos, doc, None)
+        memory = state.slots["knn"]
         shape = (args.batch, config.n_head, max(fills), config.head_dim)
         keys = F.normalize(torch.randn(shape, device=device), dim=-1)
         for row in range(args.batch):
-            state.knn.clear(row)
-        state.knn.write(keys, keys, torch.zeros(args.batch, max(fills), dtype=torch.int64))
-    memory = state.knn
+            memory.clear(row)
+        memory.write(keys, keys, torch.zeros(args.batch, max(fills), dtype=torch.int64))
 
     def held() -> Iterator[tuple[torch.Tensor, ...]]:
         while True:

@@ -71,13 +71,16 @@ def test_forward_and_loss_on_cuda_equal_the_cpus(variant):
     assert int(gpu_count) == int(count)
     assert float(gpu_loss) / int(count) == pytest.approx(float(cpu_loss) / int(count), rel=TOL)
     if variant != "vanilla":
-        for a, b in zip(cpu_state.xl.keys, gpu_state.xl.keys, strict=True):
+        for a, b in zip(cpu_state.past.keys, gpu_state.past.keys, strict=True):
             torch.testing.assert_close(b.cpu(), a, atol=TOL, rtol=TOL)
     if variant == "xl_knn":
         for row in range(3):
-            assert gpu_state.knn.size(row) == cpu_state.knn.size(row) > 0
+            assert gpu_state.slots["knn"].size(row) == cpu_state.slots["knn"].size(row) > 0
             torch.testing.assert_close(
-                gpu_state.knn.stored(row)[0].cpu(), cpu_state.knn.stored(row)[0], atol=TOL, rtol=0
+                gpu_state.slots["knn"].stored(row)[0].cpu(),
+                cpu_state.slots["knn"].stored(row)[0],
+                atol=TOL,
+                rtol=0,
             )
 
 

@@ -126,7 +126,7 @@ def test_knn_attention_equals_hand_written_reference():
     q, local = 2 * torch.randn(2, heads, length, dim), torch.randn(2, heads, length, dim)
     local_keys = torch.randn(2, heads, length, dim)
     doc = torch.full((2, length), 3)
-    ctx = Context(mask=None, bias=None, doc=doc, knn=memory)
+    ctx = Context(mask=None, bias=None, doc=doc, slots={"knn": memory})
     out = layer.mix(q, local, local_keys, None, ctx)  # mask None: causal
     want = knn_reference(
         q[0], local_keys[0], stored_keys, stored_values, k, layer.memory_bias, local[0]

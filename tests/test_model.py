@@ -185,17 +185,17 @@ def test_cache_with_room_is_written_in_place():
     doc[1, T + 3 :] = 1
     with torch.no_grad():
         _, _, copied = model(tokens[:, :T], bar_pos[:, :T], doc[:, :T])
-        roomy = dataclasses.replace(copied, xl=copied.xl.with_room(2 * T))
-        buffer = roomy.xl.buffers[0][1]
+        roomy = dataclasses.replace(copied, past=copied.past.with_room(2 * T))
+        buffer = roomy.past.buffers[0][1]
         for i in range(T, 2 * T):
             step = slice(i, i + 1)
             a, copied = model.read(tokens[:, step], bar_pos[:, step], doc[:, step], copied)
             b, roomy = model.read(tokens[:, step], bar_pos[:, step], doc[:, step], roomy)
             copied, roomy = copied.cached(i + 1), roomy.cached(i + 1)
             torch.testing.assert_close(b, a)
-    assert copied.xl.buffers is None and roomy.xl.buffers[0][1] is buffer
-    assert roomy.xl.keys[1].data_ptr() == buffer.data_ptr()
-    torch.testing.assert_close(roomy.xl.keys[1], copied.xl.keys[1])
+    assert copied.past.buffers is None and roomy.past.buffers[0][1] is buffer
+    assert roomy.past.keys[1].data_ptr() == buffer.data_ptr()
+    torch.testing.assert_close(roomy.past.keys[1], copied.past.keys[1])
 
 
 # ---- 2. kNN retrieval ---------------------------------------------------------------------------
@@ -320,7 +320,7 @@ def test_song_after_another_equals_song_alone(memory, position):
         )
     torch.testing.assert_close(logits[0, T:], alone[0], atol=1e-5, rtol=1e-5)
     if memory == "xl_knn":
-        assert state.knn.size(0) == 2 * T  # B's two segments, nothing of A
+        assert state.slots["knn"].size(0) == 2 * T  # B's two segments, nothing of A
 
 
 @pytest.mark.parametrize("memory", ["xl", "xl_knn"])
@@ -386,10 +386,10 @@ def test_gradients_stop_at_memory(memory):
     tokens, bar_pos = stream(2, 2 * T, seed=10)
     doc = torch.zeros_like(tokens)
     _, _, state = model(tokens[:, :T], bar_pos[:, :T], doc[:, :T])
-    for k, v in zip(state.xl.keys, state.xl.values, strict=True):
+    for k, v in zip(state.past.keys, state.past.values, strict=True):
         assert not k.requires_grad and k.grad_fn is None and not v.requires_grad
     if memory == "xl_knn":
-        assert not any(t.requires_grad for row in range(2) for t in state.knn.stored(row))
+        assert not any(t.requires_grad for row in range(2) for t in state.slots["knn"].stored(row))
     _, loss, _ = model(
         tokens[:, T:], bar_pos[:, T:], doc[:, T:], state, targets=tokens[:, T:].roll(-1, 1)
     )
@@ -551,7 +551,7 @@ def test_each_memory_kind_is_a_module_the_model_composes(memory, kinds, knn_laye
     found = [i for i, b in enumerate(model.blocks) if isinstance(b.attn, KNNAttention)]
     assert found == knn_layers
     state = model.initial_state(2, "cpu")
-    assert (state.knn is not None) == bool(knn_layers) and state.xl is None
+    assert ("knn" in state.slots) == bool(knn_layers) and state.past is None
 
 
 # ---- 8. what generation does to a state: pick rows, save, restore --------------------------------
@@ -592,8 +592,8 @@ def test_one_row_state_survives_its_state_dict(memory):
         want, _, _ = model(tokens[:, T:], bar_pos[:, T:], doc[:, T:], state)
         got, _, _ = model(tokens[:, T:], bar_pos[:, T:], doc[:, T:], restored)
     torch.testing.assert_close(got, want)
-    assert (restored.xl is None) == (state.xl is None)
-    assert (restored.knn is None) == (state.knn is None)
+    assert (restored.past is None) == (state.past is None)
+    assert restored.slots.keys() == state.slots.keys()
 
 
 def test_a_knn_checkpoint_with_missing_values_is_refused():
@@ -643,7 +643,7 @@ def test_model_runs_in_bfloat16_with_every_memory():
     with torch.no_grad():
         low, state = run(model, tokens, bar_pos, doc)
         high, _ = run(reference, tokens, bar_pos, doc)
-    assert low.dtype == torch.bfloat16 and state.knn.size(0) == 2 * T
+    assert low.dtype == torch.bfloat16 and state.slots["knn"].size(0) == 2 * T
     torch.testing.assert_close(low.float(), high, atol=0.1, rtol=0.05)
 
 
@@ -659,7 +659,7 @@ def test_room_for_the_cache_keeps_the_memory_and_is_made_once():
     tokens, bar_pos = stream(3, T, seed=24)
     with torch.no_grad():
         _, _, state = model(tokens, bar_pos, torch.zeros_like(tokens))
-    xl = state.xl
+    xl = state.past
     roomy = xl.with_room(3 * T)
     assert roomy.buffers[0][0].shape[2] == roomy.buffers[1][1].shape[2] == 3 * T
     for got, want in zip(roomy.keys + roomy.values, xl.keys + xl.values, strict=True):
@@ -713,7 +713,7 @@ def test_a_training_state_without_a_cache_picks_rows_too():
     tokens, bar_pos = stream(3, T, seed=25)
     with torch.no_grad():
         _, _, state = model(tokens, bar_pos, torch.zeros_like(tokens))
-    assert state.xl is None and state.knn is None
+    assert state.past is None and not state.slots
     picked = state.select(torch.tensor([2, 0]))
-    assert picked.xl is None and picked.batch == 2
+    assert picked.past is None and picked.batch == 2
     assert torch.equal(picked.last_tokens, state.last_tokens[[2, 0]])

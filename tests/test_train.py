@@ -200,7 +200,7 @@ def test_each_training_segment_reads_the_memory_the_one_before_left(shards, tmp_
     received, left = given[0::2], given[1::2]
     assert received[0] is None
     pairs = zip(received[1:], left[:-1], strict=True)
-    assert all(got is kept and got.xl is not None for got, kept in pairs)
+    assert all(got is kept and got.past is not None for got, kept in pairs)
 
 
 # ---- resume and DDP -----------------------------------------------------------------------

@@ -52,7 +52,7 @@ class KVCache:
     def __init__(self, model: MusicTransformer):
         self.model = model
         config = model.config
-        self.segment, self.mem_len = config.segment_len, config.xl_mem_len
+        self.segment, self.mem_len = config.segment_len, model.past_len
         self.memory = model.keeps_memory
         self.state: MemoryState | None = None
 
@@ -95,28 +95,29 @@ class KVCache:
             logits, trace = self.model.read(tokens, bar_pos, state=self.state, window=self.segment)
             self.state = trace.cached(self.segment - 1)
             return logits
-        if self.state is not None and self.state.xl is not None:
+        if self.state is not None and self.state.past is not None:
             # room for the rest of the segment: tokens are then written into it, not copied
-            xl = self.state.xl.with_room(self.mem_len + self.segment)
-            if xl is not self.state.xl:
-                self.state = dataclasses.replace(self.state, xl=xl)
+            past = self.state.past.with_room(self.mem_len + self.segment)
+            if past is not self.state.past:
+                self.state = dataclasses.replace(self.state, past=past)
         logits, trace = self.model.read(tokens, bar_pos, state=self.state)
         filled = self._in_segment(trace.after)  # 0: the row has just completed its segment
         self.state = trace.cached(self.mem_len + max(n or self.segment for n in filled))
         complete = [row for row, n in enumerate(filled) if n == 0]
         if complete:
             self._end_segment(None if len(complete) == len(filled) else complete)
-            xl = self.state.xl.newest(self.mem_len + max(filled))
-            self.state = dataclasses.replace(self.state, xl=xl)
+            if self.state.past is not None:
+                past = self.state.past.newest(self.mem_len + max(filled))
+                self.state = dataclasses.replace(self.state, past=past)
         return logits
 
     def _end_segment(self, rows: list[int] | None) -> None:
         """The complete segment of `rows` (None: all), in the cache, goes to the memories as
         in training."""
-        xl = self.state.xl
-        own = xl.doc[:, -self.segment :]
+        past = self.state.past
+        own = past.doc[:, -self.segment :]
         self.state = self.model.remember(
-            SegmentTrace(self.state, xl.keys, xl.values, xl.pos, xl.doc, own), rows
+            SegmentTrace(self.state, past.keys, past.values, past.pos, past.doc, own), rows
         )
 
 

@@ -1,4 +1,5 @@
-"""Memories a segment leaves for the next one: XL (recent keys/values) and kNN (the whole song).
+"""What a segment leaves for the next: the keys/values attention reaches back to (Transformer-XL's
+memory, generation's cache) and the kNN memory of the whole song, in one MemoryState.
 
 Both are tagged with the song (`doc`) each entry came from. The model masks every memory entry
 whose song differs from the query's, which is what "a song boundary clears that row's memory"
@@ -8,7 +9,9 @@ memories are detached tensors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -17,12 +20,13 @@ from torch import Tensor
 NO_DOC = -(2**62)  # song id of "nothing seen yet"; real ids are >= -1 (padding is -1)
 
 
-# ---- XL: the last few hundred keys/values of every layer ---------------------------------------
+# ---- the past attention reaches back to: Transformer-XL's memory, generation's cache -----------
 
 
 @dataclass
-class XLMemory:
-    """Per layer, the keys/values of the row's last `length` tokens (Transformer-XL).
+class PastKeyValues:
+    """Per layer, the keys/values of the row's last M tokens before the current ones: what
+    Transformer-XL keeps of earlier segments, or while generating, the cache of every model.
 
     `doc` and `pos` describe those tokens for every layer at once: their song id (B, M) and
     their absolute stream position (M,), shared by all rows because segments advance in step.
@@ -50,7 +54,7 @@ class XLMemory:
         keys = torch.cat([self.keys[layer].to(k.dtype), k], dim=2)
         return keys, torch.cat([self.values[layer].to(v.dtype), v], dim=2)
 
-    def with_room(self, capacity: int) -> XLMemory:
+    def with_room(self, capacity: int) -> PastKeyValues:
         """The same memory in buffers of `capacity` positions, so that `append` writes in place
         (inference only: what is written there carries no gradient). Self if it has them."""
         if self.buffers is not None and self.buffers[0][0].shape[2] >= capacity:
@@ -63,26 +67,26 @@ class XLMemory:
             return room
 
         buffers = ([buffer(k) for k in self.keys], [buffer(v) for v in self.values])
-        return XLMemory(*self._used(buffers, used), self.doc, self.pos, buffers)
+        return PastKeyValues(*self._used(buffers, used), self.doc, self.pos, buffers)
 
     @staticmethod
     def _used(buffers: tuple[list[Tensor], list[Tensor]], used: int) -> list[list[Tensor]]:
         return [[b[:, :, :used] for b in side] for side in buffers]
 
-    def select(self, rows: Tensor) -> XLMemory:
+    def select(self, rows: Tensor) -> PastKeyValues:
         """Row r of the result is row rows[r] (beam search reorders and copies hypotheses)."""
         if self.buffers is None:
             keys, values = [k[rows] for k in self.keys], [v[rows] for v in self.values]
-            return XLMemory(keys, values, self.doc[rows], self.pos)
+            return PastKeyValues(keys, values, self.doc[rows], self.pos)
         buffers = ([b[rows] for b in self.buffers[0]], [b[rows] for b in self.buffers[1]])
-        return XLMemory(*self._used(buffers, len(self.pos)), self.doc[rows], self.pos, buffers)
+        return PastKeyValues(*self._used(buffers, len(self.pos)), self.doc[rows], self.pos, buffers)
 
-    def newest(self, length: int) -> XLMemory:
+    def newest(self, length: int) -> PastKeyValues:
         """The memory of the newest `length` positions (self when it holds no more)."""
-        return XLMemory.extend(self, self.keys, self.values, self.doc, self.pos, length)
+        return PastKeyValues.extend(self, self.keys, self.values, self.doc, self.pos, length)
 
     @staticmethod
-    def stack(memories: list[XLMemory], offsets: list[int], offset: int) -> XLMemory:
+    def stack(memories: list[PastKeyValues], offsets: list[int], offset: int) -> PastKeyValues:
         """One memory of the rows of all `memories`, each holding its stream's newest
         positions up to offsets[i], moved to end at stream position `offset`: the rows then
         advance in step. A row with fewer positions than the widest is padded on the left with
@@ -101,28 +105,45 @@ class XLMemory:
         pos = torch.arange(offset - width, offset, device=doc.device)
         for memory, end in zip(memories, offsets, strict=True):
             if len(memory.pos) and int(memory.pos[-1]) != end - 1:
-                raise ValueError("XLMemory.stack needs memories of their streams' newest keys")
-        return XLMemory(keys, values, doc, pos)
+                raise ValueError("PastKeyValues.stack needs memories of their streams' newest keys")
+        return PastKeyValues(keys, values, doc, pos)
+
+    def state_dict(self) -> dict:
+        return {
+            "keys": [k.cpu() for k in self.keys],
+            "values": [v.cpu() for v in self.values],
+            "doc": self.doc.cpu(),
+            "pos": self.pos.cpu(),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict, device: torch.device | str = "cpu") -> PastKeyValues:
+        return cls(
+            [k.to(device) for k in state["keys"]],
+            [v.to(device) for v in state["values"]],
+            state["doc"].to(device),
+            state["pos"].to(device),
+        )
 
     @staticmethod
     def extend(
-        previous: XLMemory | None,
+        previous: PastKeyValues | None,
         keys: list[Tensor],
         values: list[Tensor],
         doc: Tensor,
         pos: Tensor,
         length: int,
-    ) -> XLMemory:
+    ) -> PastKeyValues:
         """The memory after a segment: the newest `length` of the positions it attended to.
         `keys` and `values` (per layer, detached: `previous.append`'s results), `doc` (B, S)
         and `pos` (S,) describe all of those: `previous`'s, then the segment's own."""
         if len(pos) > length:  # drop the oldest
             keys, values = [k[:, :, -length:] for k in keys], [v[:, :, -length:] for v in values]
-            return XLMemory(keys, values, doc[:, -length:], pos[-length:])
+            return PastKeyValues(keys, values, doc[:, -length:], pos[-length:])
         buffers = None if previous is None else previous.buffers
         if buffers is not None and len(pos) > buffers[0][0].shape[2]:
             buffers = None  # `append` had no room: it copied
-        return XLMemory(keys, values, doc, pos, buffers)
+        return PastKeyValues(keys, values, doc, pos, buffers)
 
 
 def hide_older(doc: Tensor, rows: list[int], length: int) -> Tensor:
@@ -243,13 +264,18 @@ class KNNMemory:
                 self.doc[row] = last[row]
         self._put((doc == last[:, None]) & (last >= 0)[:, None] & chosen[:, None], keys, values)
 
-    def select(self, rows: list[int]) -> KNNMemory:
+    def select(self, rows: Tensor) -> KNNMemory:
         """A memory whose row r holds what row rows[r] holds (beam search reorders and copies
         hypotheses, batched generation drops finished rows)."""
-        return KNNMemory.stack([(self, row) for row in rows])
+        return KNNMemory._gather([(self, row) for row in rows.tolist()])
+
+    @classmethod
+    def stack(cls, memories: list[KNNMemory]) -> KNNMemory:
+        """One memory of the rows of all `memories`, in order."""
+        return cls._gather([(memory, row) for memory in memories for row in range(memory.batch)])
 
     @staticmethod
-    def stack(sources: list[tuple[KNNMemory, int]]) -> KNNMemory:
+    def _gather(sources: list[tuple[KNNMemory, int]]) -> KNNMemory:
         """A memory whose row r holds what row sources[r][1] of memory sources[r][0] holds
         (slots are where they were: a slot depends only on the entry's place in its song)."""
         first = sources[0][0]
@@ -354,25 +380,44 @@ class KNNMemory:
 # ---- everything one segment hands to the next --------------------------------------------------
 
 
+class MemorySlot(Protocol):
+    """What one memory keeps between segments (a kNN memory, say), in `MemoryState.slots`
+    under its memory's `slot` name: the state moves it with its rows and saves it."""
+
+    def select(self, rows: Tensor) -> MemorySlot:
+        """Row r of the result holds what row rows[r] holds."""
+        ...
+
+    @classmethod
+    def stack(cls, slots: list[MemorySlot]) -> MemorySlot:
+        """One slot of the rows of all `slots`, in order."""
+        ...
+
+    def state_dict(self) -> dict:
+        """Plain tensors, so that torch.load(weights_only=True) reads it back."""
+        ...
+
+
 @dataclass
 class MemoryState:
-    """Where every row's stream stands after a segment, and the memories it left.
+    """Where every row's stream stands after a segment, and what it left for the next.
 
     `offset` is the stream position of the next token (the same for all rows); `last_doc`,
     `song_start` and `last_tokens` let the next segment know whether its first tokens continue
     a song, where that song began and which tokens came just before (model.previous_tokens).
-    `xl` and `knn` hold what the model's memories keep (transformer.py: XLRecurrence,
-    KNNRetrieval; a vanilla model has neither, but generation's key/value cache uses `xl` for
-    every model).
-    The kNN memory is updated in place (an index is too big to copy every segment).
+    `past` holds the keys/values attention reaches back to beyond the current tokens: what
+    Transformer-XL keeps of earlier segments, and while generating, the segment's own tokens
+    so far (the key/value cache of every model). `slots` holds what each other memory keeps,
+    by its name (transformer.py: `Memory.slot`), e.g. the kNN memory, updated in place (an
+    index is too big to copy every segment).
     """
 
     offset: int
     last_doc: Tensor  # (B,) song id of each row's previous token
     song_start: Tensor  # (B,) stream position where that song began
-    xl: XLMemory | None = None
-    knn: KNNMemory | None = None
-    last_tokens: Tensor | None = None  # (B, model.previous_tokens) each row's last tokens
+    last_tokens: Tensor  # (B, model.previous_tokens) each row's last tokens
+    past: PastKeyValues | None = None
+    slots: dict[str, MemorySlot] = field(default_factory=dict)
 
     @property
     def batch(self) -> int:
@@ -384,9 +429,9 @@ class MemoryState:
             self.offset,
             self.last_doc[rows],
             self.song_start[rows],
-            None if self.xl is None else self.xl.select(rows),
-            None if self.knn is None else self.knn.select(rows.tolist()),
             self.last_tokens[rows],
+            None if self.past is None else self.past.select(rows),
+            {name: slot.select(rows) for name, slot in self.slots.items()},
         )
 
     @classmethod
@@ -397,64 +442,47 @@ class MemoryState:
         distances inside a song, and each row's song start moves with it, so a row computes
         exactly what it would alone."""
         offset = max(state.offset for state in states)
-        xl = None
-        if states[0].xl is not None:
+        past = None
+        if states[0].past is not None:
             offsets = [state.offset for state in states]
-            xl = XLMemory.stack([state.xl for state in states], offsets, offset)
-        knn = None
-        if states[0].knn is not None:
-            knn = KNNMemory.stack(
-                [(state.knn, row) for state in states for row in range(state.batch)]
-            )
+            past = PastKeyValues.stack([state.past for state in states], offsets, offset)
+        slots = {
+            name: type(slot).stack([state.slots[name] for state in states])
+            for name, slot in states[0].slots.items()
+        }
         return cls(
             offset,
             torch.cat([state.last_doc for state in states]),
             torch.cat([state.song_start + offset - state.offset for state in states]),
-            xl,
-            knn,
             torch.cat([state.last_tokens for state in states]),
+            past,
+            slots,
         )
 
     def state_dict(self) -> dict:
-        xl = (
-            None
-            if self.xl is None
-            else {
-                "keys": [k.cpu() for k in self.xl.keys],
-                "values": [v.cpu() for v in self.xl.values],
-                "doc": self.xl.doc.cpu(),
-                "pos": self.xl.pos.cpu(),
-            }
-        )
         return {
             "offset": self.offset,
             "last_doc": self.last_doc.cpu(),
             "song_start": self.song_start.cpu(),
-            "xl": xl,
-            "knn": None if self.knn is None else self.knn.state_dict(),
             "last_tokens": self.last_tokens.cpu(),
+            "past": None if self.past is None else self.past.state_dict(),
+            "slots": {name: slot.state_dict() for name, slot in self.slots.items()},
         }
 
     @classmethod
     def from_state_dict(
-        cls, state: dict, max_memories: int, device: torch.device | str = "cpu"
+        cls,
+        state: dict,
+        loaders: dict[str, Callable[[dict, torch.device | str], MemorySlot]],
+        device: torch.device | str = "cpu",
     ) -> MemoryState:
-        xl = state["xl"]
-        if xl is not None:
-            xl = XLMemory(
-                [k.to(device) for k in xl["keys"]],
-                [v.to(device) for v in xl["values"]],
-                xl["doc"].to(device),
-                xl["pos"].to(device),
-            )
-        knn = state["knn"]
-        if knn is not None:
-            knn = KNNMemory.from_state_dict(knn, max_memories, device)
+        """The state `state_dict` saved; `loaders` reads each slot back (by its name)."""
+        past = state["past"]
         return cls(
             int(state["offset"]),
             state["last_doc"].to(device),
             state["song_start"].to(device),
-            xl,
-            knn,
             state["last_tokens"].to(device),
+            None if past is None else PastKeyValues.from_state_dict(past, device),
+            {name: loaders[name](saved, device) for name, saved in state["slots"].items()},
         )

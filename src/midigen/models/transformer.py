@@ -10,7 +10,7 @@ memory, so a new song in a row starts from a clean slate.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -19,11 +19,17 @@ from torch import Tensor, nn
 
 from midigen.data.batching import IGNORE
 from midigen.errors import MidigenError
-from midigen.models.memory import NO_DOC, KNNMemory, MemoryState, XLMemory, hide_older
+from midigen.models.memory import (
+    NO_DOC,
+    KNNMemory,
+    MemorySlot,
+    MemoryState,
+    PastKeyValues,
+    hide_older,
+)
 from midigen.params import default
 
 POSITIONS = ("relative", "alibi", "absolute")
-VARIANT_MEMORY = {"vanilla": "none", "xl": "xl", "xl_knn": "xl_knn"}  # pipeline variant -> memory
 
 
 def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,13 +63,6 @@ def row_logits(head: nn.Linear, field_heads: nn.ModuleList, x: Tensor) -> Tensor
     fields = [first, *(field_head(x) for field_head in field_heads)]
     width = max(f.shape[-1] for f in fields)
     return torch.stack([F.pad(f, (0, width - f.shape[-1]), value=MASKED) for f in fields], -2)
-
-
-def variant_memory(variant: str) -> str:
-    """The memory of a pipeline variant, or one clear error naming the known variants."""
-    if variant not in VARIANT_MEMORY:
-        raise MidigenError(f"unknown variant '{variant}' (known: {', '.join(VARIANT_MEMORY)})")
-    return VARIANT_MEMORY[variant]
 
 
 MASKED = -1e9  # additive mask of a hidden key: exp() of it is exactly 0, and a finite value
@@ -147,16 +146,8 @@ class ModelConfig:
             raise MidigenError(
                 f"model.n_head ({self.n_head}) must divide model.d_model ({self.d_model})"
             )
-        if self.memory == "xl_knn" and (  # the other models have no kNN layer to place
-            isinstance(self.knn_layer, bool)
-            or not isinstance(self.knn_layer, int)
-            or not (-self.n_layer <= self.knn_layer < self.n_layer)
-        ):
-            raise MidigenError(
-                f"model.knn_layer ({self.knn_layer!r}) is outside the model: it "
-                f"has {self.n_layer} layers, so use {-self.n_layer} to "
-                f"{self.n_layer - 1}"
-            )
+        for kind in MEMORY_KINDS[self.memory]:
+            kind.validate(self)
 
 
 # ---- positions: an additive bias on attention scores, by distance ------------------------------
@@ -224,7 +215,7 @@ class Context:
     mask: Tensor | None  # additive (B|1, H|1, T, S) float mask; None = plain causal
     bias: Tensor | None  # (H, T, S) position bias, already in `mask`, apart for its gradient
     doc: Tensor  # (B, T) song ids of the queries
-    knn: KNNMemory | None = None
+    slots: dict[str, MemorySlot] = field(default_factory=dict)  # MemoryState.slots
 
 
 class BiasedAttention(torch.autograd.Function):
@@ -276,7 +267,7 @@ class Attention(nn.Module):
         self.resid_drop = Dropout(config.dropout)
 
     def forward(
-        self, x: Tensor, ctx: Context, memory: XLMemory | None = None, layer: int = 0
+        self, x: Tensor, ctx: Context, memory: PastKeyValues | None = None, layer: int = 0
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """(B, T, D) -> (B, T, D), plus the detached keys/values it attended to, [memory of this
         layer; this segment's], for the memories (handing them on saves copying them again)."""
@@ -356,9 +347,10 @@ class KNNAttention(Attention):
     def mix(
         self, q: Tensor, local: Tensor, keys: Tensor, mask: Tensor | None, ctx: Context
     ) -> Tensor:
-        if ctx.knn is None:
+        knn = ctx.slots.get(KNNRetrieval.slot)
+        if knn is None:
             return local
-        hit_keys, hit_values, found = ctx.knn.search(q, ctx.doc, self.k)
+        hit_keys, hit_values, found = knn.search(q, ctx.doc, self.k)
         memory, memory_lse = knn_attention(
             q, hit_keys.to(q.dtype), hit_values.to(q.dtype), found, self.memory_bias
         )
@@ -412,7 +404,7 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: Tensor, ctx: Context, memory: XLMemory | None = None, layer: int = 0
+        self, x: Tensor, ctx: Context, memory: PastKeyValues | None = None, layer: int = 0
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         a, present = self.attn(self.ln1(x), ctx, memory, layer)
         x = x + a
@@ -438,19 +430,31 @@ class SegmentTrace:
 
     def cached(self, keep: int) -> MemoryState:
         """Generation's key/value cache: the stream after these tokens, with the newest `keep`
-        keys/values of every layer as its XL memory and nothing else written, since the
-        segment is not complete (MusicTransformer.remember takes it in once it is)."""
-        xl = XLMemory.extend(
-            self.after.xl, self.keys, self.values, self.key_doc, self.key_pos, keep
+        keys/values of every layer as its past and nothing else written, since the segment is
+        not complete (MusicTransformer.remember takes it in once it is)."""
+        past = PastKeyValues.extend(
+            self.after.past, self.keys, self.values, self.key_doc, self.key_pos, keep
         )
-        return replace(self.after, xl=xl)
+        return replace(self.after, past=past)
 
 
 class Memory(nn.Module):
     """One kind of memory the model composes (MEMORY_KINDS lists those of each model.memory):
-    it may give one layer its own attention, it starts empty, and it takes in every complete
-    segment. Adding a kind of memory is adding a subclass (and a slot in MemoryState for what
-    it holds)."""
+    it may give layers their own attention, it starts empty, and it takes in every complete
+    segment. What it keeps lives in `MemoryState.slots[slot]` (a MemorySlot, which moves with
+    its rows and saves itself); Transformer-XL keeps the attended past instead. Adding a kind
+    of memory is adding a subclass and naming it in MEMORY_KINDS."""
+
+    slot: str | None = None  # its name in MemoryState.slots; None: it keeps nothing there
+    past_len = 0  # how many keys of earlier segments every layer attends to (Transformer-XL)
+
+    @classmethod
+    def validate(cls, config: ModelConfig) -> None:
+        """Stop with one clear message on a setting this memory cannot work with."""
+
+    def load(self, saved: dict, device: torch.device | str) -> MemorySlot:
+        """Its slot back from `slot.state_dict()` (e.g. out of a checkpoint)."""
+        raise NotImplementedError
 
     def attention(self, layer: int) -> type[Attention] | None:
         """The attention layer `layer` needs to read this memory; None: plain attention."""
@@ -465,31 +469,34 @@ class Memory(nn.Module):
     ) -> MemoryState:
         """`state` with this memory after the complete segment of `trace` in `rows` (None:
         every row, as in training; generation's rows may complete their segments apart)."""
-        raise NotImplementedError
+        return state
 
 
 class XLRecurrence(Memory):
     """Transformer-XL: every layer also attends to the keys/values of the last xl_mem_len
-    tokens, computed by earlier segments (no gradient crosses into them)."""
+    tokens, computed by earlier segments (no gradient crosses into them). Those keys are the
+    state's attended past, which the model keeps (MusicTransformer.remember): this memory
+    only says how much of it outlives a segment."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.length = config.xl_mem_len
-
-    def remember(
-        self, state: MemoryState, trace: SegmentTrace, rows: list[int] | None = None
-    ) -> MemoryState:
-        if rows is None:
-            length, doc = self.length, trace.key_doc
-        else:  # the other rows' segments go on: keep every key, hide the older ones from `rows`
-            length, doc = len(trace.key_pos), hide_older(trace.key_doc, rows, self.length)
-        xl = XLMemory.extend(state.xl, trace.keys, trace.values, doc, trace.key_pos, length)
-        return replace(state, xl=xl)
+        self.past_len = config.xl_mem_len
 
 
 class KNNRetrieval(Memory):
     """Memorizing Transformers: one layer (model.knn_layer) also looks up the top knn_k of the
     keys of everything earlier in the song (KNNAttention), stored as that layer computed them."""
+
+    slot = "knn"
+
+    @classmethod
+    def validate(cls, config: ModelConfig) -> None:
+        layer, layers = config.knn_layer, config.n_layer
+        if isinstance(layer, bool) or not isinstance(layer, int) or not -layers <= layer < layers:
+            raise MidigenError(
+                f"model.knn_layer ({layer!r}) is outside the model: it has {layers} layers, "
+                f"so use {-layers} to {layers - 1}"
+            )
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -504,7 +511,10 @@ class KNNRetrieval(Memory):
         knn = KNNMemory(
             state.batch, self.n_head, self.head_dim, self.max_memories, state.last_doc.device
         )
-        return replace(state, knn=knn)
+        return replace(state, slots={**state.slots, self.slot: knn})
+
+    def load(self, saved: dict, device: torch.device | str) -> KNNMemory:
+        return KNNMemory.from_state_dict(saved, self.max_memories, device)
 
     def remember(
         self, state: MemoryState, trace: SegmentTrace, rows: list[int] | None = None
@@ -512,7 +522,7 @@ class KNNRetrieval(Memory):
         """The segment's own keys/values of the kNN layer go into the kNN memory (in place)."""
         own = slice(-trace.doc.shape[1], None)
         keys, values = trace.keys[self.layer], trace.values[self.layer]
-        state.knn.write(keys[:, :, own], values[:, :, own], trace.doc, rows)
+        state.slots[self.slot].write(keys[:, :, own], values[:, :, own], trace.doc, rows)
         return state
 
 
@@ -623,9 +633,7 @@ class MusicTransformer(nn.Module):
             0,
             torch.full((batch,), NO_DOC, dtype=torch.int64, device=device),
             torch.zeros(batch, dtype=torch.int64, device=device),
-            last_tokens=torch.zeros(
-                batch, self.config.previous_tokens, dtype=torch.int64, device=device
-            ),
+            torch.zeros(batch, self.config.previous_tokens, dtype=torch.int64, device=device),
         )
         for memory in self.memories:
             state = memory.start(state)
@@ -634,7 +642,8 @@ class MusicTransformer(nn.Module):
     def memory_state_from(self, state: dict) -> MemoryState:
         """A MemoryState back from `MemoryState.state_dict()` (e.g. out of a checkpoint)."""
         device = self.tok_emb.weight.device
-        return MemoryState.from_state_dict(state, self.config.knn_max_memories, device)
+        loaders = {memory.slot: memory.load for memory in self.memories if memory.slot}
+        return MemoryState.from_state_dict(state, loaders, device)
 
     # -- forward --
 
@@ -693,14 +702,14 @@ class MusicTransformer(nn.Module):
         x = self.drop(x)
 
         key_pos, key_doc = positions, doc  # of every key: the XL memory's, then the segment's
-        if state.xl is not None:
-            key_pos = torch.cat([state.xl.pos, positions])
-            key_doc = torch.cat([state.xl.doc, doc], dim=1)
+        if state.past is not None:
+            key_pos = torch.cat([state.past.pos, positions])
+            key_doc = torch.cat([state.past.doc, doc], dim=1)
         mask = self._attention_mask(positions, doc, key_pos, key_doc, window)
-        ctx = Context(*mask, doc, state.knn)
+        ctx = Context(*mask, doc, state.slots)
         keys, values = [], []
         for i, block in enumerate(self.blocks):
-            x, (k, v) = block(x, ctx, state.xl, i)
+            x, (k, v) = block(x, ctx, state.past, i)
             keys.append(k)
             values.append(v)
         after = replace(
@@ -715,11 +724,28 @@ class MusicTransformer(nn.Module):
 
     def remember(self, trace: SegmentTrace, rows: list[int] | None = None) -> MemoryState:
         """The state after a complete segment of `rows` (None: all): every memory takes it in
-        (no gradient crosses)."""
-        state = trace.after
+        (no gradient crosses), and the attended past keeps its newest `past_len` keys."""
+        state = replace(trace.after, past=self._past_after(trace, rows))
         for memory in self.memories:
             state = memory.remember(state, trace, rows)
         return state
+
+    @property
+    def past_len(self) -> int:
+        """How many keys of earlier segments every layer attends to (xl: xl_mem_len)."""
+        return max((memory.past_len for memory in self.memories), default=0)
+
+    def _past_after(self, trace: SegmentTrace, rows: list[int] | None) -> PastKeyValues | None:
+        """The attended past once the segment of `rows` (None: all) is complete."""
+        if rows is not None:  # the other rows' segments go on: keep every key, hide the
+            doc = hide_older(trace.key_doc, rows, self.past_len)  # older ones from `rows`
+            past, length = trace.after.past, len(trace.key_pos)
+            return PastKeyValues.extend(past, trace.keys, trace.values, doc, trace.key_pos, length)
+        if not self.past_len:
+            return None
+        return PastKeyValues.extend(
+            trace.after.past, trace.keys, trace.values, trace.key_doc, trace.key_pos, self.past_len
+        )
 
     def _previous_tokens(self, tokens: Tensor, song_pos: Tensor, state: MemoryState) -> Tensor:
         """Row ids into `prev_emb` (B, T, n): for lag 1..n the token that far back in the song,

@@ -15,10 +15,18 @@ from torch import nn
 
 from midigen.errors import MidigenError
 from midigen.models.lstm import LSTMConfig, MusicLSTM, sized_to
-from midigen.models.transformer import VARIANT_MEMORY, ModelConfig, MusicTransformer, variant_memory
+from midigen.models.transformer import ModelConfig, MusicTransformer
 
-VARIANTS = (*VARIANT_MEMORY, "lstm")
 Config = ModelConfig | LSTMConfig
+
+# pipeline variant -> the `memory` of its config: a transformer's (transformer.MEMORY_KINDS),
+# or the LSTM's own. Adding a variant is adding a line here (and to params.schema.yaml).
+VARIANTS: dict[str, str] = {
+    "vanilla": "none",
+    "xl": "xl",
+    "xl_knn": "xl_knn",
+    "lstm": LSTMConfig.memory,
+}
 
 
 def check_variant(variant: str) -> None:
@@ -31,8 +39,8 @@ def variant_config(variant: str, model: ModelConfig) -> Config:
     """The config of `variant` from the shared transformer settings (the memory left out):
     the LSTM gets the hidden size whose parameter count is nearest the vanilla transformer's."""
     check_variant(variant)
-    if variant != "lstm":
-        return ModelConfig(**{**asdict(model), "memory": variant_memory(variant)})
+    if VARIANTS[variant] != LSTMConfig.memory:
+        return ModelConfig(**{**asdict(model), "memory": VARIANTS[variant]})
     vanilla = MusicTransformer(ModelConfig(**{**asdict(model), "memory": "none"}))
     base = LSTMConfig(
         vocab_size=model.vocab_size,
@@ -51,9 +59,8 @@ def build_model(config: Config) -> nn.Module:
 
 
 def saved_form(model: nn.Module) -> dict:
-    """What model.pt holds: weights, config and which kind of model they are."""
-    kind = "lstm" if isinstance(model, MusicLSTM) else "transformer"
-    return {"model": model.state_dict(), "model_config": asdict(model.config), "kind": kind}
+    """What model.pt holds: weights and config (whose `memory` says which kind of model)."""
+    return {"model": model.state_dict(), "model_config": asdict(model.config)}
 
 
 def load_trained(
@@ -70,7 +77,7 @@ def load_trained(
     if not path.exists():
         raise MidigenError(f"{path}: model not found (run midigen train first)")
     saved = torch.load(path, map_location=device, weights_only=True)
-    lstm = saved.get("kind") == "lstm"
+    lstm = saved["model_config"]["memory"] == LSTMConfig.memory
     config = (LSTMConfig if lstm else ModelConfig)(**saved["model_config"])
     predicts = (config.vocab_size, *config.extra_fields)
     if predicts != tuple(fields):
@@ -79,10 +86,10 @@ def load_trained(
             f"{path}: the model predicts {said} tokens but the shards' vocabulary has "
             f"{' x '.join(map(str, fields))} (retrain the model after changing the encoding)"
         )
-    kind = "lstm" if lstm else config.memory
-    wanted = None if variant is None else ("lstm" if variant == "lstm" else variant_memory(variant))
-    if wanted is not None and kind != wanted:
-        raise MidigenError(f"{path}: a model with memory '{kind}', not the {variant} variant")
+    if variant is not None and config.memory != VARIANTS[variant]:
+        raise MidigenError(
+            f"{path}: a model with memory '{config.memory}', not the {variant} variant"
+        )
     model = build_model(config)
     model.load_state_dict(saved["model"])
     return model.to(device).eval()
