@@ -8,7 +8,7 @@ import copy
 import csv
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -542,9 +542,12 @@ def test_stage_errors_are_one_clear_message(chorales, tmp_path):
         MidigenError, match="predicts 292 tokens but the shards' vocabulary has 164"
     ):
         stage.run(stage_args(tmp_path, chorales, wrong, "vanilla"), PARAMS)
-    eighths = validate_params({**PARAMS, "encode": {"steps_per_beat": 8}}, partial=True)
-    with pytest.raises(MidigenError, match="steps_per_beat 4 but encode.steps_per_beat is 8"):
-        stage.run(args, eighths)
+    eighths = MusicTransformer(replace(tiny_model(scheme, "none").config, steps_per_beat=8))
+    eighths = save_model(eighths, tmp_path / "eighths.pt")
+    with pytest.raises(
+        MidigenError, match="eighths.pt was trained with steps_per_beat 8 but .* on 4"
+    ):
+        stage.run(stage_args(tmp_path, chorales, eighths, "vanilla"), PARAMS)
     longer = validate_params({**PARAMS, "model": {"xl_mem_len": 64}}, partial=True)
     with pytest.raises(MidigenError, match="trained with xl_mem_len 32 but model.xl_mem_len is 64"):
         stage.run(args, longer)

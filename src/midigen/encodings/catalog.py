@@ -61,6 +61,12 @@ def scheme_record(folder: Path) -> dict:
     return read_json(Path(folder) / SCHEME_FILE, f"{folder}: no shard here (run shard first)")
 
 
+def steps_per_beat_of(folder: Path) -> int:
+    """The time grid `folder`'s tokens were encoded on (its scheme.json), which the stages
+    after it read from there rather than from params."""
+    return int(scheme_record(folder)["encode"]["steps_per_beat"])
+
+
 def load_scheme(shards_dir: Path) -> Scheme:
     """The scheme the shards (or the model) in `shards_dir` were written in, with their
     learned merges."""

@@ -17,6 +17,7 @@ from torch import nn
 
 from midigen.atomic import atomic_dir
 from midigen.data.corpus import load_shard
+from midigen.encodings.catalog import steps_per_beat_of
 from midigen.errors import MidigenError
 from midigen.evaluation.cache import fit_cache
 from midigen.evaluation.checks import TrainingIndex
@@ -51,8 +52,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plots", type=Path, help="default: plots/SCHEME/eval/VARIANT")
 
 
+def check_grid(shards: Path, found: dict[str, int]) -> None:
+    """Each input's steps per beat (by where it was found) is the shards' grid, or one error."""
+    grid = steps_per_beat_of(shards)
+    for source, value in found.items():
+        if value != grid:
+            raise MidigenError(f"{source} steps_per_beat {value} but {shards} are on {grid}")
+
+
 def run(args: argparse.Namespace, params: dict) -> str:
-    settings, steps_per_beat = params["evaluate"], params["encode"]["steps_per_beat"]
+    settings = params["evaluate"]
     xl_mem_len = params["model"]["xl_mem_len"]  # the same reach buckets for every variant
     model_path = args.model or Path("models") / args.scheme / args.variant / "model.pt"
     samples_dir = args.samples or Path("samples") / args.scheme / args.variant
@@ -69,19 +78,18 @@ def run(args: argparse.Namespace, params: dict) -> str:
     test, val = load_shard(shards, "test"), load_shard(shards, "val")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_trained(model_path, scheme.fields, device, args.variant)
-    expected = {"encode.steps_per_beat": steps_per_beat, "model.xl_mem_len": xl_mem_len}
-    checks = [
-        (f"{model_path} was trained with", "encode.steps_per_beat", model.config.steps_per_beat),
-        (f"{samples_dir}/samples.json has", "encode.steps_per_beat", samples.steps_per_beat),
-    ]
-    if isinstance(model.config, ModelConfig):  # the LSTM has no XL memory
-        checks.append(
-            (f"{model_path} was trained with", "model.xl_mem_len", model.config.xl_mem_len)
+    check_grid(
+        shards,
+        {
+            f"{model_path} was trained with": model.config.steps_per_beat,
+            f"{samples_dir}/samples.json has": samples.steps_per_beat,
+        },
+    )
+    if isinstance(model.config, ModelConfig) and model.config.xl_mem_len != xl_mem_len:
+        raise MidigenError(  # the LSTM has no XL memory
+            f"{model_path} was trained with xl_mem_len {model.config.xl_mem_len} but "
+            f"model.xl_mem_len is {xl_mem_len}"
         )
-    for source, key, value in checks:
-        if value != expected[key]:
-            name = key.split(".")[1]
-            raise MidigenError(f"{source} {name} {value} but {key} is {expected[key]}")
 
     batch_size, repeat_ngram = settings["batch_size"], settings["repeat_ngram"]
 

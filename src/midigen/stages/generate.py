@@ -30,9 +30,8 @@ def run(args: argparse.Namespace, params: dict) -> str:
     model = load_trained(path, scheme.fields, device, args.variant)
     config = GenerateConfig.from_params(params["generate"])
     out = args.out or Path("samples") / args.scheme / args.variant
-    samples = write_samples(
-        model, args.variant, shards, args.raw, out, config, params["encode"]["steps_per_beat"]
-    )
+    grid = model.config.steps_per_beat  # the model's, as it was trained: its shards'
+    samples = write_samples(model, args.variant, shards, args.raw, out, config, grid)
     tokens = sum(len(p.tokens["generated"]) for p in samples.prompts)
     audio = f"no audio: {samples.renderer}" if samples.renderer else "with audio"
     return (

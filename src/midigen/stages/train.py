@@ -20,7 +20,7 @@ from pathlib import Path
 
 from midigen.atomic import atomic_file
 from midigen.dag import PACKAGE, SOURCE_ROOT, code_deps
-from midigen.encodings.catalog import MERGES_FILE, SCHEME_FILE
+from midigen.encodings.catalog import MERGES_FILE, SCHEME_FILE, steps_per_beat_of
 from midigen.errors import MidigenError
 from midigen.models.training import TrainConfig, Trainer, seed_runs
 from midigen.models.transformer import ModelConfig
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace, params: dict) -> str:
             f"--variant {args.variant} is not one of train.variants {params['train']['variants']}"
         )
     shards, scheme = shards_of(args)
-    config = model_config(params, args.variant, scheme.fields, params["encode"]["steps_per_beat"])
+    config = model_config(params, args.variant, scheme.fields, steps_per_beat_of(shards))
     out = args.out or Path("models") / args.scheme / args.variant
     metrics = args.metrics or Path("metrics") / args.scheme / "train" / args.variant
     train_config = TrainConfig.from_params(params["train"], params["data"])
