@@ -39,7 +39,8 @@ from midigen.encodings.index import Index
 from midigen.encodings.scores import Vocab
 from midigen.evaluation.likelihood import repeat_probe
 from midigen.models.training import TrainConfig, Trainer
-from midigen.models.transformer import ModelConfig, variant_memory
+from midigen.models.transformer import ModelConfig
+from midigen.models.variants import VARIANTS
 
 VOCAB = Vocab(max_duration=32)
 MODEL = dict(
@@ -101,7 +102,7 @@ def write_shards(out: Path, args: argparse.Namespace) -> None:
 def train_and_probe(variant: str, shards: Path, args: argparse.Namespace) -> dict:
     """Train one variant through both phases; its repeat probe on the long test songs."""
     model = {**MODEL, **args.overrides["model"]}
-    model_config = ModelConfig(vocab_size=len(VOCAB), memory=variant_memory(variant), **model)
+    model_config = ModelConfig(vocab_size=len(VOCAB), memory=VARIANTS[variant], **model)
     train_config = TrainConfig(
         **{**TRAIN, **args.overrides["train"]},
         steps=args.steps,

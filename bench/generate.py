@@ -54,7 +54,8 @@ from midigen.encodings.scores import Vocab
 from midigen.generation.contexts import KVCache, Recompute
 from midigen.generation.prompts import Prompt, split_song
 from midigen.generation.sampling import GenerateConfig, generate, generate_batch
-from midigen.models.transformer import VARIANT_MEMORY, ModelConfig, MusicTransformer
+from midigen.models.transformer import ModelConfig, MusicTransformer
+from midigen.models.variants import transformer_variants
 from midigen.params import load_params
 from midigen.stages.train import model_config
 
@@ -167,7 +168,7 @@ def batched_table(
         "| same | target |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for variant in VARIANT_MEMORY:
+    for variant in transformer_variants():
         model, weights = load(variant, params, scheme)
 
         sides = {"one": one_at_a_time, "batched": batched}
@@ -219,7 +220,7 @@ def prompt_table(
         "| variant | prompt | tokens | segment-sized forwards (s) | one token per forward (s) |",
         "|---|---|---:|---:|---:|",
     ]
-    for variant in VARIANT_MEMORY:
+    for variant in transformer_variants():
         model, _ = load(variant, params, scheme)
         for name, prompt in prompts.items():
             read_seconds(model, prompt, None)  # warm-up
@@ -263,7 +264,7 @@ def main() -> None:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     sides = {"cached": KVCache, "recompute": Recompute}
-    for variant, memory in VARIANT_MEMORY.items():
+    for variant, memory in transformer_variants().items():
         model, weights = load(variant, params, scheme)
         # vanilla: only what fits its first window, where both sides do the same work
         length = args.length if memory != "none" else m["segment_len"] - len(prompt.tokens)

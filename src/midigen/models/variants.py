@@ -29,6 +29,11 @@ VARIANTS: dict[str, str] = {
 }
 
 
+def transformer_variants() -> dict[str, str]:
+    """The variants that are transformers, with their memory (benchmarks compare these)."""
+    return {name: memory for name, memory in VARIANTS.items() if memory != LSTMConfig.memory}
+
+
 def check_variant(variant: str) -> None:
     """An unknown variant stops here, with the known ones named."""
     if variant not in VARIANTS:
