@@ -13,16 +13,15 @@ import torch.nn.functional as F
 from builders import TINY_MODEL
 
 from midigen.errors import MidigenError
+from midigen.models.kernels import MASKED, BiasedAttention
 from midigen.models.memory import KNNMemory, MemoryState
+from midigen.models.positions import alibi_slopes
 from midigen.models.transformer import (
-    MASKED,
-    BiasedAttention,
     KNNAttention,
     KNNRetrieval,
     ModelConfig,
     MusicTransformer,
     XLRecurrence,
-    alibi_slopes,
 )
 
 T = 8  # segment length

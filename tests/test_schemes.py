@@ -24,7 +24,8 @@ from midigen.errors import MidigenError
 from midigen.evaluation.likelihood import evaluate_model
 from midigen.generation.prompts import split_song
 from midigen.generation.sampling import GenerateConfig, generate
-from midigen.models.transformer import MASKED, embed_rows, token_loss
+from midigen.models.kernels import MASKED
+from midigen.models.transformer import embed_rows, token_loss
 from midigen.models.variants import build_model, load_trained, variant_config
 from midigen.params import load_params, validate_params
 from midigen.stages import evaluate as evaluate_stage

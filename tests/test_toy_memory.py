@@ -23,6 +23,7 @@ from midigen.generation.contexts import KVCache
 from midigen.generation.prompts import split_song
 from midigen.generation.sampling import GenerateConfig, generate, generate_batch
 from midigen.models import variants
+from midigen.models.kernels import knn_attention, local_logsumexp
 from midigen.models.memory import NO_DOC, MemoryState
 from midigen.models.transformer import (
     MEMORY_KINDS,
@@ -31,8 +32,6 @@ from midigen.models.transformer import (
     Memory,
     ModelConfig,
     SegmentTrace,
-    knn_attention,
-    local_logsumexp,
 )
 from midigen.models.variants import load_trained
 

@@ -1,7 +1,8 @@
 """Decoder-only music transformer; the variants (vanilla, xl, xl_knn) differ only in memory.
 
-Read top to bottom: the config, position biases, attention (local, then kNN-augmented), the
-block, the memories the model composes (Transformer-XL's, the kNN memory), the model. Every
+Read top to bottom: the config, attention (local, then kNN-augmented; its arithmetic is in
+kernels.py, the position biases in positions.py), the block, the memories the model composes
+(Transformer-XL's, the kNN memory; what they keep is in memory.py), the model. Every
 batch row streams whole songs back to back and `doc` (B, T) says which song each token belongs
 to: attention never crosses from one song to another, neither inside a segment nor into
 memory, so a new song in a row starts from a clean slate.
@@ -14,11 +15,12 @@ from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
-from einops import einsum, rearrange
+from einops import rearrange
 from torch import Tensor, nn
 
 from midigen.data.batching import IGNORE
 from midigen.errors import MidigenError
+from midigen.models.kernels import MASKED, BiasedAttention, knn_attention, local_logsumexp
 from midigen.models.memory import (
     NO_DOC,
     KNNMemory,
@@ -27,6 +29,7 @@ from midigen.models.memory import (
     PastKeyValues,
     hide_older,
 )
+from midigen.models.positions import ALiBi, RelativeBias
 from midigen.params import default
 
 POSITIONS = ("relative", "alibi", "absolute")
@@ -63,10 +66,6 @@ def row_logits(head: nn.Linear, field_heads: nn.ModuleList, x: Tensor) -> Tensor
     fields = [first, *(field_head(x) for field_head in field_heads)]
     width = max(f.shape[-1] for f in fields)
     return torch.stack([F.pad(f, (0, width - f.shape[-1]), value=MASKED) for f in fields], -2)
-
-
-MASKED = -1e9  # additive mask of a hidden key: exp() of it is exactly 0, and a finite value
-# makes scaled_dot_product_attention's CPU softmax ~20% faster than -inf does
 
 
 @dataclass
@@ -150,53 +149,6 @@ class ModelConfig:
             kind.validate(self)
 
 
-# ---- positions: an additive bias on attention scores, by distance ------------------------------
-
-
-def alibi_slopes(n_head: int) -> Tensor:
-    """ALiBi's per-head slopes (Press et al.): geometric, from 2^-8/H down to 2^-8."""
-    return torch.tensor([2 ** (-8 * (h + 1) / n_head) for h in range(n_head)])
-
-
-class RelativeBias(nn.Module):
-    """A learned bias per head and distance (query position - key position), T5-style.
-
-    Distances clamp to max_distance, so everything farther shares the last entry. One table
-    serves all layers and both the segment and the XL memory, so a key means the same whether
-    it sits in memory or in the current segment. The table starts as ALiBi's linear penalty:
-    Adam moves each entry by about the learning rate per step, so a table starting flat needs
-    thousands of steps to learn locality, and until then every extra key (the XL memory above
-    all) only dilutes attention (`test_relative_bias_starts_local` checks the start).
-    """
-
-    def __init__(self, n_head: int, max_distance: int):
-        super().__init__()
-        self.max_distance = max_distance
-        self.table = nn.Embedding(max_distance + 1, n_head)  # embedding: a fast backward
-
-    def reset_parameters(self) -> None:
-        distance = torch.arange(self.max_distance + 1, dtype=torch.float32)
-        with torch.no_grad():
-            self.table.weight.copy_(-distance[:, None] * alibi_slopes(self.table.weight.shape[1]))
-
-    def forward(self, distance: Tensor) -> Tensor:
-        """(T, S) distances -> (H, T, S) bias."""
-        return self.table(distance.clamp(0, self.max_distance)).permute(2, 0, 1)
-
-
-class ALiBi(nn.Module):
-    """A fixed linear penalty per head (Press et al.), distances clamped to max_distance."""
-
-    def __init__(self, n_head: int, max_distance: int):
-        super().__init__()
-        self.max_distance = max_distance
-        self.register_buffer("slopes", alibi_slopes(n_head), persistent=False)
-
-    def forward(self, distance: Tensor) -> Tensor:
-        distance = distance.clamp(0, self.max_distance).to(self.slopes.dtype)
-        return -self.slopes[:, None, None] * distance
-
-
 class Dropout(nn.Dropout):
     """nn.Dropout without its call into torch outside training: generation passes one token
     through nine of them per step, which cost a thirtieth of the step (bench/generate.py)."""
@@ -216,43 +168,6 @@ class Context:
     bias: Tensor | None  # (H, T, S) position bias, already in `mask`, apart for its gradient
     doc: Tensor  # (B, T) song ids of the queries
     slots: dict[str, MemorySlot] = field(default_factory=dict)  # MemoryState.slots
-
-
-class BiasedAttention(torch.autograd.Function):
-    """softmax(q kᵀ / √d + mask) v, where the mask holds a bias that learns, on the CPU.
-
-    scaled_dot_product_attention computes the same, but a mask that needs a gradient sends it
-    to its unfused math path on the CPU, which also scans every row for being fully masked,
-    computes gradients for the XL memory's keys and values (detached: they are dropped) and
-    hands a (B, H, T, S) gradient per layer back to the mask. This does the same arithmetic in
-    fewer passes over the scores, and its gradients go only to the queries, the segment's own
-    keys/values and the (H, T, S) bias. Speed: bench/train.py; equality with SDPA: test_model.
-    """
-
-    @staticmethod
-    def forward(ctx, q, k, v, keys, values, mask, bias):
-        """q, k, v: this segment's (B, H, T, Dh); keys, values: (B, H, S, Dh), detached, the
-        memory's then k and v again; mask: (B|1, H, T, S) detached, added to the scores, and
-        `bias` the part of it that receives the gradient (it broadcasts to the mask)."""
-        q = q / math.sqrt(q.shape[-1])
-        probs = torch.matmul(q, keys.transpose(-1, -2)).add_(mask).softmax(dim=-1)
-        out = probs @ values
-        ctx.save_for_backward(q, keys, values, probs, out)
-        ctx.own, ctx.bias_shape = k.shape[2], bias.shape
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        q, keys, values, probs, out = ctx.saved_tensors
-        own = slice(keys.shape[2] - ctx.own, None)  # the segment's own keys: the last T
-        # softmax backward: dS = P * (dP - rowsum(dP * P)), and rowsum(dP * P) = rowsum(dO * O)
-        grad_scores = (grad_out @ values.transpose(-1, -2)).sub_((grad_out * out).sum(-1, True))
-        grad_scores.mul_(probs)
-        grad_q = (grad_scores @ keys) / math.sqrt(q.shape[-1])
-        grad_k = grad_scores[..., own].transpose(-1, -2) @ q
-        grad_v = probs[..., own].transpose(-1, -2) @ grad_out
-        grad_bias = grad_scores.sum_to_size(ctx.bias_shape)
-        return grad_q, grad_k, grad_v, None, None, None, grad_bias
 
 
 class Attention(nn.Module):
@@ -357,29 +272,6 @@ class KNNAttention(Attention):
         # the memory's share of one softmax over [local keys; hits]
         share = (memory_lse - local_logsumexp(q, keys, mask)).sigmoid()[..., None]
         return torch.where(found.any(-1, keepdim=True), local + share * (memory - local), local)
-
-
-def local_logsumexp(q: Tensor, keys: Tensor, mask: Tensor | None) -> Tensor:
-    """log Σ exp(score) over the keys a query (B, H, T, Dh) may see (B, H, T): the local side
-    of a softmax that the memory's hits join. `mask` None means plain causal attention."""
-    scores = q @ keys.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    if mask is None:
-        length = q.shape[2]
-        mask = torch.full((length, length), MASKED, dtype=q.dtype, device=q.device).triu(1)
-    return (scores + mask).logsumexp(-1)
-
-
-def knn_attention(
-    q: Tensor, keys: Tensor, values: Tensor, found: Tensor, memory_bias: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Softmax attention of each query (B, H, T, Dh) over its own k hits (B, H, T, k, Dh),
-    scored like local attention (q·k/√d) plus the head's memory bias; hits that are not
-    `found` get no weight. Returns the output (B, H, T, Dh) and the scores' log Σ exp."""
-    scores = einsum(q, keys, "b h t d, b h t k d -> b h t k") / math.sqrt(q.shape[-1])
-    scores = scores + rearrange(memory_bias, "h -> h 1 1").to(q.dtype)
-    scores = scores.masked_fill(~found, MASKED)
-    out = einsum(scores.softmax(-1), values, "b h t k, b h t k d -> b h t d")
-    return out, scores.logsumexp(-1)
 
 
 class MLP(nn.Module):
