@@ -1,42 +1,63 @@
-"""Each stage's params and code are declared once (midigen.dag): the Snakefile is built from
-the declaration, and dvc.yaml must list exactly what it says."""
+"""Each stage is declared once, in midigen.dag's table: the Snakefile is built from it,
+dvc.yaml is written from it, and a stage run by hand takes its paths from it."""
 
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import sys
+from argparse import Namespace
 from pathlib import Path
 
 import pytest
-import yaml
 
-from midigen.dag import PACKAGE, PACKAGE_DATA, SOURCE_ROOT, STAGE_PARAMS, code_deps, dvc_problems
+from midigen.cli import main
+from midigen.dag import (
+    PACKAGE,
+    PACKAGE_DATA,
+    SOURCE_ROOT,
+    STAGE_PARAMS,
+    STAGES,
+    code_deps,
+    dvc_yaml,
+    with_defaults,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def dvc_stages() -> dict:
-    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+def test_the_committed_dvc_yaml_is_the_one_the_table_writes():
+    """Stale after any change to the table or to a stage's imports: run `midigen dag`."""
+    assert (ROOT / "dvc.yaml").read_text() == dvc_yaml()
 
 
-def test_dvc_yaml_lists_exactly_the_declared_code_and_params():
-    assert dvc_problems(dvc_stages()) == []
+def test_midigen_dag_writes_dvc_yaml_with_every_stage_and_its_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the CLI reads params.yaml
+    assert main(["dag", "--dvc", str(tmp_path / "dvc.yaml")]) == 0
+    text = (tmp_path / "dvc.yaml").read_text()
+    assert text == dvc_yaml()
+    for name in STAGES:
+        assert f"\n  {name}:\n" in text
+    assert "      - src/midigen/models/transformer.py\n" in text  # train's code
+    assert "    matrix:\n      scheme: ${encode.schemes}\n      variant: ${train.variants}" in text
 
 
-def test_a_code_file_or_param_left_out_of_dvc_yaml_is_named():
-    stages = copy.deepcopy(dvc_stages())
-    stages["generate"]["deps"].remove(f"{SOURCE_ROOT}/midi/files.py")
-    stages["evaluate"]["params"].remove("train.seeds")
-    stages["shard"]["do"]["deps"].append(f"{SOURCE_ROOT}/models/transformer.py")
-    stages["encode"]["params"].remove("encode.${item.scheme}")  # its own scheme's section
-    assert dvc_problems(stages) == [
-        "encode: param encode.{scheme} missing",
-        "shard: code dependency src/midigen/models/transformer.py not declared",
-        "generate: code dependency src/midigen/midi/files.py missing",
-        "evaluate: param train.seeds missing",
-    ]
+def test_a_stage_run_by_hand_takes_the_paths_the_dag_passes():
+    args = Namespace(
+        scheme="bpe",
+        variant="xl",
+        shards=Path("mine"),
+        model=None,
+        samples=None,
+        metrics=None,
+        plots=None,
+    )
+    filled = with_defaults("evaluate", args)
+    assert filled.shards == Path("mine")  # given: kept
+    assert filled.model == Path("models/bpe/xl/model.pt")
+    assert filled.samples == Path("samples/bpe/xl")
+    assert filled.metrics == Path("metrics/bpe/eval/xl.json")
+    assert args.model is None  # the caller's namespace is not changed
 
 
 def test_code_deps_follow_imports_through_other_modules():

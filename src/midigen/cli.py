@@ -33,8 +33,11 @@ STAGES = (
     "report",
     "roundtrip",
     "continue",
+    "dag",
 )
-MODULES = {"continue": "continue_song"}  # a command whose name Python keeps for itself
+# commands whose module is named otherwise: Python keeps `continue` for itself, and
+# midigen.dag is the table `dag` writes out
+MODULES = {"continue": "continue_song", "dag": "dag_file"}
 
 
 def stage_module(name: str) -> str:
@@ -73,6 +76,12 @@ def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
             "passes them); overrides --params",
         )
         p.add_argument("--log", type=Path, help="also write the log to this file")
+        p.add_argument(
+            "--threads",
+            type=int,
+            help="cores the stage may use (how Snakemake passes a job's threads; default: "
+            "all, or encode.workers)",
+        )
         module.add_arguments(p)
         p.set_defaults(module=module)
     return parser
@@ -108,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     stage = argv[0] if argv and argv[0] in STAGES else None
     args = build_parser(stage).parse_args(argv)
     _setup_logging(args.log)
+    if args.threads and "torch" in sys.modules:  # a stage that computes with torch
+        sys.modules["torch"].set_num_threads(args.threads)
     try:
         summary = args.module.run(args, _params(args))
     except MidigenError as e:

@@ -1,18 +1,26 @@
-"""What each stage reads: the one declaration that both DAG files follow.
+"""The stages of the pipeline, declared once: the table both DAG files follow.
 
-`STAGE_PARAMS` names the params a stage reads (a whole section, or section.key), and
-`code_deps(stage)` is its code: the closure of its imports inside midigen (read from the
-sources, so a new import is a new dependency without anyone listing it), plus the package
-files those modules read. The Snakefile builds its rules from both; dvc.yaml cannot run
-code, so tests/test_dag.py checks that it lists exactly these (`dvc_problems`).
+`STAGES` gives each stage's command, the params it reads (a whole section, or section.key),
+the other stages' outputs it reads and what it writes, as path templates over the wildcards
+it runs per (scheme, chunk, variant); `code_deps(stage)` is its code: the closure of its
+imports inside midigen (read from the sources, so a new import is a new dependency without
+anyone listing it), plus the package files those modules read. The Snakefile builds its rules
+from the table; dvc.yaml, which cannot run code, is written from it by `midigen dag`
+(tests/test_declarations.py fails while the committed file is stale); a stage run by hand
+defaults its paths to the table's (`with_defaults`).
 """
 
 from __future__ import annotations
 
 import ast
 import re
+from argparse import Namespace
+from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
+from itertools import product
+from pathlib import Path, PurePosixPath
+
+import yaml
 
 PACKAGE = Path(__file__).resolve().parent
 SOURCE_ROOT = "src/midigen"  # where the package lives in the repository
@@ -28,25 +36,109 @@ ENCODE_KEYS = (
     "chunks",
 )
 SCHEME = "{scheme}"  # stands for the branch's scheme: its own section is encode.<scheme>
-STAGE_PARAMS: dict[str, tuple[str, ...]] = {
-    "download": ("download",),
-    "encode": (*(f"encode.{key}" for key in ENCODE_KEYS), f"encode.{SCHEME}"),
-    "shard": (
-        *(f"encode.{key}" for key in ENCODE_KEYS),
-        f"encode.{SCHEME}",
-        "encode.flag_lost_fraction",
+# What a stage runs per: each wildcard's values are a list in params.
+WILDCARDS = {"scheme": "encode.schemes", "chunk": "encode.chunks", "variant": "train.variants"}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage as both DAG files run it. Paths are templates over WILDCARDS: an input with
+    a wildcard the stage does not run per stands for all of its values (the report reads
+    every variant's metrics). Every stage also writes logs/NAME[-WILDCARD...].log."""
+
+    command: str  # `midigen` and its path arguments; the DAG files add params and the log
+    params: tuple[str, ...]  # sections, or section.key, of params.yaml it reads
+    inputs: tuple[str, ...] = ()  # other stages' outputs it reads
+    outs: tuple[str, ...] = ()  # a path without a suffix is a folder
+    metrics: tuple[str, ...] = ()  # outputs DVC shows as metrics, and as plots:
+    plots: tuple[str, ...] = ()
+    cached: bool = True  # whether DVC caches the outputs (not the report page)
+    threads: str | None = None  # "all" cores, or the param that sets how many (0: all)
+
+    @property
+    def wildcards(self) -> tuple[str, ...]:
+        """The wildcards it runs per, in WILDCARDS order (those its command names)."""
+        return tuple(w for w in WILDCARDS if f"{{{w}}}" in self.command)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (*self.outs, *self.metrics, *self.plots)
+
+
+STAGES: dict[str, Stage] = {
+    "download": Stage("midigen download --out data/raw", ("download",), outs=("data/raw",)),
+    "encode": Stage(
+        "midigen encode --scheme {scheme} --chunk {chunk} --raw data/raw"
+        " --out data/encoded/{scheme}/chunk-{chunk}",
+        (*(f"encode.{key}" for key in ENCODE_KEYS), f"encode.{SCHEME}"),
+        inputs=("data/raw",),
+        outs=("data/encoded/{scheme}/chunk-{chunk}",),
+        threads="encode.workers",
     ),
-    "train": ("data", "model", "train"),
-    "generate": ("generate",),
-    "baselines": ("evaluate",),
-    "evaluate": (
-        "evaluate",
-        "model.xl_mem_len",
-        "train.seed",
-        "train.seeds",
+    "shard": Stage(
+        "midigen shard --scheme {scheme} --encoded data/encoded/{scheme}"
+        " --out data/shards/{scheme}",
+        (
+            *(f"encode.{key}" for key in ENCODE_KEYS),
+            f"encode.{SCHEME}",
+            "encode.flag_lost_fraction",
+        ),
+        inputs=("data/encoded/{scheme}/chunk-{chunk}",),
+        outs=("data/shards/{scheme}",),
     ),
-    "report": SECTIONS,
+    "train": Stage(
+        "midigen train --scheme {scheme} --variant {variant} --shards data/shards/{scheme}"
+        " --out models/{scheme}/{variant} --metrics metrics/{scheme}/train/{variant}",
+        ("data", "model", "train"),
+        inputs=("data/shards/{scheme}",),
+        outs=("models/{scheme}/{variant}",),
+        metrics=("metrics/{scheme}/train/{variant}/metrics.json",),
+        plots=("metrics/{scheme}/train/{variant}/plots",),
+        threads="all",
+    ),
+    "generate": Stage(
+        "midigen generate --scheme {scheme} --variant {variant} --shards data/shards/{scheme}"
+        " --raw data/raw --model models/{scheme}/{variant}/model.pt"
+        " --out samples/{scheme}/{variant}",
+        ("generate",),
+        inputs=("models/{scheme}/{variant}", "data/shards/{scheme}", "data/raw"),
+        outs=("samples/{scheme}/{variant}",),
+        threads="all",
+    ),
+    "baselines": Stage(
+        "midigen baselines --scheme {scheme} --shards data/shards/{scheme}"
+        " --out metrics/{scheme}/baselines.json --plots plots/{scheme}/baselines",
+        ("evaluate",),
+        inputs=("data/shards/{scheme}",),
+        metrics=("metrics/{scheme}/baselines.json",),
+        plots=("plots/{scheme}/baselines",),
+    ),
+    "evaluate": Stage(
+        "midigen evaluate --scheme {scheme} --variant {variant} --shards data/shards/{scheme}"
+        " --model models/{scheme}/{variant}/model.pt --samples samples/{scheme}/{variant}"
+        " --metrics metrics/{scheme}/eval/{variant}.json --plots plots/{scheme}/eval/{variant}",
+        ("evaluate", "model.xl_mem_len", "train.seed", "train.seeds"),
+        inputs=("models/{scheme}/{variant}", "data/shards/{scheme}", "samples/{scheme}/{variant}"),
+        metrics=("metrics/{scheme}/eval/{variant}.json",),
+        plots=("plots/{scheme}/eval/{variant}",),
+        threads="all",
+    ),
+    "report": Stage(
+        "midigen report --out reports",
+        SECTIONS,
+        inputs=(
+            "metrics/{scheme}/train/{variant}/metrics.json",
+            "metrics/{scheme}/eval/{variant}.json",
+            "plots/{scheme}/eval/{variant}",
+            "samples/{scheme}/{variant}",
+            "metrics/{scheme}/baselines.json",
+            "data/shards/{scheme}",
+        ),
+        outs=("reports/index.html",),
+        cached=False,
+    ),
 }
+STAGE_PARAMS = {name: stage.params for name, stage in STAGES.items()}
 # Files besides code that a module reads from the package (by module name).
 PACKAGE_DATA = {
     "midigen.params": ("params.schema.yaml",),
@@ -120,21 +212,105 @@ def _path(module: str) -> Path:
     return folder.with_suffix(".py")
 
 
-def dvc_problems(stages: dict) -> list[str]:
-    """Where dvc.yaml's `stages` (parsed) differ from this declaration: a code file or a param
-    missing or extra, or a stage missing; [] when they agree."""
-    problems = [f"dvc.yaml has no stage {s}" for s in STAGE_PARAMS if s not in stages]
-    for stage, body in stages.items():
-        body = body.get("do", body)  # a foreach stage declares its body under `do`
-        if stage not in STAGE_PARAMS:
-            problems.append(f"dvc.yaml stage {stage} is not declared in midigen.dag")
-            continue
-        code = {d for d in body.get("deps", []) if d.startswith(f"{SOURCE_ROOT}/")}
-        params = {re.sub(r"\$\{item(\.scheme)?\}", SCHEME, p) for p in body.get("params", [])}
-        for kind, listed, wanted in (
-            ("code dependency", code, set(code_deps(stage))),
-            ("param", params, set(STAGE_PARAMS[stage])),
-        ):
-            problems += [f"{stage}: {kind} {x} missing" for x in sorted(wanted - listed)]
-            problems += [f"{stage}: {kind} {x} not declared" for x in sorted(listed - wanted)]
-    return problems
+# ---- the table, as each DAG tool and each stage reads it -----------------------------------
+
+
+def log_path(name: str) -> str:
+    """logs/NAME[-{wildcard}...].log: one log per job."""
+    return "logs/" + "-".join([name, *(f"{{{w}}}" for w in STAGES[name].wildcards)]) + ".log"
+
+
+def is_folder(path: str) -> bool:
+    return not PurePosixPath(path).suffix
+
+
+def expand_inputs(name: str, values: dict[str, list]) -> list[str]:
+    """A stage's inputs for Snakemake: its own wildcards kept, every other one expanded over
+    `values` (wildcard -> its values in params)."""
+    own = STAGES[name].wildcards
+    found = []
+    for template in STAGES[name].inputs:
+        others = [w for w in WILDCARDS if f"{{{w}}}" in template and w not in own]
+        for chosen in product(*(values[w] for w in others)):
+            keep = {w: f"{{{w}}}" for w in own}
+            found.append(template.format(**keep, **dict(zip(others, chosen, strict=True))))
+    return list(dict.fromkeys(found))
+
+
+def table_paths(name: str) -> dict[str, str]:
+    """The path templates stage `name`'s command passes, by option (`--model` -> "model")."""
+    words = STAGES[name].command.split()
+    options = zip(words, words[1:], strict=False)
+    return {
+        option[2:]: value
+        for option, value in options
+        if option.startswith("--") and option[2:] not in WILDCARDS
+    }
+
+
+def default_help(name: str, option: str) -> str:
+    """`--option`'s help: its default, as the DAG files pass it (wildcards in capitals)."""
+    return "default: " + table_paths(name)[option].format(**{w: w.upper() for w in WILDCARDS})
+
+
+def with_defaults(name: str, args: Namespace) -> Namespace:
+    """`args` with every path option left unset as the DAG files pass it, so that a stage run
+    by hand reads and writes where the pipeline does."""
+    wildcards = {w: getattr(args, w) for w in STAGES[name].wildcards}
+    unset = {
+        option: Path(template.format(**wildcards))
+        for option, template in table_paths(name).items()
+        if getattr(args, option, None) is None
+    }
+    return Namespace(**{**vars(args), **unset})
+
+
+def dvc_stages() -> dict:
+    """The `stages` of dvc.yaml: each stage of the table, a matrix over its wildcards."""
+    return {name: _dvc_stage(name, stage) for name, stage in STAGES.items()}
+
+
+def _dvc_stage(name: str, stage: Stage) -> dict:
+    own = stage.wildcards
+    item = {w: f"${{item.{w}}}" for w in own}
+    body: dict = {"matrix": {w: f"${{{WILDCARDS[w]}}}" for w in own}} if own else {}
+    body["cmd"] = f"{stage.command} --log {log_path(name)}".format(**item)
+    inputs = [_dvc_input(template, own).format(**item) for template in stage.inputs]
+    body["deps"] = [*dict.fromkeys(inputs), *code_deps(name)]
+    body["params"] = [param.replace(SCHEME, item.get("scheme", SCHEME)) for param in stage.params]
+    for kind in ("outs", "metrics", "plots"):
+        paths = [path.format(**item) for path in getattr(stage, kind)]
+        if paths:
+            body[kind] = paths if stage.cached else [{path: {"cache": False}} for path in paths]
+    return body
+
+
+def _dvc_input(template: str, own: tuple[str, ...]) -> str:
+    """An input as DVC can list it: the folder above the first wildcard the stage does not
+    run per (DVC lists no dependency per chunk or variant of another stage)."""
+    parts = template.split("/")
+    for i, part in enumerate(parts):
+        if any(f"{{{w}}}" in part for w in WILDCARDS if w not in own):
+            return "/".join(parts[:i])
+    return template
+
+
+DVC_HEADER = """\
+# Written by `midigen dag` from the stage table in src/midigen/dag.py, which the Snakefile
+# also reads: edit the table, then run `midigen dag` (tests/test_declarations.py fails while
+# this file is stale). One branch per token scheme (encode.schemes), one job per scheme and
+# chunk or model variant.
+"""
+
+
+def dvc_yaml() -> str:
+    """dvc.yaml's text: the header, then every stage, a blank line apart."""
+    text = yaml.dump({"stages": dvc_stages()}, Dumper=_Indented, sort_keys=False, width=100)
+    return DVC_HEADER + re.sub(r"\n(  \w)", r"\n\n\1", text).replace("\n\n", "\n", 1)
+
+
+class _Indented(yaml.SafeDumper):
+    """Lists indented under their key, as people write dvc.yaml."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        super().increase_indent(flow, False)

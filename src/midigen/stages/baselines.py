@@ -11,6 +11,7 @@ import csv
 from pathlib import Path
 
 from midigen.atomic import atomic_file
+from midigen.dag import default_help, with_defaults
 from midigen.data.corpus import load_shard
 from midigen.evaluation.baselines import evaluate_baselines
 from midigen.evaluation.likelihood import write_metrics
@@ -19,16 +20,14 @@ from midigen.stages.branch import add_scheme_argument, shards_of
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_scheme_argument(parser)
-    parser.add_argument("--shards", type=Path, help="default: data/shards/SCHEME")
-    parser.add_argument("--out", type=Path, help="default: metrics/SCHEME/baselines.json")
-    parser.add_argument("--plots", type=Path, help="default: plots/SCHEME/baselines")
+    for option in ("shards", "out", "plots"):
+        parser.add_argument(f"--{option}", type=Path, help=default_help("baselines", option))
 
 
 def run(args: argparse.Namespace, params: dict) -> str:
-    settings = params["evaluate"]
+    settings, args = params["evaluate"], with_defaults("baselines", args)
     shards, scheme = shards_of(args)
-    out = args.out or Path("metrics") / args.scheme / "baselines.json"
-    plots = args.plots or Path("plots") / args.scheme / "baselines"
+    out, plots = args.out, args.plots
     results = evaluate_baselines(
         load_shard(shards, "train"),
         load_shard(shards, "test"),

@@ -20,9 +20,9 @@ def add_scheme_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def shards_of(args: argparse.Namespace) -> tuple[Path, Scheme]:
-    """The shard folder of a stage (default: data/shards/SCHEME) and the scheme its tokens are
-    in, which must be the branch the stage was asked to run."""
-    shards = args.shards or Path("data/shards") / args.scheme
+    """The shard folder of a stage (`--shards`, defaulted by midigen.dag.with_defaults) and
+    the scheme its tokens are in, which must be the branch the stage was asked to run."""
+    shards = args.shards
     scheme = load_scheme(shards)
     if scheme.name != args.scheme:
         raise MidigenError(f"{shards} holds {scheme.name} tokens, not {args.scheme} (--scheme)")

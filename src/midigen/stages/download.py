@@ -11,17 +11,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from midigen.dag import default_help, with_defaults
 from midigen.data.download import download
 from midigen.errors import MidigenError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--out", type=Path, default=Path("data/raw"), help="output folder (default: data/raw)"
-    )
+    parser.add_argument("--out", type=Path, help=default_help("download", "out"))
 
 
 def run(args: argparse.Namespace, params: dict) -> str:
     if "download" not in params:
         raise MidigenError("params have no 'download' section")
+    args = with_defaults("download", args)
     return str(download(params["download"], args.out))

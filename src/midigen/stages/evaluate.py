@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from midigen.atomic import atomic_dir
+from midigen.dag import default_help, with_defaults
 from midigen.data.corpus import load_shard
 from midigen.encodings.catalog import steps_per_beat_of
 from midigen.errors import MidigenError
@@ -45,11 +46,8 @@ CACHED_METRICS = ("nll", "bits_per_note", "repeat", "repeat_by_reach")  # with t
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", required=True, help="which variant (names the outputs)")
     add_scheme_argument(parser)
-    parser.add_argument("--shards", type=Path, help="default: data/shards/SCHEME")
-    parser.add_argument("--model", type=Path, help="default: models/SCHEME/VARIANT/model.pt")
-    parser.add_argument("--samples", type=Path, help="default: samples/SCHEME/VARIANT")
-    parser.add_argument("--metrics", type=Path, help="default: metrics/SCHEME/eval/VARIANT.json")
-    parser.add_argument("--plots", type=Path, help="default: plots/SCHEME/eval/VARIANT")
+    for option in ("shards", "model", "samples", "metrics", "plots"):
+        parser.add_argument(f"--{option}", type=Path, help=default_help("evaluate", option))
 
 
 def check_grid(shards: Path, found: dict[str, int]) -> None:
@@ -63,10 +61,9 @@ def check_grid(shards: Path, found: dict[str, int]) -> None:
 def run(args: argparse.Namespace, params: dict) -> str:
     settings = params["evaluate"]
     xl_mem_len = params["model"]["xl_mem_len"]  # the same reach buckets for every variant
-    model_path = args.model or Path("models") / args.scheme / args.variant / "model.pt"
-    samples_dir = args.samples or Path("samples") / args.scheme / args.variant
-    metrics_path = args.metrics or Path("metrics") / args.scheme / "eval" / f"{args.variant}.json"
-    plots_dir = args.plots or Path("plots") / args.scheme / "eval" / args.variant
+    args = with_defaults("evaluate", args)
+    model_path, samples_dir = args.model, args.samples
+    metrics_path, plots_dir = args.metrics, args.plots
 
     check_variant(args.variant)  # an unknown variant stops here, before any file is read
     samples = read_samples(samples_dir)

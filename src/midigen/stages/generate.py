@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from midigen.dag import default_help, with_defaults
 from midigen.generation.sampling import GenerateConfig
 from midigen.generation.writing import write_samples
 from midigen.models.variants import load_trained
@@ -17,19 +18,18 @@ from midigen.stages.branch import add_scheme_argument, shards_of
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", required=True, help="one of train.variants")
     add_scheme_argument(parser)
-    parser.add_argument("--shards", type=Path, help="default: data/shards/SCHEME")
-    parser.add_argument("--raw", type=Path, default=Path("data/raw"), help="for song titles")
-    parser.add_argument("--model", type=Path, help="default: models/SCHEME/VARIANT/model.pt")
-    parser.add_argument("--out", type=Path, help="default: samples/SCHEME/VARIANT")
+    for option, about in (("shards", ""), ("raw", "song titles; "), ("model", ""), ("out", "")):
+        parser.add_argument(f"--{option}", type=Path, help=about + default_help("generate", option))
 
 
 def run(args: argparse.Namespace, params: dict) -> str:
+    args = with_defaults("generate", args)
     shards, scheme = shards_of(args)
-    path = args.model or Path("models") / args.scheme / args.variant / "model.pt"
+    path = args.model
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_trained(path, scheme.fields, device, args.variant)
     config = GenerateConfig.from_params(params["generate"])
-    out = args.out or Path("samples") / args.scheme / args.variant
+    out = args.out
     grid = model.config.steps_per_beat  # the model's, as it was trained: its shards'
     samples = write_samples(model, args.variant, shards, args.raw, out, config, grid)
     tokens = sum(len(p.tokens["generated"]) for p in samples.prompts)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from midigen.dag import default_help, with_defaults
 from midigen.data.corpus import EncodeConfig, build_shards
 from midigen.stages.branch import add_scheme_argument
 
@@ -13,15 +14,17 @@ from midigen.stages.branch import add_scheme_argument
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_scheme_argument(parser)
     parser.add_argument(
-        "--encoded", type=Path, help="folder of chunk-ID folders (default: data/encoded/SCHEME)"
+        "--encoded",
+        type=Path,
+        help=f"folder of chunk-ID folders ({default_help('shard', 'encoded')})",
     )
-    parser.add_argument("--out", type=Path, help="default: data/shards/SCHEME")
+    parser.add_argument("--out", type=Path, help=default_help("shard", "out"))
 
 
 def run(args: argparse.Namespace, params: dict) -> str:
-    encode = params["encode"]
-    encoded = args.encoded or Path("data/encoded") / args.scheme
+    encode, args = params["encode"], with_defaults("shard", args)
+    encoded = args.encoded
     chunks = [encoded / f"chunk-{i}" for i in sorted(encode["chunks"])]
     config = EncodeConfig.from_params(encode, args.scheme)
-    out = args.out or Path("data/shards") / args.scheme
+    out = args.out
     return build_shards(chunks, config, out, encode["flag_lost_fraction"])

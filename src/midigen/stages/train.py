@@ -19,7 +19,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from midigen.atomic import atomic_file
-from midigen.dag import PACKAGE, SOURCE_ROOT, code_deps
+from midigen.dag import PACKAGE, SOURCE_ROOT, code_deps, default_help, with_defaults
 from midigen.encodings.catalog import MERGES_FILE, SCHEME_FILE, steps_per_beat_of
 from midigen.errors import MidigenError
 from midigen.models.training import TrainConfig, Trainer, seed_runs
@@ -31,10 +31,10 @@ from midigen.stages.branch import add_scheme_argument, shards_of
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", required=True, help="one of train.variants")
     add_scheme_argument(parser)
-    parser.add_argument("--shards", type=Path, help="default: data/shards/SCHEME")
-    parser.add_argument("--out", type=Path, help="default: models/SCHEME/VARIANT")
+    parser.add_argument("--shards", type=Path, help=default_help("train", "shards"))
+    parser.add_argument("--out", type=Path, help=default_help("train", "out"))
     parser.add_argument(
-        "--metrics", type=Path, help="DVCLive folder (default: metrics/SCHEME/train/VARIANT)"
+        "--metrics", type=Path, help=f"DVCLive folder ({default_help('train', 'metrics')})"
     )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument(
@@ -79,10 +79,10 @@ def run(args: argparse.Namespace, params: dict) -> str:
         raise MidigenError(
             f"--variant {args.variant} is not one of train.variants {params['train']['variants']}"
         )
+    args = with_defaults("train", args)
     shards, scheme = shards_of(args)
     config = model_config(params, args.variant, scheme.fields, steps_per_beat_of(shards))
-    out = args.out or Path("models") / args.scheme / args.variant
-    metrics = args.metrics or Path("metrics") / args.scheme / "train" / args.variant
+    out, metrics = args.out, args.metrics
     train_config = TrainConfig.from_params(params["train"], params["data"])
     done = []
     for seed, folder in seed_runs(train_config):  # the main model first, then the others
