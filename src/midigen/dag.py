@@ -53,6 +53,9 @@ class Stage:
     metrics: tuple[str, ...] = ()  # outputs DVC shows as metrics, and as plots:
     plots: tuple[str, ...] = ()
     cached: bool = True  # whether DVC caches the outputs (not the report page)
+    # outputs that grow from run to run (the report's history): DVC keeps them (persist);
+    # Snakemake deletes every output it declares before a job, so its rule leaves them out
+    kept: tuple[str, ...] = ()
     threads: str | None = None  # "all" cores, or the param that sets how many (0: all)
 
     @property
@@ -136,6 +139,7 @@ STAGES: dict[str, Stage] = {
         ),
         outs=("reports/index.html",),
         cached=False,
+        kept=("reports/runs",),
     ),
 }
 STAGE_PARAMS = {name: stage.params for name, stage in STAGES.items()}
@@ -282,6 +286,9 @@ def _dvc_stage(name: str, stage: Stage) -> dict:
         paths = [path.format(**item) for path in getattr(stage, kind)]
         if paths:
             body[kind] = paths if stage.cached else [{path: {"cache": False}} for path in paths]
+    if stage.kept:
+        kept = {"cache": False, "persist": True}
+        body["outs"] += [{path.format(**item): kept} for path in stage.kept]
     return body
 
 
