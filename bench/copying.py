@@ -40,7 +40,7 @@ from midigen.encodings.scores import Vocab
 from midigen.evaluation.likelihood import repeat_probe
 from midigen.models.training import TrainConfig, Trainer
 from midigen.models.transformer import ModelConfig
-from midigen.models.variants import VARIANTS
+from midigen.registry import VARIANTS
 
 VOCAB = Vocab(max_duration=32)
 MODEL = dict(

@@ -18,14 +18,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from builders import shards_from_songs
 from test_generate import SCHEME, VOCAB, completions, decodes, random_prompt
 from test_generate import tiny as generation_model
 from test_model import T, run, stream, tiny
-from test_train import random_song, tiny_params, trainer
+from test_train import random_shards, tiny_params, trainer
 
 from midigen.data.batching import IGNORE
 from midigen.encodings.index import Grammar
@@ -154,10 +152,8 @@ def test_knn_memory_on_cuda_wraps_and_searches_in_blocks_as_on_the_cpu(monkeypat
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     """Real shards made by the real stages from small random songs (as tests/test_train.py)."""
-    rng = np.random.default_rng(0)
-    songs = [random_song(rng) for _ in range(14)]
     root = tmp_path_factory.mktemp("cuda-train")
-    return shards_from_songs(root, songs, val_fraction=0.25, test_fraction=0.1)
+    return random_shards(root, 14, 0, val_fraction=0.25, test_fraction=0.1)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

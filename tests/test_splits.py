@@ -14,12 +14,10 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from builders import shards_from_songs
 from test_evaluate import PARAMS, save_model, stage_args, tiny_model, write_samples
-from test_train import random_song, tiny_params, trainer
+from test_train import random_shards, tiny_params, trainer
 
 from midigen.data.corpus import load_shard
 from midigen.encodings.catalog import load_scheme
@@ -29,10 +27,8 @@ from midigen.stages import evaluate as evaluate_stage
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> tuple[Path, Path]:
     """Real shards of random songs, and a copy whose test split holds other songs."""
-    rng = np.random.default_rng(7)
     root = tmp_path_factory.mktemp("splits")
-    songs = [random_song(rng) for _ in range(40)]
-    original = shards_from_songs(root, songs, val_fraction=0.2, test_fraction=0.2)
+    original = random_shards(root, 40, 7, val_fraction=0.2, test_fraction=0.2)
     other = root / "other-test"
     shutil.copytree(original, other)
     shutil.rmtree(other / "test")

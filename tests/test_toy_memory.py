@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from builders import shards_from_songs
-from test_train import random_song, tiny_params, trainer
+from test_train import random_shards, tiny_params, trainer
 
 from midigen.data.corpus import load_shard
 from midigen.encodings.catalog import load_scheme
@@ -125,10 +124,8 @@ def toy(monkeypatch) -> str:
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    rng = np.random.default_rng(3)
-    songs = [random_song(rng) for _ in range(12)]
     root = tmp_path_factory.mktemp("toy")
-    return shards_from_songs(root, songs, val_fraction=0.25, test_fraction=0.25)
+    return random_shards(root, 12, 3, val_fraction=0.25, test_fraction=0.25)
 
 
 def test_a_memory_defined_in_a_test_file_trains_evaluates_and_generates(toy, shards, tmp_path):

@@ -46,13 +46,16 @@ def random_song(rng: np.random.Generator) -> Notes:
     )
 
 
+def random_shards(root: Path, count: int, seed: int, **fractions: float) -> Path:
+    """Real shards made by the real stages from a folder of `count` small random songs."""
+    rng = np.random.default_rng(seed)
+    return shards_from_songs(root, [random_song(rng) for _ in range(count)], **fractions)
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    """Real shards made by the real stages from a folder of small random songs."""
-    rng = np.random.default_rng(0)
-    songs = [random_song(rng) for _ in range(N_SONGS)]
     root = tmp_path_factory.mktemp("train")
-    return shards_from_songs(root, songs, val_fraction=0.25, test_fraction=0.1)
+    return random_shards(root, N_SONGS, 0, val_fraction=0.25, test_fraction=0.1)
 
 
 def tiny_params(**train) -> dict:

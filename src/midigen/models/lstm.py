@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from midigen.models.transformer import embed_rows, row_logits, token_loss
+from midigen.registry import LSTM
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class LSTMConfig:
     dropout: float = 0.1
     segment_len: int = 256  # tokens per segment of the stream (the transformers')
     steps_per_beat: int = 4  # of the bar positions it reads
-    memory: str = "lstm"  # what it carries across segments: its (h, c)
+    memory: str = LSTM  # what it carries across segments: its (h, c)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "extra_fields", tuple(self.extra_fields))  # JSON gives a list

@@ -16,22 +16,14 @@ from torch import nn
 from midigen.errors import MidigenError
 from midigen.models.lstm import LSTMConfig, MusicLSTM, sized_to
 from midigen.models.transformer import ModelConfig, MusicTransformer
+from midigen.registry import LSTM, VARIANTS
 
 Config = ModelConfig | LSTMConfig
-
-# pipeline variant -> the `memory` of its config: a transformer's (transformer.MEMORY_KINDS),
-# or the LSTM's own. Adding a variant is adding a line here (and to params.schema.yaml).
-VARIANTS: dict[str, str] = {
-    "vanilla": "none",
-    "xl": "xl",
-    "xl_knn": "xl_knn",
-    "lstm": LSTMConfig.memory,
-}
 
 
 def transformer_variants() -> dict[str, str]:
     """The variants that are transformers, with their memory (benchmarks compare these)."""
-    return {name: memory for name, memory in VARIANTS.items() if memory != LSTMConfig.memory}
+    return {name: memory for name, memory in VARIANTS.items() if memory != LSTM}
 
 
 def check_variant(variant: str) -> None:
@@ -44,7 +36,7 @@ def variant_config(variant: str, model: ModelConfig) -> Config:
     """The config of `variant` from the shared transformer settings (the memory left out):
     the LSTM gets the hidden size whose parameter count is nearest the vanilla transformer's."""
     check_variant(variant)
-    if VARIANTS[variant] != LSTMConfig.memory:
+    if VARIANTS[variant] != LSTM:
         return ModelConfig(**{**asdict(model), "memory": VARIANTS[variant]})
     vanilla = MusicTransformer(ModelConfig(**{**asdict(model), "memory": "none"}))
     base = LSTMConfig(
@@ -82,7 +74,7 @@ def load_trained(
     if not path.exists():
         raise MidigenError(f"{path}: model not found (run midigen train first)")
     saved = torch.load(path, map_location=device, weights_only=True)
-    lstm = saved["model_config"]["memory"] == LSTMConfig.memory
+    lstm = saved["model_config"]["memory"] == LSTM
     config = (LSTMConfig if lstm else ModelConfig)(**saved["model_config"])
     predicts = (config.vocab_size, *config.extra_fields)
     if predicts != tuple(fields):

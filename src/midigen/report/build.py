@@ -40,6 +40,7 @@ from midigen.evaluation.paired import (
     read_song_cells,
 )
 from midigen.generation.samples import SAMPLES_JSON, SamplePrompt, Samples, read_samples
+from midigen.registry import REFERENCE
 from midigen.report.history import (
     code_version,
     history,
@@ -107,13 +108,13 @@ FILE_REPAIR_LABELS = {  # midi.FILE_REPAIRS, as the report names them
 
 @dataclass(frozen=True)
 class ReportInputs:
-    """Where the stages before the report left their outputs (the DVC layout by default), one
-    folder per token scheme in each (`branch`)."""
+    """Where the stages before the report left their outputs, one folder per token scheme in
+    each (`branch`)."""
 
-    metrics: Path = Path("metrics")  # S/train/V/ (DVCLive), S/eval/V.json, S/baselines.json
-    plots: Path = Path("plots")  # S/eval/V/*.png
-    samples: Path = Path("samples")  # S/V/samples.json and the media it names
-    shards: Path = Path("data/shards")  # S/stats.json: what encoding skipped, dropped, changed
+    metrics: Path  # S/train/V/ (DVCLive), S/eval/V.json, S/baselines.json
+    plots: Path  # S/eval/V/*.png
+    samples: Path  # S/V/samples.json and the media it names
+    shards: Path  # S/stats.json: what encoding skipped, dropped, changed
 
     def branch(self, scheme: str) -> ReportInputs:
         """The outputs of one scheme's branch of the DAG."""
@@ -309,7 +310,7 @@ def _data_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 def vanilla_of(variants: list[Variant]) -> Variant | None:
     """The variant every other is compared with, if this run trained it."""
-    return next((v for v in variants if v.name == "vanilla"), None)
+    return next((v for v in variants if v.name == REFERENCE), None)
 
 
 def compare_with_vanilla(variants: list[Variant]) -> dict[str, dict[str, Any]]:
@@ -596,7 +597,7 @@ def scheme_summary(params: dict[str, Any], inputs: ReportInputs) -> list[dict[st
 
 def reference_variant(variants: list[str]) -> str:
     """The variant the others are compared with: vanilla where it was trained."""
-    return "vanilla" if "vanilla" in variants else variants[0]
+    return REFERENCE if REFERENCE in variants else variants[0]
 
 
 def _rates(metrics: dict[str, Any], source: Path) -> dict[str, Any]:

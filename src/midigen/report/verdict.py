@@ -10,6 +10,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from midigen.evaluation.paired import CONTRASTS
+from midigen.registry import REFERENCE
 
 CELL_LABELS = {  # the probe cells of songs.csv, as the report names them
     "all": "all tokens",
@@ -150,7 +151,7 @@ def answer_sentences(summary: dict[str, Any]) -> list[str]:
     detectable effect or hurt (only an interval that excludes zero says either), by how much
     in percent of vanilla's loss, overall and on passages that return from beyond XL's reach;
     and whether vanilla with a copy cache does better."""
-    vanilla = summary["variants"].get("vanilla", {})
+    vanilla = summary["variants"].get(REFERENCE, {})
     sentences = []
     for name, compared in summary["vs_vanilla"].items():
         overall = compared["cells"]["all"]

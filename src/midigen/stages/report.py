@@ -11,20 +11,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from midigen.dag import default_help, with_defaults
 from midigen.report.build import ReportInputs, build_report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("reports"))
-    parser.add_argument(
-        "--metrics", type=Path, default=Path("metrics"), help="holds train/, eval/, baselines.json"
-    )
-    parser.add_argument("--plots", type=Path, default=Path("plots"), help="holds eval/VARIANT/")
-    parser.add_argument("--samples", type=Path, default=Path("samples"), help="holds VARIANT/")
-    parser.add_argument("--shards", type=Path, default=Path("data/shards"), help="holds stats.json")
+    for option, holds in (
+        ("metrics", "SCHEME/train/, eval/, baselines.json"),
+        ("plots", "SCHEME/eval/VARIANT/"),
+        ("samples", "SCHEME/VARIANT/"),
+        ("shards", "SCHEME/stats.json"),
+        ("out", "index.html, runs/"),
+    ):
+        about = f"holds {holds} ({default_help('report', option)})"
+        parser.add_argument(f"--{option}", type=Path, help=about)
 
 
 def run(args: argparse.Namespace, params: dict) -> str:
+    args = with_defaults("report", args)
     built = build_report(
         params, ReportInputs(args.metrics, args.plots, args.samples, args.shards), args.out
     )

@@ -8,12 +8,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from midigen.dag import table_paths
 from midigen.data.corpus import EncodeConfig, roundtrip_corpus
 from midigen.errors import MidigenError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--raw", type=Path, default=Path("data/raw"), help="download output")
+    raw = table_paths("download")["out"]
+    parser.add_argument("--raw", type=Path, default=Path(raw), help=f"download output ({raw})")
     parser.add_argument("--workers", type=int, default=0)
 
 
