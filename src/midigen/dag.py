@@ -91,7 +91,8 @@ STAGES: dict[str, Stage] = {
     ),
     "train": Stage(
         "midigen train --scheme {scheme} --variant {variant} --shards data/shards/{scheme}"
-        " --out models/{scheme}/{variant} --metrics metrics/{scheme}/train/{variant}",
+        " --out models/{scheme}/{variant} --metrics metrics/{scheme}/train/{variant}"
+        " --checkpoints checkpoints/train",  # where checkpoints wait: no tool deletes it
         ("data", "model", "train"),
         inputs=("data/shards/{scheme}",),
         outs=("models/{scheme}/{variant}",),

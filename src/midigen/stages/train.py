@@ -37,11 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--metrics", type=Path, help=f"DVCLive folder ({default_help('train', 'metrics')})"
     )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    waiting = default_help("train", "checkpoints")
     parser.add_argument(
-        "--checkpoints",
-        type=Path,
-        default=Path("checkpoints/train"),
-        help="where checkpoints wait while training (default: checkpoints/train)",
+        "--checkpoints", type=Path, help=f"where checkpoints wait while training ({waiting})"
     )
 
 
