@@ -20,6 +20,7 @@ from builders import TINY_MODEL, shards_via_stages
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from midigen.data.bars import bar_steps_of
 from midigen.data.corpus import EncodeConfig, load_shard
 from midigen.data.download import read_manifest
 from midigen.encodings import decode_song, whole_rows
@@ -28,7 +29,7 @@ from midigen.encodings.index import NOTE, Grammar, Index
 from midigen.encodings.scores import DecodeError, Vocab, decode_tokens
 from midigen.errors import MidigenError
 from midigen.generation.contexts import Carried, KVCache, Recompute
-from midigen.generation.prompts import Prompt, bar_steps_of, split_song
+from midigen.generation.prompts import Prompt, split_song
 from midigen.generation.sampling import GenerateConfig, generate, generate_batch, sample
 from midigen.generation.writing import song_title
 from midigen.models.lstm import LSTMConfig, MusicLSTM

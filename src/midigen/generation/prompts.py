@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from midigen.data.bars import bar_steps_of
 from midigen.encodings import Cursor, Grammar, whole_rows_and_cursor
 
 
@@ -23,16 +24,6 @@ class Prompt:
 
     def bar_position(self, step: int) -> int:
         return (step - self.bar_start) % self.bar_steps
-
-
-def bar_steps_of(times: np.ndarray, bar_pos: np.ndarray, steps_per_beat: int) -> int:
-    """A song's bar length in steps: the most common distance between the starts of the bars
-    its tokens fall in (a meter change or a bar without a token does not move it)."""
-    starts = np.unique(np.asarray(times, np.int64) - np.asarray(bar_pos, np.int64))
-    if len(starts) < 2:  # all in one bar: at least as long as what it holds
-        return max(4 * steps_per_beat, int(np.max(bar_pos)) + 1)
-    lengths, counts = np.unique(np.diff(starts), return_counts=True)
-    return int(lengths[counts.argmax()])
 
 
 def split_song(
