@@ -8,8 +8,9 @@ Each part is the scheme's own encoding of its notes, its onsets counted from the
 step: a scheme's tokens count time from the token before, so the tokens of a span cut out of
 the song's would start at the wrong step once moved. Where a part sits in the song is told by
 the bar position of its tokens (the song's own), and by whoever arranges it (the span is
-known: generation places the middle at its first bar). The sentinels are two ids after the
-scheme's vocabulary; they are first-field tokens and need a one-field scheme.
+known: generation places the middle at its first bar). The sentinels <suffix> and <middle> are
+the two ids after the scheme's vocabulary (vocab_size, vocab_size + 1); they are first-field
+tokens and need a one-field scheme.
 """
 
 from __future__ import annotations
@@ -23,12 +24,11 @@ from midigen.encodings import Scheme
 from midigen.errors import MidigenError
 from midigen.midi.files import Notes
 
-SENTINELS = ("<suffix>", "<middle>")  # ids vocab_size + 0 and + 1
-
 
 @dataclass(frozen=True)
 class Span:
-    """Bars [first, stop) of a song as steps: the middle is the notes with onset in [start, end)."""
+    """A span of whole bars, as the steps where its first bar starts and where the bar after
+    it starts: the middle holds the notes with onset in [start, end)."""
 
     start: int
     end: int
