@@ -8,9 +8,11 @@ bits per note and by how tonal their music is against the real continuations.
 The points are overlays of params.yaml (experiments/sweep.yaml). Each runs in its own copy of
 the committed tree (`git archive HEAD`: uncommitted changes are not in it), WORK/NAME-sS, as
 `snakemake --cores all --configfile overlay.yaml` with `train.seed` S: download to report,
-timed as one. Rows are read from the run's evaluate metrics; a run already finished in WORK
-is read, not repeated. A point over `--budget` minutes is marked so: the comparison is at the
-default run's budget, and a slower point would win by time, not by its choice.
+timed as one. Its rows (from the run's evaluate metrics), wall time and commit are kept in
+bench/sweep/NAME-sS.json, committed, so that a sweep longer than a session goes on where it
+stopped (a kept point is not run again) and the table holds every kept point. A point over
+`--budget` minutes is marked so: the comparison is at the default run's budget, and a slower
+point would win by time, not by its choice.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import time
 from pathlib import Path
 
 import yaml
-from sections import record
+from sections import commit, record
 
 ROOT = Path(__file__).resolve().parent.parent
+KEPT = ROOT / "bench" / "sweep"  # one JSON per finished point and seed
 MUSIC = ("scale_consistency", "pitch_class_entropy")
 
 
@@ -43,16 +46,14 @@ def prepare(folder: Path, overlay: dict, seed: int) -> None:
 
 
 def run_point(folder: Path) -> float:
-    """The whole pipeline in `folder`, its source first on the path; wall minutes."""
+    """The whole pipeline in `folder`, its source first on the path; its wall minutes."""
     env = {**os.environ, "PYTHONPATH": str(folder / "src")}
     started = time.perf_counter()
     with open(folder / "sweep.log", "w") as log:
         command = ["snakemake", "--cores", "all", "--configfile", "overlay.yaml"]
         if subprocess.run(command, cwd=folder, env=env, stdout=log, stderr=log).returncode:
             sys.exit(f"the run in {folder} failed: {folder / 'sweep.log'} says why")
-    minutes = (time.perf_counter() - started) / 60
-    (folder / "wall_minutes.txt").write_text(f"{minutes:.2f}\n")
-    return minutes
+    return (time.perf_counter() - started) / 60
 
 
 def rows_of(folder: Path) -> list[dict]:
@@ -79,9 +80,9 @@ def interval(value: dict, digits: int = 3) -> str:
 
 def table(results: list[dict], budget: float) -> str:
     lines = [
-        "| point | seed | wall min | scheme | variant | bits/note | scale consistency "
+        "| point | seed | commit | wall min | scheme | variant | bits/note | scale consistency "
         "(real) | pitch-class entropy (real) |",
-        "|---|---:|---:|---|---|---|---|---|",
+        "|---|---:|---|---:|---|---|---|---|---|",
     ]
     for result in results:
         over = " (over budget)" if result["minutes"] > budget else ""
@@ -90,7 +91,8 @@ def table(results: list[dict], budget: float) -> str:
                 f"{interval(row[f'generated_{m}'])} ({interval(row[f'real_{m}'])})" for m in MUSIC
             ]
             lines.append(
-                f"| {result['point']} | {result['seed']} | {result['minutes']:.1f}{over} | "
+                f"| {result['point']} | {result['seed']} | {result['commit']} | "
+                f"{result['minutes']:.1f}{over} | "
                 f"{row['scheme']} | {row['variant']} | {interval(row['bits_per_note'], 2)} | "
                 + " | ".join(tonal)
                 + " |"
@@ -111,19 +113,23 @@ def main() -> None:
     unknown = sorted(set(args.only or ()) - set(points))
     if unknown:
         sys.exit(f"no such point in {args.points}: {', '.join(unknown)}")
-    results = []
     for name in args.only or points:
         for seed in args.seeds:
+            kept = KEPT / f"{name}-s{seed}.json"
+            if kept.exists():
+                continue
             folder = args.work / f"{name}-s{seed}"
-            if (folder / "wall_minutes.txt").exists():
-                minutes = float((folder / "wall_minutes.txt").read_text())
-            else:
-                prepare(folder, points[name] or {}, seed)
-                minutes = run_point(folder)
-            results.append(
-                {"point": name, "seed": seed, "minutes": minutes, "rows": rows_of(folder)}
-            )
-            print(table(results[-1:], args.budget).splitlines()[-1], flush=True)
+            prepare(folder, points[name] or {}, seed)
+            minutes = run_point(folder)
+            result = {"point": name, "seed": seed, "commit": commit(), "minutes": minutes}
+            result["rows"] = rows_of(folder)
+            KEPT.mkdir(exist_ok=True)
+            kept.write_text(json.dumps(result, indent=1) + "\n")
+            print(table([result], args.budget).splitlines()[-1], flush=True)
+    order = {name: i for i, name in enumerate(points)}
+    results = [json.loads(path.read_text()) for path in KEPT.glob("*.json")]
+    results = [r for r in results if r["point"] in order]
+    results.sort(key=lambda r: (order[r["point"]], r["seed"]))
     report = table(results, args.budget)
     print(report)
     if args.results:
