@@ -7,10 +7,15 @@ from __future__ import annotations
 import numpy as np
 
 
+def bar_starts(times: np.ndarray, bar_pos: np.ndarray) -> np.ndarray:
+    """The steps where the bars a song's tokens fall in start, in order."""
+    return np.unique(np.asarray(times, np.int64) - np.asarray(bar_pos, np.int64))
+
+
 def bar_steps_of(times: np.ndarray, bar_pos: np.ndarray, steps_per_beat: int) -> int:
     """A song's bar length in steps: the most common distance between the starts of the bars
     its tokens fall in (a meter change or a bar without a token does not move it)."""
-    starts = np.unique(np.asarray(times, np.int64) - np.asarray(bar_pos, np.int64))
+    starts = bar_starts(times, bar_pos)
     if len(starts) < 2:  # all in one bar: at least as long as what it holds
         return max(4 * steps_per_beat, int(np.max(bar_pos)) + 1)
     lengths, counts = np.unique(np.diff(starts), return_counts=True)
@@ -22,7 +27,7 @@ class BarGrid:
     bar at its usual bar length (`bar_steps`): steps -> bar starts and bar positions."""
 
     def __init__(self, times: np.ndarray, bar_pos: np.ndarray, bar_steps: int):
-        self.starts = np.unique(np.asarray(times, np.int64) - np.asarray(bar_pos, np.int64))
+        self.starts = bar_starts(times, bar_pos)
         self.bar_steps = bar_steps
 
     @classmethod

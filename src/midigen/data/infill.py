@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from midigen.data.bars import BarGrid
-from midigen.encodings import Scheme
+from midigen.encodings import Encoded, Scheme
 from midigen.errors import MidigenError
 from midigen.midi.files import Notes
 
@@ -62,9 +62,10 @@ def split_notes(notes: Notes, span: Span) -> tuple[Notes, Notes, Notes]:
     return parts[0], parts[1], parts[2]
 
 
-def body(scheme: Scheme, notes: Notes, offset: int, grid: BarGrid) -> tuple[np.ndarray, np.ndarray]:
+def body(
+    scheme: Scheme, encoded: Encoded, offset: int, grid: BarGrid
+) -> tuple[np.ndarray, np.ndarray]:
     """A part's tokens without <sos> and <eos>, and their bar positions in the song."""
-    encoded = scheme.encode(notes)
     tokens, times = encoded.stored, encoded.times
     end = len(tokens) - 1 if tokens[-1] == scheme.eos_row[0] else len(tokens)
     return tokens[1:end], grid.position(times[1:end] + offset)
@@ -75,10 +76,9 @@ def arrange(scheme: Scheme, notes: Notes, span: Span, grid: BarGrid, vocab_size:
     if len(scheme.fields) != 1:
         raise MidigenError(f"filling in needs a one-field scheme; {scheme.name} has rows")
     suffix_id, middle_id = vocab_size, vocab_size + 1
-    before, inside, after = split_notes(notes, span)
-    opening = scheme.encode(before).stored[:1]  # <sos>
+    before, inside, after = (scheme.encode(part) for part in split_notes(notes, span))
     parts = [
-        (opening, np.zeros(1, np.int64)),
+        (before.stored[:1], np.zeros(1, np.int64)),  # <sos>
         body(scheme, before, 0, grid),
         (np.array([suffix_id]), grid.position([span.end])),
         body(scheme, after, span.end, grid),
